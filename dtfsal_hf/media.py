@@ -1,0 +1,410 @@
+"""Reading and writing video files with PyAV.
+
+- `probe_video` describes a file (size, frame rate, sound track) without decoding it.
+- `iter_frames` decodes RGB frames one at a time with their presentation times, so memory does not
+  grow with the video's length.
+- `load_audio` decodes the sound track, averages the channels to mono and resamples it to 16 kHz
+  with `torchaudio.functional.resample`; a file without a sound track gives silence and a warning.
+- `audio_window` cuts the samples that end at a given time, zero-padded outside the track.
+- `write_overlay_video` encodes frames blended with their saliency maps as H.264 MP4, with the
+  original sound as AAC.
+
+All times are in seconds on one clock whose zero is the first frame of the video stream, so frame
+times and audio times can be compared directly, also for variable frame rate video.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torchaudio
+
+TARGET_SAMPLING_RATE = 16000
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a container says about its first video stream and its first sound track."""
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int | None
+    duration: float | None
+    video_codec: str
+    has_audio: bool
+    audio_codec: str | None = None
+    audio_sampling_rate: int | None = None
+    audio_channels: int | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: `image` is (height, width, 3) uint8 RGB; times are in seconds."""
+
+    index: int
+    time: float
+    end_time: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """A mono waveform (samples,) float32 in [-1, 1]; `start_time` is the time of its first sample."""
+
+    waveform: np.ndarray
+    sampling_rate: int
+    start_time: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return self.waveform.shape[0] / self.sampling_rate
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such video file: {path}")
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as error:
+        raise ValueError(f"Cannot read {path} as a video file ({type(error).__name__}: {error})") from error
+
+
+def _video_stream(container: av.container.InputContainer, path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise ValueError(f"{path} has no video stream (streams found: {[s.type for s in container.streams]})")
+    return container.streams.video[0]
+
+
+def _stream_start(stream) -> float:
+    """Time (s) of a stream's first packet on the container clock; 0 when the container omits it."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _frame_rate(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Describe a video file from its headers, without decoding frames."""
+    with _open(path) as container:
+        video = _video_stream(container, path)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        duration = None
+        if video.duration is not None and video.time_base is not None:
+            duration = float(video.duration * video.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        return VideoInfo(
+            path=str(path),
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+            fps=_frame_rate(video),
+            num_frames=video.frames or None,
+            duration=duration,
+            video_codec=video.codec_context.name,
+            has_audio=audio is not None,
+            audio_codec=audio.codec_context.name if audio is not None else None,
+            audio_sampling_rate=audio.codec_context.sample_rate if audio is not None else None,
+            audio_channels=audio.codec_context.channels if audio is not None else None,
+        )
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    image = frame.to_ndarray(format="rgb24")
+    # Phones store portrait video as landscape frames plus a display rotation (degrees, counter-clockwise).
+    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    if quarter_turns:
+        image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
+    return image
+
+
+def _decoded_video_frames(container, stream, path) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
+    """(time, duration, image) of each decoded frame, in presentation order."""
+    count = 0
+    try:
+        for frame in container.decode(stream):
+            time = float(frame.pts * frame.time_base) if frame.pts is not None else None
+            duration = float(frame.duration * frame.time_base) if frame.duration else None
+            count += 1
+            yield time, duration, _to_rgb(frame)
+    except av.error.FFmpegError as error:
+        raise ValueError(
+            f"{path} is truncated or corrupt: decoding failed after {count} frames ({type(error).__name__}: {error})"
+        ) from error
+
+
+def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
+    """Decode a video frame by frame, in presentation order.
+
+    Each `Frame` carries its index, its start time from the frame's timestamp, and its end time: the start of
+    the next frame (so variable frame rate is kept), or for the last frame its own duration or 1 / fps.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a video, has no video stream, no decodable frame, or is corrupt.
+    """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        origin = _stream_start(stream) if stream.start_time is not None else None
+        nominal = 1.0 / _frame_rate(stream) if _frame_rate(stream) > 0 else 1.0 / 30.0
+        previous = None  # (index, time, duration, image), held back until the next frame gives its end time
+        index = 0
+        for time, duration, image in _decoded_video_frames(container, stream, path):
+            if origin is None:
+                origin = time if time is not None else 0.0
+            if time is None:
+                time = previous[1] + (previous[2] or nominal) if previous is not None else 0.0
+            else:
+                time -= origin
+            if previous is not None:
+                end = time if time > previous[1] else previous[1] + (previous[2] or nominal)
+                yield Frame(index=previous[0], time=previous[1], end_time=end, image=previous[3])
+            previous = (index, time, duration, image)
+            index += 1
+        if previous is None:
+            raise ValueError(f"{path}: no video frame could be decoded (empty or truncated file)")
+        yield Frame(index=previous[0], time=previous[1], end_time=previous[1] + (previous[2] or nominal), image=previous[3])
+        declared = stream.frames
+        if declared and index < declared - 1:
+            warnings.warn(
+                f"{path}: the container declares {declared} frames but only {index} could be decoded; "
+                "the file may be truncated",
+                stacklevel=2,
+            )
+
+
+def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Decode all frames at once: images (frames, height, width, 3) uint8 and start times (frames,) in seconds.
+
+    Use `iter_frames` for long videos: this holds the whole video in memory.
+    """
+    frames = list(iter_frames(path))
+    return np.stack([f.image for f in frames]), np.array([f.time for f in frames], dtype=np.float64)
+
+
+def _audio_chunks(container, stream, path) -> Iterator[tuple[float | None, np.ndarray, int]]:
+    """(time, samples (channels, n) float32, sampling rate) of each decoded audio frame."""
+    resampler = None
+    try:
+        for frame in container.decode(stream):
+            if resampler is None:
+                # Convert whatever the decoder gives (s16, s32p, fltp...) to planar float, channels and rate kept.
+                resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+            time = float(frame.pts * frame.time_base) if frame.pts is not None else None
+            for converted in resampler.resample(frame):
+                yield time, converted.to_ndarray(), converted.sample_rate
+                time = None
+    except av.error.FFmpegError as error:
+        raise ValueError(f"{path}: the sound track is truncated or corrupt ({type(error).__name__}: {error})") from error
+
+
+def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, sampling_rate: int = TARGET_SAMPLING_RATE) -> np.ndarray:
+    """Resample a mono waveform (samples,) with `torchaudio.functional.resample` (windowed sinc)."""
+    if int(orig_sampling_rate) != orig_sampling_rate or orig_sampling_rate <= 0:
+        raise ValueError(f"orig_sampling_rate must be a positive integer, got {orig_sampling_rate!r}")
+    if orig_sampling_rate == sampling_rate:
+        return np.asarray(waveform, dtype=np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
+    return torchaudio.functional.resample(tensor, int(orig_sampling_rate), int(sampling_rate)).numpy()
+
+
+def load_audio(path: str | os.PathLike, sampling_rate: int = TARGET_SAMPLING_RATE) -> AudioTrack:
+    """Decode the first sound track of a file as mono float32 at `sampling_rate` (16 kHz by default).
+
+    Channels are averaged (as VGGish does). The track's start time is on the same clock as `iter_frames`.
+    A file without a sound track gives one second of silence starting at 0 and a `UserWarning` saying so;
+    `audio_window` zero-pads beyond it, so every clip then gets silent audio.
+    """
+    with _open(path) as container:
+        origin = _stream_start(_video_stream(container, path)) if container.streams.video else 0.0
+        if not container.streams.audio:
+            warnings.warn(f"{path} has no sound track: using silent audio", UserWarning, stacklevel=2)
+            return AudioTrack(np.zeros(sampling_rate, dtype=np.float32), sampling_rate, 0.0)
+        stream = container.streams.audio[0]
+        chunks, start, rate = [], None, None
+        for time, samples, chunk_rate in _audio_chunks(container, stream, path):
+            if rate is not None and chunk_rate != rate:
+                raise ValueError(f"{path}: the sampling rate changes inside the sound track ({rate} -> {chunk_rate} Hz)")
+            rate = chunk_rate
+            if start is None:
+                start = time if time is not None else _stream_start(stream)
+            chunks.append(samples.mean(axis=0, dtype=np.float32))
+    if not chunks:
+        warnings.warn(f"{path}: the sound track holds no decodable samples: using silent audio", UserWarning, stacklevel=2)
+        return AudioTrack(np.zeros(sampling_rate, dtype=np.float32), sampling_rate, 0.0)
+    waveform = resample_audio(np.concatenate(chunks), rate, sampling_rate)
+    return AudioTrack(waveform.astype(np.float32, copy=False), sampling_rate, start - origin)
+
+
+def audio_window(track: AudioTrack, end_time: float, num_samples: int = 24560) -> np.ndarray:
+    """The `num_samples` samples of `track` that end at `end_time` (s), zero-padded outside the track.
+
+    With the default length this is the 1.535 s of audio one clip's 9 VGGish examples cover (SPEC §2).
+    Returns (num_samples,) float32.
+    """
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    end = int(round((end_time - track.start_time) * track.sampling_rate))
+    start = end - num_samples
+    window = np.zeros(num_samples, dtype=np.float32)
+    source_start, source_end = max(start, 0), min(end, track.waveform.shape[0])
+    if source_end > source_start:
+        window[source_start - start : source_end - start] = track.waveform[source_start:source_end]
+    return window
+
+
+def _colormap_table(name: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.float32)
+
+
+def overlay_saliency(image: np.ndarray, saliency_map: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend a map in [0, 1] over an RGB image (H, W, 3) uint8; the map is resized to the image if needed.
+
+    The colour weight grows with the map value, so low-saliency regions keep the original image.
+    """
+    saliency_map = np.asarray(saliency_map, dtype=np.float32)
+    if saliency_map.ndim != 2:
+        raise ValueError(f"saliency_map must be (height, width), got shape {saliency_map.shape}")
+    height, width = image.shape[:2]
+    if saliency_map.shape != (height, width):
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(saliency_map)[None, None], size=(height, width), mode="bilinear", align_corners=False
+        )
+        saliency_map = resized[0, 0].numpy()
+    saliency_map = np.clip(saliency_map, 0.0, 1.0)
+    colours = _colormap_table(colormap)[np.round(saliency_map * 255).astype(np.int64)]
+    weight = alpha * saliency_map[..., None]
+    return np.clip(image * (1.0 - weight) + colours * weight, 0, 255).astype(np.uint8)
+
+
+def _even(image: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sides: repeat the last row / column when a side is odd."""
+    pad_h, pad_w = image.shape[0] % 2, image.shape[1] % 2
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return image
+
+
+def _source_audio(source: AudioTrack | str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(samples (channels, n) float32, rate) aligned so sample 0 plays with the first frame."""
+    if isinstance(source, AudioTrack):
+        track = source
+    else:
+        track = load_audio(source, sampling_rate=probe_video(source).audio_sampling_rate)
+    waveform = track.waveform
+    offset = int(round(track.start_time * track.sampling_rate))
+    if offset > 0:
+        waveform = np.concatenate([np.zeros(offset, dtype=np.float32), waveform])
+    elif offset < 0:
+        waveform = waveform[-offset:]
+    return waveform[None, :].astype(np.float32), track.sampling_rate
+
+
+def _encode_audio(container, stream, samples: np.ndarray, rate: int) -> None:
+    frame_size = stream.codec_context.frame_size or 1024
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    for start in range(0, samples.shape[1], frame_size):
+        chunk = np.ascontiguousarray(samples[:, start : start + frame_size])
+        if chunk.shape[1] < frame_size:
+            chunk = np.pad(chunk, ((0, 0), (0, frame_size - chunk.shape[1])))
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate = rate
+        frame.pts = start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def write_overlay_video(
+    frames: Iterable[np.ndarray | Frame],
+    maps: Iterable[np.ndarray],
+    audio: AudioTrack | str | os.PathLike | None,
+    path: str | os.PathLike,
+    fps: float,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    crf: int = 20,
+) -> int:
+    """Encode frames blended with their saliency maps as an H.264 MP4, with the sound as AAC.
+
+    Args:
+        frames: RGB images (H, W, 3) uint8, or `Frame`s (their timestamps are kept, for variable frame rate).
+        maps: one map (h, w) in [0, 1] per frame, at any resolution (resized to the frame).
+        audio: an `AudioTrack`, or the path of the source video whose sound is re-encoded; None for no sound.
+        path: the output `.mp4`.
+        fps: the frame rate used for plain images (and the nominal rate of the stream).
+
+    Returns the number of frames written. Both iterables are consumed lazily, so memory stays bounded.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if audio is not None and not isinstance(audio, AudioTrack) and not probe_video(audio).has_audio:
+        audio = None
+    sound = _source_audio(audio) if audio is not None else None
+    rate = Fraction(fps).limit_denominator(1001)
+    time_base = Fraction(1, 90000)
+    count = 0
+    with av.open(str(path), mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=rate)
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": str(crf), "preset": "veryfast"}
+        video.codec_context.time_base = time_base
+        audio_stream = container.add_stream("aac", rate=sound[1]) if sound is not None else None
+        if audio_stream is not None:
+            audio_stream.layout = "mono"
+        last_pts = -1
+        for item, saliency_map in zip(frames, maps, strict=True):
+            image = item.image if isinstance(item, Frame) else np.asarray(item)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"frames must be (height, width, 3) uint8, got {image.shape} {image.dtype}")
+            if count == 0:
+                video.width, video.height = image.shape[1] + image.shape[1] % 2, image.shape[0] + image.shape[0] % 2
+            time = item.time if isinstance(item, Frame) else count / float(rate)
+            pts = max(int(round(time / time_base)), last_pts + 1)
+            frame = av.VideoFrame.from_ndarray(_even(overlay_saliency(image, saliency_map, alpha, colormap)), format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            container.mux(video.encode(frame))
+            last_pts = pts
+            count += 1
+        if count == 0:
+            raise ValueError("write_overlay_video got no frames")
+        container.mux(video.encode(None))
+        if audio_stream is not None:
+            duration_samples = int(math.ceil((last_pts * time_base + 1 / rate) * sound[1]))
+            _encode_audio(container, audio_stream, sound[0][:, :duration_samples], sound[1])
+    return count
+
+
+__all__ = [
+    "AudioTrack",
+    "Frame",
+    "TARGET_SAMPLING_RATE",
+    "VideoInfo",
+    "audio_window",
+    "iter_frames",
+    "load_audio",
+    "overlay_saliency",
+    "probe_video",
+    "read_frames",
+    "resample_audio",
+    "write_overlay_video",
+]
