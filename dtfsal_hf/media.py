@@ -53,7 +53,7 @@ class VideoInfo:
     audio_channels: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Frame:
     """One decoded frame: `image` is (height, width, 3) uint8 RGB; times are in seconds."""
 
@@ -63,7 +63,7 @@ class Frame:
     image: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AudioTrack:
     """A mono waveform (samples,) float32 in [-1, 1]; `start_time` is the time of its first sample."""
 
