@@ -1,0 +1,139 @@
+"""Configuration of DTFSal, the audio-visual dynamic token fusion saliency model."""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+from transformers import PretrainedConfig
+
+# torchvision's mvit_v2_s, written per stage: blocks 0 | 1-2 | 3-13 | 14-15.
+_MVIT_V2_S_DEPTHS = [1, 2, 11, 2]
+_MVIT_V2_S_DIMS = [96, 192, 384, 768]
+_MVIT_V2_S_HEADS = [1, 2, 4, 8]
+# VGGish convolutional trunk: each inner list is convolutions followed by one 2x2 max-pool.
+_VGGISH_CHANNELS = [[64], [128], [256, 256], [512, 512]]
+
+
+class DTFSalConfig(PretrainedConfig):
+    r"""Configuration of [`DTFSalModel`]. Defaults give the paper's audio-visual model (49.08M parameters).
+
+    Args:
+        num_frames (`int`, defaults to 32): frames per input clip.
+        image_size (`list[int]`, defaults to `[224, 384]`): input frame height and width.
+        use_audio (`bool`, defaults to `True`): `False` gives DTFSal(V): no audio branch, no AMFB.
+        backbone_depths / backbone_dims / backbone_heads (`list[int]`): MViTv2 blocks, channels and
+            attention heads of each of the four stages (the first block of stages 2-4 halves H and W).
+        backbone_kv_stride (`list[int]`): key/value pooling stride of the first block (T, H, W); it halves
+            in H and W at each stage, as in MViTv2-S.
+        backbone_stochastic_depth (`float`): drop-path rate of the last block (linear ramp from 0).
+        num_audio_examples (`int`, defaults to 9): log-mel examples per clip.
+        audio_input_size (`list[int]`, defaults to `[112, 192]`): size each 64x64 log-mel example is resized to.
+        audio_trunk_channels (`list[list[int]]`): VGGish convolutions, each group followed by a max-pool.
+        audio_num_heads / audio_head_dim / audio_mlp_dim (`int`): the audio temporal Transformer layer.
+        freeze_audio_trunk (`bool`, defaults to `True`): keep the VGGish trunk frozen (AudioSet weights).
+        feature_dim (`int`, defaults to 192): C*, the width of every enhanced level.
+        lteb_num_tokens / lteb_token_dim / lteb_token_size (`int`): LTEB and DLTFB learnable tokens: count N,
+            channels C_p and spatial size S.
+        dltfb_shift_groups / dltfb_hidden_dim / dltfb_kernel_size (`int`): DLTFB token-mixing branch.
+        amfb_audio_dim / amfb_stream_dim (`int`): AMFB audio projection width and the reduced stream width.
+        decoder_dims (`list[int]`, defaults to `[96, 48, 24]`): channels of the three decoder convolutions.
+    """
+
+    model_type = "dtfsal"
+
+    num_frames: int = 32
+    image_size: list[int] = field(default_factory=lambda: [224, 384])
+    use_audio: bool = True
+    backbone_depths: list[int] = field(default_factory=lambda: list(_MVIT_V2_S_DEPTHS))
+    backbone_dims: list[int] = field(default_factory=lambda: list(_MVIT_V2_S_DIMS))
+    backbone_heads: list[int] = field(default_factory=lambda: list(_MVIT_V2_S_HEADS))
+    backbone_kv_stride: list[int] = field(default_factory=lambda: [1, 8, 8])
+    backbone_stochastic_depth: float = 0.2
+    num_audio_examples: int = 9
+    audio_input_size: list[int] = field(default_factory=lambda: [112, 192])
+    audio_trunk_channels: list[list[int]] = field(default_factory=lambda: [list(g) for g in _VGGISH_CHANNELS])
+    audio_num_heads: int = 2
+    audio_head_dim: int = 64
+    audio_mlp_dim: int = 256
+    freeze_audio_trunk: bool = True
+    feature_dim: int = 192
+    lteb_num_tokens: int = 5
+    lteb_token_dim: int = 192
+    lteb_token_size: int = 8
+    dltfb_shift_groups: int = 5
+    dltfb_hidden_dim: int = 384
+    dltfb_kernel_size: int = 3
+    amfb_audio_dim: int = 128
+    amfb_stream_dim: int = 112
+    decoder_dims: list[int] = field(default_factory=lambda: [96, 48, 24])
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        # JSON gives lists; tuples passed by users are normalised so saved configs compare equal.
+        for name in ("image_size", "backbone_depths", "backbone_dims", "backbone_heads", "backbone_kv_stride",
+                     "audio_input_size", "decoder_dims"):
+            setattr(self, name, [int(v) for v in getattr(self, name)])
+        self.audio_trunk_channels = [[int(c) for c in group] for group in self.audio_trunk_channels]
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("backbone_depths", "backbone_dims", "backbone_heads"):
+            if len(getattr(self, name)) != 4:
+                raise ValueError(f"`{name}` needs one entry per stage (4), got {getattr(self, name)}")
+        if len(self.image_size) != 2 or any(s % 32 for s in self.image_size):
+            raise ValueError(f"`image_size` must be [height, width], each a multiple of 32, got {self.image_size}")
+        if self.num_frames < 4 or self.num_frames % 4:
+            raise ValueError(f"`num_frames` must be a multiple of 4 (at least 4), got {self.num_frames}")
+        downsampling = 2 ** len(self.audio_trunk_channels)
+        if len(self.audio_input_size) != 2 or any(s % downsampling for s in self.audio_input_size):
+            raise ValueError(
+                f"`audio_input_size` must be [height, width], each a multiple of {downsampling} "
+                f"(one 2x2 pool per trunk group), got {self.audio_input_size}"
+            )
+        if len(self.decoder_dims) != 3:
+            raise ValueError(f"`decoder_dims` needs three widths, got {self.decoder_dims}")
+
+    @property
+    def audio_dim(self) -> int:
+        """Channels of the audio features: the last VGGish convolution's width."""
+        return self.audio_trunk_channels[-1][-1]
+
+    @property
+    def audio_grid(self) -> tuple[int, int]:
+        """Height and width of the VGGish trunk's output per example."""
+        downsampling = 2 ** len(self.audio_trunk_channels)
+        return self.audio_input_size[0] // downsampling, self.audio_input_size[1] // downsampling
+
+    @classmethod
+    def tiny(cls, use_audio: bool = True, **kwargs) -> "DTFSalConfig":
+        """A configuration of about 0.6M parameters for tests and CPU training: 8 frames of 64x96,
+        audio examples of 32x48, every block present. Keyword arguments override its fields."""
+        sizes = dict(
+            num_frames=8,
+            image_size=[64, 96],
+            use_audio=use_audio,
+            backbone_depths=[1, 1, 2, 1],
+            backbone_dims=[16, 32, 64, 128],
+            backbone_heads=[1, 1, 2, 2],
+            backbone_kv_stride=[1, 4, 4],
+            backbone_stochastic_depth=0.0,
+            audio_input_size=[32, 48],
+            audio_trunk_channels=[[8], [16], [32], [64]],
+            audio_num_heads=2,
+            audio_head_dim=16,
+            audio_mlp_dim=64,
+            freeze_audio_trunk=False,
+            feature_dim=32,
+            lteb_token_dim=16,
+            lteb_token_size=4,
+            dltfb_hidden_dim=32,
+            amfb_audio_dim=16,
+            amfb_stream_dim=16,
+            decoder_dims=[16, 8, 8],
+        )
+        sizes.update(kwargs)
+        return cls(**sizes)
+
+
+__all__ = ["DTFSalConfig"]

@@ -1,0 +1,325 @@
+"""DTFSal: audio-visual dynamic token fusion for video saliency prediction (BMVC 2025)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+from torchvision.models.video.mvit import MultiscaleAttention, PositionalEncoding
+from torchvision.ops import DeformConv2d
+
+from .configuration_dtfsal import DTFSalConfig
+from .encoders import (
+    AudioTemporalEnhancement,
+    MViTStageEncoder,
+    VGGishTrunk,
+    load_audioset_vggish_weights,
+    load_kinetics_mvit_weights,
+)
+from .layers import AMFB, DLTFB, LTEB, LearnableTokens
+
+# Sum-normalisation and log guard of the MIT saliency benchmark (MATLAB's eps).
+_EPS = 2.2204e-16
+
+
+@dataclass
+class DTFSalOutput(ModelOutput):
+    """Output of [`DTFSalModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): KL(labels || map) - CC(map, labels), batch mean,
+            returned when `labels` are given.
+        saliency_map (`torch.FloatTensor` of shape `(batch, height, width)`): the fused map, in [0, 1].
+        level_maps (`torch.FloatTensor` of shape `(batch, 4, height, width)`): the four decoder heads' maps.
+    """
+
+    loss: torch.FloatTensor | None = None
+    saliency_map: torch.FloatTensor | None = None
+    level_maps: torch.FloatTensor | None = None
+
+
+def _upsample_hw(features: torch.Tensor, factor: int) -> torch.Tensor:
+    """Trilinear upsampling by `factor` in height and width, time kept."""
+    if factor == 1:
+        return features
+    return F.interpolate(features, scale_factor=(1, factor, factor), mode="trilinear", align_corners=False)
+
+
+def kl_divergence(saliency_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(target || map) per sample on sum-normalised (B, H, W) maps, as the MIT benchmark computes it."""
+    prediction = saliency_map.flatten(1)
+    target = target.flatten(1)
+    prediction = prediction / (prediction.sum(dim=1, keepdim=True) + _EPS)
+    target = target / (target.sum(dim=1, keepdim=True) + _EPS)
+    return (target * torch.log(_EPS + target / (prediction + _EPS))).sum(dim=1)
+
+
+def correlation_coefficient(saliency_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson's correlation per sample between (B, H, W) maps."""
+    prediction = saliency_map.flatten(1)
+    target = target.flatten(1)
+    prediction = prediction - prediction.mean(dim=1, keepdim=True)
+    target = target - target.mean(dim=1, keepdim=True)
+    return (prediction * target).sum(dim=1) / (prediction.norm(dim=1) * target.norm(dim=1) + _EPS)
+
+
+def saliency_loss(saliency_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The paper's loss, KL - CC, averaged over the batch. Maps are (B, H, W)."""
+    return (kl_divergence(saliency_map, target) - correlation_coefficient(saliency_map, target)).mean()
+
+
+class DTFSalFeatureEnhancement(nn.Module):
+    """Temporal halving and channel alignment of each stage, top-down fusion with lateral connections,
+    and 3 x 3 refinement of levels 1-3 (R4 = F4).
+
+    Input: four (B, C_i, T, H_i, W_i) stage outputs, H_i = 2 H_(i+1). Output: four (B, C*, T/2, H_i, W_i).
+    """
+
+    def __init__(self, stage_dims: list[int], feature_dim: int):
+        super().__init__()
+        self.laterals = nn.ModuleList(
+            nn.Conv3d(dim, feature_dim, kernel_size=(2, 1, 1), stride=(2, 1, 1)) for dim in stage_dims
+        )
+        self.refine = nn.ModuleList(
+            nn.Conv3d(feature_dim, feature_dim, (1, 3, 3), padding=(0, 1, 1), bias=False) for _ in range(3)
+        )
+
+    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        y1, y2, y3, y4 = (lateral(stage) for lateral, stage in zip(self.laterals, stages))
+        f4 = y4
+        f3 = y3 + _upsample_hw(f4, 2)
+        f2 = y2 + _upsample_hw(f3, 2) + _upsample_hw(f4, 4)
+        f1 = y1 + _upsample_hw(f2, 2) + _upsample_hw(f4, 8)
+        r1, r2, r3 = (refine(level) for refine, level in zip(self.refine, (f1, f2, f3)))
+        return [r1, r2, r3, f4]
+
+
+class DTFSalDecoderHead(nn.Module):
+    """One level's decoder: three (2, 3, 3) convolutions that halve time (while T > 1) with ReLU, two
+    x2 upsamplings between them, upsampling to the frame size, a 3 x 3 convolution and a sigmoid.
+
+    Input (B, C*, T, h, w) -> map (B, 1, 1, H, W) in [0, 1].
+    """
+
+    def __init__(self, feature_dim: int, dims: list[int], num_frames: int, output_size: list[int]):
+        super().__init__()
+        self.output_size = tuple(output_size)
+        layers: list[nn.Module] = []
+        in_dim, frames = feature_dim, num_frames
+        for index, dim in enumerate(dims):
+            # Kernel 2 with stride 2 halves time; once a single frame is left the kernel is 1.
+            temporal = 2 if frames > 1 else 1
+            layers += [
+                nn.Conv3d(in_dim, dim, (temporal, 3, 3), stride=(temporal, 1, 1), padding=(0, 1, 1), bias=False),
+                nn.ReLU(inplace=True),
+            ]
+            if index < len(dims) - 1:
+                layers.append(nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=False))
+            in_dim, frames = dim, (frames - temporal) // temporal + 1
+        self.frames_left = frames
+        self.blocks = nn.Sequential(*layers)
+        self.to_map = nn.Conv3d(in_dim, 1, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        decoded = self.blocks(features)
+        decoded = F.interpolate(decoded, size=(decoded.shape[2],) + self.output_size, mode="trilinear", align_corners=False)
+        # Any frames left after the temporal halvings are averaged into one map.
+        return torch.sigmoid(self.to_map(decoded)).mean(dim=2, keepdim=True)
+
+
+class DTFSalAudioEncoder(nn.Module):
+    """VGGish trunk per log-mel example, then temporal enhancement across examples.
+
+    Input (B, A, 1, h, w) -> (B, C_a, A, h / 16, w / 16).
+    """
+
+    def __init__(self, config: DTFSalConfig):
+        super().__init__()
+        self.trunk = VGGishTrunk(config.audio_trunk_channels)
+        self.temporal = AudioTemporalEnhancement(
+            config.audio_dim, config.num_audio_examples, config.audio_num_heads, config.audio_head_dim, config.audio_mlp_dim
+        )
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        batch, examples = input_features.shape[:2]
+        features = self.trunk(input_features.flatten(0, 1))  # (B*A, C_a, h, w)
+        # (B*A, C_a, h, w) -> (B, C_a, A, h, w)
+        features = features.unflatten(0, (batch, examples)).transpose(1, 2)
+        return self.temporal(features)
+
+
+class DTFSalPreTrainedModel(PreTrainedModel):
+    config_class = DTFSalConfig
+    base_model_prefix = "dtfsal"
+    main_input_name = "pixel_values_videos"
+    input_modalities = ("video", "audio")
+    supports_gradient_checkpointing = True
+
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing (with `strict=True`) a checkpoint whose keys are missing,
+        unexpected or of other shapes, where transformers would re-initialise them with a warning."""
+        return_info = kwargs.pop("output_loading_info", False)
+        if strict:
+            kwargs.setdefault("ignore_mismatched_sizes", True)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if strict:
+            _raise_on_loading_problems(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        return (model, info) if return_info else model
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if getattr(module, "zero_init", False):
+            # Offset predictors start at zero: a deformable stream begins as a plain convolution.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.Conv3d, DeformConv2d)):
+            # He initialisation keeps the signal alive through the convolutional decoder stacks.
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm3d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, MultiscaleAttention) and module.rel_pos_h is not None:
+            for table in (module.rel_pos_h, module.rel_pos_w, module.rel_pos_t):
+                init.trunc_normal_(table, std=std)
+        elif isinstance(module, PositionalEncoding):
+            init.trunc_normal_(module.class_token, std=std)
+        elif isinstance(module, LearnableTokens):
+            init.trunc_normal_(module.tokens, std=std)
+        elif isinstance(module, AudioTemporalEnhancement):
+            init.trunc_normal_(module.position, std=std)
+
+
+class DTFSalModel(DTFSalPreTrainedModel):
+    """DTFSal: MViTv2 visual encoder and VGGish audio encoder, feature enhancement, LTEB on levels 1-3 and
+    DLTFB on level 4, AMFB audio-visual fusion per level (audio-visual variant), four decoder heads and a
+    fusing 3 x 3 convolution. `config.use_audio=False` gives DTFSal(V)."""
+
+    def __init__(self, config: DTFSalConfig):
+        super().__init__(config)
+        c = config
+        self.visual_encoder = MViTStageEncoder(
+            c.num_frames, c.image_size, c.backbone_depths, c.backbone_dims, c.backbone_heads,
+            c.backbone_kv_stride, c.backbone_stochastic_depth,
+        )
+        self.feature_enhancement = DTFSalFeatureEnhancement(c.backbone_dims, c.feature_dim)
+        token_args = dict(num_tokens=c.lteb_num_tokens, token_dim=c.lteb_token_dim, token_size=c.lteb_token_size)
+        self.token_blocks = nn.ModuleList(
+            [LTEB(c.feature_dim, **token_args) for _ in range(3)]
+            + [DLTFB(c.feature_dim, **token_args, shift_groups=c.dltfb_shift_groups, hidden_dim=c.dltfb_hidden_dim,
+                     kernel_size=c.dltfb_kernel_size)]
+        )
+        if c.use_audio:
+            self.audio_encoder = DTFSalAudioEncoder(c)
+            self.fusion_blocks = nn.ModuleList(
+                AMFB(c.feature_dim, c.audio_dim, c.amfb_audio_dim, c.amfb_stream_dim) for _ in range(4)
+            )
+        fused_frames = c.num_frames // 4  # patch embedding and feature enhancement each halve time
+        self.decoder_heads = nn.ModuleList(
+            DTFSalDecoderHead(c.feature_dim, c.decoder_dims, fused_frames, c.image_size) for _ in range(4)
+        )
+        self.fuse_maps = nn.Conv3d(4, 1, (1, 3, 3), padding=(0, 1, 1))
+        self.post_init()
+        if c.use_audio and c.freeze_audio_trunk:
+            self.audio_encoder.trunk.requires_grad_(False)
+
+    def load_pretrained_encoders(self, mvit_source=None, vggish_source=None) -> None:
+        """Load the Kinetics-400 MViTv2-S and AudioSet VGGish weights (URLs by default, or local files)."""
+        load_kinetics_mvit_weights(self.visual_encoder, *(x for x in [mvit_source] if x is not None))
+        if self.config.use_audio:
+            load_audioset_vggish_weights(self.audio_encoder.trunk, *(x for x in [vggish_source] if x is not None))
+
+    def _check_inputs(self, pixel_values_videos: torch.Tensor, input_features: torch.Tensor | None, labels) -> None:
+        c = self.config
+        expected = (c.num_frames, 3, *c.image_size)
+        if not torch.is_tensor(pixel_values_videos) or not pixel_values_videos.is_floating_point():
+            raise ValueError(f"`pixel_values_videos` must be a floating-point tensor, got {_describe(pixel_values_videos)}")
+        if pixel_values_videos.ndim != 5 or tuple(pixel_values_videos.shape[1:]) != expected:
+            raise ValueError(
+                f"`pixel_values_videos` must have shape (batch, {', '.join(map(str, expected))}) = (batch, frames, "
+                f"channels, height, width), got {tuple(pixel_values_videos.shape)}"
+            )
+        batch = pixel_values_videos.shape[0]
+        if c.use_audio:
+            expected_audio = (batch, c.num_audio_examples, 1, *c.audio_input_size)
+            if input_features is None:
+                raise ValueError(
+                    f"This audio-visual model needs `input_features` of shape {expected_audio} (VGGish log-mel "
+                    "examples); for a video without sound pass the processor's silent features, or use DTFSal(V)"
+                )
+            if not torch.is_tensor(input_features) or not input_features.is_floating_point():
+                raise ValueError(f"`input_features` must be a floating-point tensor, got {_describe(input_features)}")
+            if tuple(input_features.shape) != expected_audio:
+                raise ValueError(
+                    f"`input_features` must have shape {expected_audio} = (batch, examples, 1, height, width), "
+                    f"got {tuple(input_features.shape)}"
+                )
+        if labels is not None:
+            expected_labels = (batch, *c.image_size)
+            if not torch.is_tensor(labels) or tuple(labels.shape) != expected_labels:
+                raise ValueError(f"`labels` must have shape {expected_labels}, got {_describe(labels)}")
+            if bool((labels.flatten(1).sum(dim=1) <= 0).any()) or bool((labels < 0).any()):
+                raise ValueError("`labels` must be non-negative saliency maps with a positive sum for every sample")
+
+    def forward(
+        self,
+        pixel_values_videos: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DTFSalOutput | tuple:
+        r"""
+        Args:
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch, frames, 3, height, width)`): normalised
+                RGB clips; the map is predicted for the clip's last frame (or its centre, as the processor aligns).
+            input_features (`torch.FloatTensor` of shape `(batch, examples, 1, mel_height, mel_width)`): VGGish
+                log-mel examples of the clip's audio. Required by the audio-visual model, ignored by DTFSal(V).
+            labels (`torch.FloatTensor` of shape `(batch, height, width)`, *optional*): ground-truth saliency maps.
+        """
+        self._check_inputs(pixel_values_videos, input_features, labels)
+        # (B, T, 3, H, W) -> (B, 3, T, H, W)
+        stages = self.visual_encoder(pixel_values_videos.transpose(1, 2))
+        levels = self.feature_enhancement(stages)
+        levels = [block(level) for block, level in zip(self.token_blocks, levels)]
+        if self.config.use_audio:
+            audio = self.audio_encoder(input_features.to(pixel_values_videos.dtype))
+            levels = [fusion(level, audio) for fusion, level in zip(self.fusion_blocks, levels)]
+        level_maps = torch.cat([head(level) for head, level in zip(self.decoder_heads, levels)], dim=1)  # (B, 4, 1, H, W)
+        saliency_map = torch.sigmoid(self.fuse_maps(level_maps))[:, 0, 0]  # (B, H, W)
+        level_maps = level_maps[:, :, 0]
+        loss = saliency_loss(saliency_map.float(), labels.float()) if labels is not None else None
+        if return_dict is False:
+            return tuple(v for v in (loss, saliency_map, level_maps) if v is not None)
+        return DTFSalOutput(loss=loss, saliency_map=saliency_map, level_maps=level_maps)
+
+
+def _raise_on_loading_problems(info: dict, source) -> None:
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(key) for key in info.get(kind) or [])
+        if keys:
+            problems.append(f"{kind.replace('_', ' ')}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+    if problems:
+        raise ValueError(f"The checkpoint at {source} does not match the configuration: " + "; ".join(problems))
+
+
+def _describe(value) -> str:
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+__all__ = ["DTFSalOutput", "DTFSalPreTrainedModel", "DTFSalModel", "saliency_loss", "kl_divergence", "correlation_coefficient"]

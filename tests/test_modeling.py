@@ -1,0 +1,211 @@
+"""DTFSalModel: shapes, loss, gradients, save/load, Auto classes, remote code, fidelity counts, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.complexity import PAPER_TOTALS, count_conv_linear_macs, count_parameters, dummy_inputs
+from dtfsal_hf.modeling_dtfsal import correlation_coefficient, kl_divergence, saliency_loss
+
+from isolation import run_without_package
+
+
+def tiny_model(use_audio: bool = True, **overrides) -> DTFSalModel:
+    torch.manual_seed(0)
+    return DTFSalModel(DTFSalConfig.tiny(use_audio=use_audio, **overrides)).eval()
+
+
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_output_shapes_and_range(use_audio):
+    model = tiny_model(use_audio)
+    inputs = dummy_inputs(model.config, batch_size=2)
+    with torch.no_grad():
+        output = model(**inputs)
+    assert output.saliency_map.shape == (2, 64, 96)
+    assert output.level_maps.shape == (2, 4, 64, 96)
+    assert output.loss is None
+    assert 0.0 <= output.saliency_map.min() and output.saliency_map.max() <= 1.0
+
+
+def test_loss_is_kl_minus_cc():
+    model = tiny_model()
+    inputs = dummy_inputs(model.config, batch_size=2)
+    labels = torch.rand(2, 64, 96)
+    with torch.no_grad():
+        output = model(**inputs, labels=labels)
+    expected = saliency_loss(output.saliency_map, labels)
+    assert torch.allclose(output.loss, expected)
+
+
+def test_loss_terms_by_hand():
+    prediction = torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    # Sum-normalised: p = (.25, .75, 0, 0), g = (.5, .5, 0, 0): KL = .5 log 2 + .5 log(2/3)
+    assert kl_divergence(prediction, target).item() == pytest.approx(0.5 * torch.log(torch.tensor(2.0)).item() + 0.5 * torch.log(torch.tensor(2 / 3)).item(), abs=1e-6)
+    # Pearson: x = (1, 3, 0, 0), y = (1, 1, 0, 0)
+    x, y = torch.tensor([1.0, 3, 0, 0]), torch.tensor([1.0, 1, 0, 0])
+    pearson = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()).norm() * (y - y.mean()).norm())
+    assert correlation_coefficient(prediction, target).item() == pytest.approx(pearson.item(), abs=1e-6)
+    assert correlation_coefficient(target, target).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_gradients_reach_every_trainable_parameter(use_audio):
+    model = tiny_model(use_audio).train()
+    inputs = dummy_inputs(model.config, batch_size=2)
+    model(**inputs, labels=torch.rand(2, 64, 96)).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert missing == []
+
+
+def test_audio_trunk_frozen_by_default():
+    config = DTFSalConfig.tiny(freeze_audio_trunk=True)
+    model = DTFSalModel(config)
+    assert not any(p.requires_grad for p in model.audio_encoder.trunk.parameters())
+    assert all(p.requires_grad for p in model.audio_encoder.temporal.parameters())
+
+
+def test_audio_changes_the_map():
+    model = tiny_model()
+    inputs = dummy_inputs(model.config)
+    with torch.no_grad():
+        first = model(**inputs).saliency_map
+        inputs["input_features"] = torch.randn_like(inputs["input_features"]) * 3
+        second = model(**inputs).saliency_map
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_save_load_round_trip(tmp_path, use_audio):
+    model = tiny_model(use_audio)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = DTFSalModel.from_pretrained(tmp_path).eval()
+    inputs = dummy_inputs(model.config)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).saliency_map, loaded(**inputs).saliency_map)
+    ignore = {"_name_or_path"}
+    assert {k: v for k, v in loaded.config.to_dict().items() if k not in ignore} == {
+        k: v for k, v in model.config.to_dict().items() if k not in ignore
+    }
+
+
+def test_auto_classes_resolve_model_type(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "dtfsal"
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), DTFSalConfig)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), DTFSalModel)
+    assert isinstance(AutoModel.from_config(DTFSalConfig.tiny()), DTFSalModel)
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    model = tiny_model()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    for name in ("configuration_dtfsal.py", "modeling_dtfsal.py", "layers.py", "encoders.py"):
+        assert (folder / name).is_file(), name
+    inputs = dummy_inputs(model.config)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).saliency_map, tmp_path / "expected.pt")
+    run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
+        with torch.no_grad():
+            result = model(**inputs).saliency_map
+        assert torch.equal(result, torch.load({str(tmp_path / 'expected.pt')!r}))
+        """,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("name,use_audio", [("DTFSal", True), ("DTFSal(V)", False)])
+def test_full_size_counts_match_the_paper(name, use_audio):
+    config = DTFSalConfig(use_audio=use_audio)
+    with torch.device("meta"):
+        model = DTFSalModel(config).eval()
+    paper_params, paper_gmacs, _ = PAPER_TOTALS[name]
+    params = count_parameters(model) / 1e6
+    assert abs(params - paper_params) / paper_params <= 0.015, params
+    gmacs = count_conv_linear_macs(model, dummy_inputs(config, device="meta")) / 1e9
+    assert abs(gmacs - paper_gmacs) / paper_gmacs <= 0.10, gmacs
+
+
+def test_full_size_level_shapes():
+    config = DTFSalConfig()
+    with torch.device("meta"):
+        model = DTFSalModel(config).eval()
+        stages = model.visual_encoder(torch.empty(1, 3, 32, 224, 384))
+        levels = model.feature_enhancement(stages)
+        audio = model.audio_encoder(torch.empty(1, 9, 1, 112, 192))
+    assert [tuple(s.shape[1:]) for s in stages] == [(96, 16, 56, 96), (192, 16, 28, 48), (384, 16, 14, 24), (768, 16, 7, 12)]
+    assert [tuple(level.shape[1:]) for level in levels] == [(192, 8, 56, 96), (192, 8, 28, 48), (192, 8, 14, 24), (192, 8, 7, 12)]
+    assert tuple(audio.shape) == (1, 512, 9, 7, 12)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda i: i.update(pixel_values_videos=i["pixel_values_videos"][0]), "pixel_values_videos"),
+        (lambda i: i.update(pixel_values_videos=i["pixel_values_videos"][:, :4]), "8, 3, 64, 96"),
+        (lambda i: i.update(pixel_values_videos=i["pixel_values_videos"][..., :32]), "got (1, 8, 3, 64, 32)"),
+        (lambda i: i.update(pixel_values_videos=(i["pixel_values_videos"] * 255).to(torch.uint8)), "floating-point"),
+        (lambda i: i.pop("input_features"), "needs `input_features`"),
+        (lambda i: i.update(input_features=i["input_features"][:, :5]), "(1, 9, 1, 32, 48)"),
+        (lambda i: i.update(labels=torch.rand(1, 32, 48)), "`labels` must have shape (1, 64, 96)"),
+        (lambda i: i.update(labels=torch.zeros(1, 64, 96)), "positive sum"),
+    ],
+)
+def test_bad_inputs_name_the_problem(change, message):
+    model = tiny_model()
+    inputs = dummy_inputs(model.config)
+    change(inputs)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("`", ".")):
+        model(**inputs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(num_frames=6), "num_frames"),
+        (dict(image_size=[64, 100]), "image_size"),
+        (dict(audio_input_size=[30, 48]), "audio_input_size"),
+        (dict(backbone_depths=[1, 1, 1]), "backbone_depths"),
+    ],
+)
+def test_bad_configurations(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DTFSalConfig.tiny(**kwargs)
+
+
+@pytest.mark.parametrize("corrupt", ["missing", "mismatched"])
+def test_checkpoint_with_wrong_keys_is_refused(tmp_path, corrupt):
+    from safetensors.torch import load_file, save_file
+
+    tiny_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    if corrupt == "missing":
+        weights.pop("fuse_maps.weight")
+        expected = "missing keys: fuse_maps.weight"
+    else:
+        weights["decoder_heads.0.to_map.weight"] = torch.zeros(1, 3, 1, 3, 3)
+        expected = "mismatched keys: .*decoder_heads.0.to_map.weight"
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=expected):
+        DTFSalModel.from_pretrained(tmp_path)
+
+
+def test_unreadable_checkpoint_is_refused(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    with pytest.raises(Exception):
+        DTFSalModel.from_pretrained(tmp_path)
