@@ -1,0 +1,432 @@
+"""Publishing to a Hub and loading back, against the in-memory Hub of `tests/hub_server.py`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.feature_extraction_dtfsal import DTFSalFeatureExtractor
+from dtfsal_hf.hub import build_model_card, collect_model_files, load_evaluation_summaries, push_to_hub
+from dtfsal_hf.processing_dtfsal import DTFSalProcessor
+from dtfsal_hf.remote_code import add_remote_code
+from dtfsal_hf.video_processing_dtfsal import DTFSalVideoProcessor
+
+from hub_server import HubServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "dtfsal-test/dtfsal-tiny"
+# Values of a made-up evaluation run: they only travel from the JSON file to the test Hub's card.
+EVALUATION = [
+    {
+        "dataset": "DHF1K",
+        "split": "val",
+        "protocol": "per frame at ground-truth resolution, mean per video, mean over videos",
+        "metrics": {"CC": 0.1234, "NSS": 0.5678, "AUC_J": 0.6543, "SIM": 0.0987, "KLD": 2.4681, "sAUC": None},
+        "num_videos": 3,
+    },
+    {"dataset": "AVAD", "split": "test", "metrics": {"CC": 0.2222, "NSS": 1.1111, "AUC-J": 0.7777, "SIM": 0.1515}},
+]
+
+
+def _commit_bytes(api: HfApi, repo_id: str, files: dict[str, bytes], message: str = "add files"):
+    return api.create_commit(
+        repo_id, [CommitOperationAdd(path, data) for path, data in files.items()], commit_message=message
+    )
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def api(hub):
+    return HfApi(endpoint=hub.endpoint, token=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved") / "dtfsal-tiny"
+    config = DTFSalConfig.tiny()
+    DTFSalModel(config).save_pretrained(folder)
+    DTFSalProcessor.from_model_config(config).save_pretrained(folder)
+    add_remote_code(folder, {"AutoConfig": DTFSalConfig, "AutoModel": DTFSalModel})
+    add_remote_code(
+        folder,
+        {
+            "AutoProcessor": DTFSalProcessor,
+            "AutoFeatureExtractor": DTFSalFeatureExtractor,
+            "AutoVideoProcessor": DTFSalVideoProcessor,
+        },
+    )
+    (folder / "training_log.txt").write_text("kept local\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluation_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("evaluation") / "summary.json"
+    path.write_text(json.dumps(EVALUATION))
+    return path
+
+
+@pytest.fixture(scope="module")
+def published(hub, model_dir, evaluation_file):
+    return push_to_hub(
+        model_dir,
+        REPO_ID,
+        evaluation_files=[evaluation_file],
+        datasets=["DHF1K"],
+        endpoint=hub.endpoint,
+        token=False,
+    )
+
+
+def _run_python(code: str, env: dict[str, str], cwd: Path, isolated: bool = False) -> dict:
+    """Run `code` in a fresh interpreter; it prints one JSON line last, which is returned."""
+    command = [sys.executable, *(["-I"] if isolated else []), "-c", code]
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _hub_env(hf_home: Path, endpoint: str, **extra: str) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")
+    env = {name: os.environ[name] for name in keep if name in os.environ}
+    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint, HF_HUB_DISABLE_TELEMETRY="1", **extra)
+    return env
+
+
+# Loads the published model, checks its weights against the saved ones and runs it once.
+_LOAD_AND_RUN = """
+    import json
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoProcessor
+    model = AutoModel.from_pretrained({repo_id!r}{trust})
+    processor = AutoProcessor.from_pretrained({repo_id!r}{trust})
+    saved = load_file({weights!r})
+    state = model.state_dict()
+    same = sorted(saved) == sorted(state) and all(torch.equal(saved[k], state[k]) for k in saved)
+    config = model.config
+    clip = torch.randint(0, 256, (config.num_frames, 40, 60, 3), dtype=torch.uint8).numpy()
+    waveform = torch.zeros(24560).numpy()
+    inputs = processor(videos=clip, audio=waveform, sampling_rate=16000)
+    with torch.no_grad():
+        saliency = model.eval()(**inputs).saliency_map
+    try:
+        import dtfsal_hf
+        package_importable = True
+    except ModuleNotFoundError:
+        package_importable = False
+    print(json.dumps({{
+        "model_module": type(model).__module__, "model_class": type(model).__name__,
+        "processor_class": type(processor).__name__, "weights_equal": same,
+        "saliency_shape": list(saliency.shape), "package_importable": package_importable,
+    }}))
+"""
+# Makes `dtfsal_hf` unimportable even where it is installed, as on a machine without the package.
+_BLOCK_PACKAGE = """
+    import sys
+    class _NoDTFSal:
+        def find_spec(self, name, path=None, target=None):
+            if name == "dtfsal_hf" or name.startswith("dtfsal_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+    sys.meta_path.insert(0, _NoDTFSal())
+    try:
+        import dtfsal_hf
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("dtfsal_hf is importable: the test would not show loading without it")
+"""
+
+
+def _load_script(prelude: str, model_dir: Path, trust_remote_code: bool) -> str:
+    trust = ", trust_remote_code=True" if trust_remote_code else ""
+    body = _LOAD_AND_RUN.format(repo_id=REPO_ID, trust=trust, weights=str(model_dir / "model.safetensors"))
+    return textwrap.dedent(prelude) + textwrap.dedent(body)
+
+
+# The test Hub itself, with plain files
+
+
+def test_server_round_trips_files_through_commit_and_download(api, hub, tmp_path):
+    api.create_repo("plain/files")
+    payload = {"a.json": b'{"a": 1}', "nested/deep/b.bin": os.urandom(5000), "empty.txt": b""}
+    commit = _commit_bytes(api, "plain/files", payload)
+    folder = Path(snapshot_download("plain/files", endpoint=hub.endpoint, cache_dir=tmp_path))
+    assert folder.name == commit.oid
+    for path, data in payload.items():
+        assert (folder / path).read_bytes() == data
+    assert (folder / ".gitattributes").is_file()  # the Hub's initial commit
+    assert not hub.unhandled
+
+
+def test_server_lists_trees_commits_and_file_ids(api):
+    api.create_repo("plain/tree")
+    _commit_bytes(api, "plain/tree", {"top.txt": b"top", "dir/sub/x.txt": b"x"})
+    flat = {entry.path for entry in api.list_repo_tree("plain/tree")}
+    deep = {entry.path: entry for entry in api.list_repo_tree("plain/tree", recursive=True)}
+    assert flat == {".gitattributes", "top.txt", "dir"}
+    assert set(deep) == {".gitattributes", "top.txt", "dir", "dir/sub", "dir/sub/x.txt"}
+    assert deep["top.txt"].size == 3 and deep["dir/sub/x.txt"].size == 1
+    assert [c.title for c in api.list_repo_commits("plain/tree")] == ["add files", "initial commit"]
+    assert api.file_exists("plain/tree", "dir/sub/x.txt") and not api.file_exists("plain/tree", "missing.txt")
+
+
+def test_server_file_ids_are_git_blob_ids(api):
+    api.create_repo("plain/ids")
+    _commit_bytes(api, "plain/ids", {"hello.txt": b"Hello, World!"})
+    (entry,) = api.get_paths_info("plain/ids", ["hello.txt"])
+    assert entry.blob_id == "b45ef6fec89518d314f546fd6c3025367b721684"  # `git hash-object` of the content
+
+
+def test_server_skips_unchanged_files_on_recommit(api):
+    api.create_repo("plain/unchanged")
+    first = _commit_bytes(api, "plain/unchanged", {"same.txt": b"same"})
+    again = _commit_bytes(api, "plain/unchanged", {"same.txt": b"same"}, message="no-op")
+    assert again.oid == first.oid
+    assert len(api.list_repo_commits("plain/unchanged")) == 2
+
+
+def test_server_answers_hub_errors(api, hub, tmp_path):
+    api.create_repo("plain/errors")
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("plain/absent")
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info("plain/errors", revision="no-such-branch")
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download("plain/errors", "absent.json", endpoint=hub.endpoint, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="model-index"):
+        _commit_bytes(api, "plain/errors", {"README.md": b"---\nmodel-index: 3\n---\n# card\n"})
+
+
+def test_server_refuses_lfs_commit_entries(api, hub):
+    api.create_repo("plain/lfs")
+    header = {"key": "header", "value": {"summary": "lfs", "description": ""}}
+    lfs = {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": "0" * 64, "size": 1}}
+    body = "\n".join(json.dumps(line) for line in (header, lfs))
+    answer = httpx.post(f"{hub.endpoint}/api/models/plain/lfs/commit/main", content=body)
+    assert answer.status_code == 400 and "LFS" in answer.json()["error"]
+
+
+def test_server_serves_byte_ranges(api, hub):
+    api.create_repo("plain/range")
+    _commit_bytes(api, "plain/range", {"data.bin": bytes(range(100))})
+    answer = httpx.get(f"{hub.endpoint}/plain/range/resolve/main/data.bin", headers={"Range": "bytes=10-19"})
+    assert answer.status_code == 206 and answer.content == bytes(range(10, 20))
+    assert answer.headers["Content-Range"] == "bytes 10-19/100"
+
+
+# Publishing
+
+
+def test_push_is_one_commit_with_the_model_files(api, published, model_dir):
+    commits = api.list_repo_commits(REPO_ID)
+    assert [c.commit_id for c in commits][0] == published.oid
+    assert len(commits) == 2  # the repository's initial commit, then the whole model at once
+    files = set(api.list_repo_files(REPO_ID))
+    expected = {p.name for p in collect_model_files(model_dir)} | {"README.md", ".gitattributes"}
+    assert files == expected
+    assert {"config.json", "model.safetensors", "processor_config.json", "modeling_dtfsal.py", "layers.py"} <= files
+    assert "training_log.txt" not in files
+
+
+def test_published_files_are_byte_identical(api, hub, published, model_dir, tmp_path):
+    folder = Path(snapshot_download(REPO_ID, endpoint=hub.endpoint, cache_dir=tmp_path))
+    for path in collect_model_files(model_dir):
+        assert (folder / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_model_card_metadata_carries_the_evaluation(api, published, model_dir):
+    info = api.model_info(REPO_ID)
+    card = info.card_data
+    assert info.library_name == "transformers" and info.pipeline_tag == card.pipeline_tag
+    assert "custom_code" in card.tags and card.datasets == ["DHF1K"] and card.license == "apache-2.0"
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.eval_results}
+    expected = {
+        (summary["dataset"], name.replace("_", "-")): value
+        for summary in EVALUATION
+        for name, value in summary["metrics"].items()
+        if value is not None
+    }
+    assert results == expected  # every number comes from the evaluation file, and none is added
+    assert ("DHF1K", "sAUC") not in results
+    assert {r.dataset_split for r in card.eval_results} == {"val", "test"}
+
+
+def test_model_card_body_states_the_checkpoint(api, hub, published, model_dir, tmp_path):
+    readme = Path(hf_hub_download(REPO_ID, "README.md", endpoint=hub.endpoint, cache_dir=tmp_path)).read_text()
+    parameters = sum(p.numel() for p in DTFSalModel(DTFSalConfig.tiny()).parameters())
+    assert f"{parameters / 1e6:.2f}M parameters" in readme
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in readme
+    assert "| DHF1K | val | 3 | 0.1234 | 0.5678 | 0.6543 | 0.0987 | 2.4681 | – |" in readme
+    assert not re.search(r"\{\{\s*\w+\s*\}\}", readme)  # every template placeholder is filled
+    for section in ("## Intended use", "## Limits", "## Training recipe", "## Evaluation protocol", "## Citation"):
+        assert section in readme
+
+
+def test_card_without_evaluation_has_no_results(model_dir):
+    card = build_model_card(model_dir, REPO_ID)
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert "model-index" not in metadata
+    assert metadata["library_name"] == "transformers" and "custom_code" in metadata["tags"]
+    assert "No evaluation results were published with this checkpoint" in card
+
+
+# Evaluation summaries
+
+
+def test_evaluation_summaries_accept_one_object_or_a_list(tmp_path):
+    single, several = tmp_path / "one.json", tmp_path / "many.json"
+    single.write_text(json.dumps(EVALUATION[1]))
+    several.write_text(json.dumps(EVALUATION))
+    (one,) = load_evaluation_summaries([single])
+    assert one.dataset == "AVAD" and one.metrics == {"CC": 0.2222, "NSS": 1.1111, "AUC_J": 0.7777, "SIM": 0.1515}
+    dhf1k, _ = load_evaluation_summaries([several])
+    assert dhf1k.missing == ["sAUC"] and "sAUC" not in dhf1k.metrics and dhf1k.num_videos == 3
+
+
+@pytest.mark.parametrize(
+    "summary, message",
+    [
+        ({"metrics": {"CC": 0.5}}, "no 'dataset'"),
+        ({"dataset": "DHF1K"}, "no 'metrics'"),
+        ({"dataset": "DHF1K", "metrics": {"CC": None}}, "no metric value"),
+        ({"dataset": "DHF1K", "metrics": {"CC": "0.5"}}, "finite number"),
+        ({"dataset": "DHF1K", "metrics": {"CC": math.nan}}, "finite number"),
+        ({"dataset": "DHF1K", "metrics": {"CC": 0.5}, "num_videos": 0}, "positive integer"),
+    ],
+)
+def test_evaluation_summaries_refuse_incomplete_entries(tmp_path, summary, message):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=message):
+        load_evaluation_summaries([path])
+
+
+# Clear errors before anything is sent
+
+
+def _copy_without(model_dir: Path, tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    (copy / name).unlink()
+    return copy
+
+
+@pytest.mark.parametrize(
+    "missing, error, message",
+    [
+        ("config.json", FileNotFoundError, "No config.json"),
+        ("model.safetensors", FileNotFoundError, "No safetensors weights"),
+        ("processor_config.json", FileNotFoundError, "No processor configuration"),
+        ("layers.py", FileNotFoundError, r"layers\.py"),
+    ],
+)
+def test_push_refuses_incomplete_model_folders(hub, model_dir, tmp_path, missing, error, message):
+    folder = _copy_without(model_dir, tmp_path, missing)
+    served = len(hub.requests)
+    with pytest.raises(error, match=message):
+        push_to_hub(folder, "dtfsal-test/incomplete", endpoint=hub.endpoint, token=False)
+    assert len(hub.requests) == served
+
+
+def test_push_refuses_a_model_without_auto_map(hub, model_dir, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["auto_map"]
+    (folder / "config.json").write_text(json.dumps(config))
+    processor = json.loads((folder / "processor_config.json").read_text())
+    processor.pop("auto_map")
+    for section in ("feature_extractor", "video_processor"):
+        processor[section].pop("auto_map")
+    (folder / "processor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(ValueError, match="no `auto_map`"):
+        push_to_hub(folder, "dtfsal-test/no-auto-map", endpoint=hub.endpoint, token=False)
+
+
+@pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "bad name/model", "org/--double"])
+def test_push_refuses_bad_repository_ids(hub, model_dir, repo_id):
+    served = len(hub.requests)
+    with pytest.raises(ValueError, match="Repository id|Invalid repository id"):
+        push_to_hub(model_dir, repo_id, endpoint=hub.endpoint, token=False)
+    assert len(hub.requests) == served
+
+
+# Loading back with transformers
+
+
+def test_load_from_hub_with_the_package_installed(hub, published, model_dir, tmp_path):
+    code = _load_script("import dtfsal_hf\n", model_dir, trust_remote_code=False)
+    env = _hub_env(tmp_path / "hf", hub.endpoint, PYTHONPATH=str(REPO_ROOT))
+    result = _run_python(code, env, cwd=tmp_path)
+    config = DTFSalConfig.tiny()
+    assert result["model_module"] == "dtfsal_hf.modeling_dtfsal" and result["model_class"] == "DTFSalModel"
+    assert result["processor_class"] == "DTFSalProcessor" and result["weights_equal"]
+    assert result["saliency_shape"] == [1, *config.image_size]
+    assert not hub.unhandled
+
+
+def test_load_from_hub_without_the_package(hub, published, model_dir, tmp_path):
+    code = _load_script(_BLOCK_PACKAGE, model_dir, trust_remote_code=True)
+    result = _run_python(code, _hub_env(tmp_path / "hf", hub.endpoint), cwd=tmp_path, isolated=True)
+    assert not result["package_importable"]
+    assert result["model_module"].startswith("transformers_modules.") and result["model_class"] == "DTFSalModel"
+    assert result["processor_class"] == "DTFSalProcessor" and result["weights_equal"]
+    assert result["saliency_shape"] == [1, *DTFSalConfig.tiny().image_size]
+    assert not hub.unhandled
+
+
+def test_load_offline_from_a_populated_cache(hub, published, model_dir, tmp_path):
+    hf_home = tmp_path / "hf"
+    snapshot_download(REPO_ID, endpoint=hub.endpoint, cache_dir=hf_home / "hub")
+    served = len(hub.requests)
+    code = _load_script(_BLOCK_PACKAGE, model_dir, trust_remote_code=True)
+    # An endpoint nobody listens on: any request would fail, so the load must come from the cache alone.
+    env = _hub_env(hf_home, "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    result = _run_python(code, env, cwd=tmp_path, isolated=True)
+    assert result["weights_equal"] and result["model_class"] == "DTFSalModel"
+    assert result["processor_class"] == "DTFSalProcessor"
+    assert len(hub.requests) == served
+
+
+# The command line
+
+
+def test_cli_push_publishes_with_the_same_function(hub, model_dir, evaluation_file, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from dtfsal_hf.cli import main
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)  # what HF_ENDPOINT sets at import time
+    monkeypatch.setenv("HF_TOKEN", "test-token")  # never send a saved login to the test server
+    repo_id = "dtfsal-test/from-cli"
+    argv = ["push", str(model_dir), repo_id, "--evaluation", str(evaluation_file), "--dataset", "DHF1K"]
+    assert main(argv + ["--license", "mit", "--message", "First release"]) == 0
+    api = HfApi(endpoint=hub.endpoint, token=False)
+    commit = api.list_repo_commits(repo_id)[0]
+    assert capsys.readouterr().out.strip().endswith(f"/{repo_id}/commit/{commit.commit_id}")
+    assert commit.title == "First release"
+    assert api.model_info(repo_id).card_data.license == "mit"
