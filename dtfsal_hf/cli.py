@@ -55,35 +55,6 @@ def _run_push(args) -> int:
     return 0
 
 
-def _add_push(subparsers) -> None:
-    parser = subparsers.add_parser("push", help="publish a saved model to the Hugging Face Hub in one commit")
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained, with remote code")
-    parser.add_argument("repo_id", metavar="REPO_ID", help="target repository, 'namespace/name'")
-    parser.add_argument("--evaluation", action="append", default=[], metavar="JSON",
-                        help="evaluation summary for the card's results (repeatable); without it the card has none")
-    parser.add_argument("--dataset", action="append", default=[], metavar="NAME",
-                        help="a dataset the checkpoint was trained on, for the card metadata (repeatable)")
-    parser.add_argument("--license", default=None, help="license id of the weights (default: apache-2.0)")
-    parser.add_argument("--pipeline-tag", default=None, help="Hub task of the card (default: image-segmentation)")
-    parser.add_argument("--template", default=None, help="model card template (default: MODEL_CARD.md)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", default=None, help="branch to commit to (default: main)")
-    parser.add_argument("--message", default=None, help="commit message")
-    parser.set_defaults(handler=_run_push)
-
-
-def _run_push(args) -> int:
-    from .hub import push_to_hub
-
-    commit = push_to_hub(
-        args.model_dir, args.repo_id, evaluation_files=args.evaluation, datasets=args.dataset,
-        license=args.license, pipeline_tag=args.pipeline_tag, template=args.template,
-        private=args.private or None, revision=args.revision, commit_message=args.message,
-    )
-    print(commit.commit_url)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtfsal", description="DTFSal audio-visual video saliency prediction")
     subparsers = parser.add_subparsers(dest="command", required=True)
