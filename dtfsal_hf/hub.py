@@ -47,6 +47,7 @@ METRICS = {
     "SIM": ("sim", "SIM"),
     "KLD": ("kld", "KLD"),
     "sAUC": ("shuffled_auc", "sAUC"),
+    "AUC_B": ("auc_borji", "AUC-B"),
 }
 _METRIC_ALIASES = {
     "cc": "CC",
@@ -60,6 +61,8 @@ _METRIC_ALIASES = {
     "kldiv": "KLD",
     "sauc": "sAUC",
     "shuffledauc": "sAUC",
+    "aucb": "AUC_B",
+    "aucborji": "AUC_B",
 }
 # Files of a saved model that belong on the Hub; anything else in the folder stays local.
 _UPLOADED_SUFFIXES = (".safetensors", ".json", ".py")
@@ -89,37 +92,61 @@ def _canonical_metric(name: str) -> str:
     return _METRIC_ALIASES.get(key, name)
 
 
-def _parse_summary(entry: object, source: str) -> EvaluationSummary:
-    if not isinstance(entry, dict):
-        raise ValueError(f"{source}: an evaluation summary must be a JSON object, got {type(entry).__name__}")
-    dataset, metrics = entry.get("dataset"), entry.get("metrics")
-    if not isinstance(dataset, str) or not dataset.strip():
-        raise ValueError(f"{source}: the summary has no 'dataset' name (got {dataset!r})")
+def _metric_values(metrics: object, dataset: str, source: str) -> tuple[dict[str, float], list[str]]:
     if not isinstance(metrics, dict) or not metrics:
         raise ValueError(f"{source}: the summary for {dataset} has no 'metrics' object (got {metrics!r})")
     values, missing = {}, []
     for name, value in metrics.items():
         canonical = _canonical_metric(str(name))
-        if value is None:
-            missing.append(canonical)
+        if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+            raise ValueError(f"{source}: metric {name} of {dataset} must be a number or null, got {value!r}")
+        if value is None or not math.isfinite(value):
+            missing.append(canonical)  # no score (e.g. no fixations): reported as missing, never filled in
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{source}: metric {name} of {dataset} must be a finite number, got {value!r}")
         values[canonical] = float(value)
     if not values:
-        raise ValueError(f"{source}: the summary for {dataset} has no metric value (all of {sorted(metrics)} are null)")
-    num_videos = entry.get("num_videos")
+        raise ValueError(f"{source}: the summary for {dataset} has no metric value (all of {sorted(metrics)} are missing)")
+    return values, missing
+
+
+def _check_num_videos(num_videos: object, dataset: str, source: str) -> int | None:
     if num_videos is not None and (isinstance(num_videos, bool) or not isinstance(num_videos, int) or num_videos < 1):
         raise ValueError(f"{source}: 'num_videos' of {dataset} must be a positive integer, got {num_videos!r}")
-    split, protocol = entry.get("split"), entry.get("protocol")
-    return EvaluationSummary(dataset.strip(), values, split and str(split), protocol and str(protocol), num_videos, missing)
+    return num_videos
+
+
+def _parse_summary(entry: object, source: str) -> list[EvaluationSummary]:
+    """One summary per dataset: `{"dataset", "metrics", ...}`, or `dtfsal_hf.evaluation`'s `per_dataset` form."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{source}: an evaluation summary must be a JSON object, got {type(entry).__name__}")
+    protocol, split = entry.get("protocol"), entry.get("split")
+    if isinstance(entry.get("per_dataset"), dict) and "dataset" not in entry:
+        # The mean over several datasets has no single dataset to report it under; each dataset's own is used.
+        entries = [{**values, "dataset": name} for name, values in entry["per_dataset"].items()]
+        if not entries:
+            raise ValueError(f"{source}: 'per_dataset' is empty")
+    else:
+        entries = [entry]
+    summaries = []
+    for item in entries:
+        dataset = item.get("dataset") if isinstance(item, dict) else None
+        if not isinstance(dataset, str) or not dataset.strip():
+            raise ValueError(f"{source}: the summary has no 'dataset' name (got {dataset!r})")
+        values, missing = _metric_values(item.get("metrics"), dataset, source)
+        num_videos = _check_num_videos(item.get("num_videos"), dataset, source)
+        summaries.append(
+            EvaluationSummary(dataset.strip(), values, split and str(split), protocol and str(protocol), num_videos, missing)
+        )
+    return summaries
 
 
 def load_evaluation_summaries(paths: Iterable[str | Path]) -> list[EvaluationSummary]:
     """Read evaluation JSON files: each holds one summary object or a list of them.
 
-    A summary is `{"dataset": ..., "metrics": {"CC": ..., ...}}` with optional `split`, `protocol` and
-    `num_videos`. A null metric is recorded as missing, never filled in; a non-numeric one is an error.
+    A summary is either the `summary.json` written by `dtfsal_hf.evaluation.evaluate` (its `per_dataset`
+    entries are used) or `{"dataset": ..., "metrics": {"CC": ..., ...}}` with optional `split`,
+    `protocol` and `num_videos`. A null or NaN metric is recorded as missing, never filled in; a
+    non-numeric one is an error.
     """
     summaries = []
     for path in map(Path, paths):
@@ -132,7 +159,8 @@ def load_evaluation_summaries(paths: Iterable[str | Path]) -> list[EvaluationSum
         entries = content if isinstance(content, list) else [content]
         if not entries:
             raise ValueError(f"{path} holds an empty list: no evaluation summary")
-        summaries.extend(_parse_summary(entry, f"{path}[{i}]") for i, entry in enumerate(entries))
+        for i, entry in enumerate(entries):
+            summaries.extend(_parse_summary(entry, f"{path}[{i}]"))
     return summaries
 
 

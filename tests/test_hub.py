@@ -307,14 +307,35 @@ def test_evaluation_summaries_accept_one_object_or_a_list(tmp_path):
     assert dhf1k.missing == ["sAUC"] and "sAUC" not in dhf1k.metrics and dhf1k.num_videos == 3
 
 
+def test_evaluation_summaries_read_the_evaluation_module_output(tmp_path):
+    # The shape of `summary.json` from `dtfsal_hf.evaluation.evaluate`: per-dataset means, metric ids in lower case.
+    summary = {
+        "num_videos": 5,
+        "metrics": {"cc": 0.3, "nss": 1.5, "auc_judd": 0.8, "sim": 0.25, "kld": 1.9, "sauc": 0.6},
+        "per_dataset": {
+            "AVAD": {"num_videos": 2, "metrics": {"cc": 0.31, "nss": 1.6, "auc_judd": 0.81, "sim": 0.26, "kld": 1.8, "sauc": math.nan}},
+            "DIEM": {"num_videos": 3, "metrics": {"cc": 0.29, "nss": 1.4, "auc_judd": 0.79, "sim": 0.24, "kld": 2.0, "sauc": 0.6}},
+        },
+        "protocol": "stavis",
+        "seed": 0,
+    }
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))  # json writes NaN as the bare token NaN, as evaluate() does
+    avad, diem = load_evaluation_summaries([path])
+    assert (avad.dataset, avad.num_videos, avad.protocol) == ("AVAD", 2, "stavis")
+    assert avad.metrics == {"CC": 0.31, "NSS": 1.6, "AUC_J": 0.81, "SIM": 0.26, "KLD": 1.8} and avad.missing == ["sAUC"]
+    assert diem.metrics["sAUC"] == 0.6 and diem.num_videos == 3
+
+
 @pytest.mark.parametrize(
     "summary, message",
     [
         ({"metrics": {"CC": 0.5}}, "no 'dataset'"),
         ({"dataset": "DHF1K"}, "no 'metrics'"),
         ({"dataset": "DHF1K", "metrics": {"CC": None}}, "no metric value"),
-        ({"dataset": "DHF1K", "metrics": {"CC": "0.5"}}, "finite number"),
-        ({"dataset": "DHF1K", "metrics": {"CC": math.nan}}, "finite number"),
+        ({"dataset": "DHF1K", "metrics": {"CC": "0.5"}}, "number or null"),
+        ({"dataset": "DHF1K", "metrics": {"CC": math.nan}}, "no metric value"),
+        ({"per_dataset": {}, "metrics": {"cc": 0.5}}, "'per_dataset' is empty"),
         ({"dataset": "DHF1K", "metrics": {"CC": 0.5}, "num_videos": 0}, "positive integer"),
     ],
 )
