@@ -307,8 +307,8 @@ def _metric_display(name: str) -> str:
     return METRICS[name][1] if name in METRICS else name
 
 
-def _ordered_metrics(summaries: Sequence[EvaluationSummary]) -> list[str]:
-    present = {name for s in summaries for name in (*s.metrics, *s.missing)}
+def _ordered_metrics(summaries: Sequence[EvaluationSummary], with_missing: bool = True) -> list[str]:
+    present = {name for s in summaries for name in (*s.metrics, *(s.missing if with_missing else ()))}
     return [n for n in METRICS if n in present] + sorted(present - set(METRICS))
 
 
@@ -365,6 +365,7 @@ def _card_values(config: dict, parameters: int, repo_id: str, summaries: Sequenc
         "height": str(height),
         "width": str(width),
         "num_audio_examples": str(config.get("num_audio_examples", 9)),
+        "feature_dim": str(config.get("feature_dim", 192)),
         "audio_inputs": "used" if use_audio else "not used (`input_features` must be omitted)",
         "results": _results_table(summaries),
     }
@@ -392,7 +393,8 @@ def build_model_card(
     parameters = _parameter_count(_weight_files(model_dir))
     values = _card_values(config, parameters, repo_id, evaluations)
     body = _render(Path(template or _default_template()).read_text(encoding="utf-8"), values)
-    metric_names = _ordered_metrics(evaluations) if evaluations else list(METRICS)
+    # The protocol's metrics without an evaluation; otherwise those that have a value.
+    metric_names = _ordered_metrics(evaluations, with_missing=False) if evaluations else list(METRICS)[:6]
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=pipeline_tag,

@@ -273,6 +273,7 @@ def test_model_card_metadata_carries_the_evaluation(api, published, model_dir):
     assert results == expected  # every number comes from the evaluation file, and none is added
     assert ("DHF1K", "sAUC") not in results
     assert {r.dataset_split for r in card.eval_results} == {"val", "test"}
+    assert card.metrics == ["cc", "nss", "auc_judd", "sim", "kld"]  # sAUC has no value anywhere
 
 
 def test_model_card_body_states_the_checkpoint(api, hub, published, model_dir, tmp_path):
