@@ -15,6 +15,8 @@ times and audio times can be compared directly, also for variable frame rate vid
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import warnings
@@ -167,6 +169,24 @@ def _decoded_video_frames(container, stream, path, convert: bool = True) -> Iter
         ) from error
 
 
+def _relative_times(decoded, origin: float | None, nominal: float) -> Iterator[tuple[float, float | None, np.ndarray]]:
+    """(time, duration, image) with times from the video's start; a frame without timestamp follows the last."""
+    following = 0.0
+    for time, duration, image, _ in decoded:
+        if origin is None:
+            origin = time if time is not None else 0.0
+        time = time - origin if time is not None else following
+        following = time + (duration or nominal)
+        yield time, duration, image
+
+
+def _finished_frame(pending: tuple, next_time: float | None, nominal: float) -> Frame:
+    """A frame ends where the next one starts; the last one after its own duration (or 1 / fps)."""
+    index, time, duration, image = pending
+    end = next_time if next_time is not None and next_time > time else time + (duration or nominal)
+    return Frame(index=index, time=time, end_time=end, image=image)
+
+
 def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
     """Decode a video frame by frame, in presentation order.
 
@@ -182,28 +202,19 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
         stream.thread_type = "AUTO"
         origin = _stream_start(stream) if stream.start_time is not None else None
         nominal = 1.0 / _frame_rate(stream) if _frame_rate(stream) > 0 else 1.0 / 30.0
-        previous = None  # (index, time, duration, image), held back until the next frame gives its end time
-        index = 0
-        for time, duration, image, _ in _decoded_video_frames(container, stream, path):
-            if origin is None:
-                origin = time if time is not None else 0.0
-            if time is None:
-                time = previous[1] + (previous[2] or nominal) if previous is not None else 0.0
-            else:
-                time -= origin
-            if previous is not None:
-                end = time if time > previous[1] else previous[1] + (previous[2] or nominal)
-                yield Frame(index=previous[0], time=previous[1], end_time=end, image=previous[3])
-            previous = (index, time, duration, image)
-            index += 1
-        if previous is None:
+        pending = None  # held back until the next frame gives its end time
+        decoded = _relative_times(_decoded_video_frames(container, stream, path), origin, nominal)
+        for index, (time, duration, image) in enumerate(decoded):
+            if pending is not None:
+                yield _finished_frame(pending, time, nominal)
+            pending = (index, time, duration, image)
+        if pending is None:
             raise ValueError(f"{path}: no video frame could be decoded (empty or truncated file)")
-        yield Frame(index=previous[0], time=previous[1], end_time=previous[1] + (previous[2] or nominal), image=previous[3])
-        declared = stream.frames
-        if declared and index < declared - 1:
+        yield _finished_frame(pending, None, nominal)
+        if stream.frames and pending[0] + 1 < stream.frames - 1:
             warnings.warn(
-                f"{path}: the container declares {declared} frames but only {index} could be decoded; "
-                "the file may be truncated",
+                f"{path}: the container declares {stream.frames} frames but only {pending[0] + 1} could be "
+                "decoded; the file may be truncated",
                 stacklevel=2,
             )
 
@@ -288,6 +299,7 @@ def audio_window(track: AudioTrack, end_time: float, num_samples: int = 24560) -
     return window
 
 
+@functools.lru_cache(maxsize=8)
 def _colormap_table(name: str) -> np.ndarray:
     from matplotlib import colormaps
 
@@ -337,18 +349,39 @@ def _source_audio(source: AudioTrack | str | os.PathLike) -> tuple[np.ndarray, i
     return waveform[None, :].astype(np.float32), track.sampling_rate
 
 
-def _encode_audio(container, stream, samples: np.ndarray, rate: int) -> None:
-    frame_size = stream.codec_context.frame_size or 1024
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    for start in range(0, samples.shape[1], frame_size):
-        chunk = np.ascontiguousarray(samples[:, start : start + frame_size])
-        if chunk.shape[1] < frame_size:
-            chunk = np.pad(chunk, ((0, 0), (0, frame_size - chunk.shape[1])))
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        frame.pts = start
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+class _AudioEncoder:
+    """Encodes a waveform as AAC bit by bit, so audio and video packets stay interleaved in the file."""
+
+    def __init__(self, container, samples: np.ndarray, rate: int) -> None:
+        self.container, self.samples, self.rate = container, samples, rate
+        self.stream = container.add_stream("aac", rate=rate)
+        self.stream.layout = "mono"
+        self.position = 0
+
+    def encode_until(self, seconds: float) -> None:
+        frame_size = self.stream.codec_context.frame_size or 1024
+        end = min(int(math.ceil(seconds * self.rate)), self.samples.shape[1])
+        while self.position < end:
+            chunk = np.ascontiguousarray(self.samples[:, self.position : self.position + frame_size])
+            if chunk.shape[1] < frame_size:
+                chunk = np.pad(chunk, ((0, 0), (0, frame_size - chunk.shape[1])))
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = self.rate, self.position
+            self.container.mux(self.stream.encode(frame))
+            self.position += frame_size
+
+    def close(self, seconds: float) -> None:
+        self.encode_until(seconds)
+        self.container.mux(self.stream.encode(None))
+
+
+def _checked_image(item, shape: tuple | None) -> np.ndarray:
+    image = item.image if isinstance(item, Frame) else np.asarray(item)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"frames must be (height, width, 3) uint8, got {image.shape} {image.dtype}")
+    if shape is not None and image.shape != shape:
+        raise ValueError(f"all frames must have the size of the first one, {shape}; got {image.shape}")
+    return image
 
 
 def write_overlay_video(
@@ -366,7 +399,8 @@ def write_overlay_video(
     Args:
         frames: RGB images (H, W, 3) uint8, or `Frame`s (their timestamps are kept, for variable frame rate).
         maps: one map (h, w) in [0, 1] per frame, at any resolution (resized to the frame).
-        audio: an `AudioTrack`, or the path of the source video whose sound is re-encoded; None for no sound.
+        audio: an `AudioTrack`, or the path of the source video whose sound is re-encoded (mono, at its own
+            sampling rate); None for no sound.
         path: the output `.mp4`.
         fps: the frame rate used for plain images (and the nominal rate of the stream).
 
@@ -374,42 +408,35 @@ def write_overlay_video(
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    pairs = iter(zip(frames, maps, strict=True))
+    first = next(pairs, None)
+    if first is None:
+        raise ValueError("write_overlay_video got no frames")
+    shape = _checked_image(first[0], None).shape
     if audio is not None and not isinstance(audio, AudioTrack) and not probe_video(audio).has_audio:
         audio = None
-    sound = _source_audio(audio) if audio is not None else None
-    rate = Fraction(fps).limit_denominator(1001)
-    time_base = Fraction(1, 90000)
-    count = 0
+    rate, time_base = Fraction(fps).limit_denominator(1001), Fraction(1, 90000)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="mp4") as container:
         video = container.add_stream("libx264", rate=rate)
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": str(crf), "preset": "veryfast"}
+        video.width, video.height = shape[1] + shape[1] % 2, shape[0] + shape[0] % 2
+        video.pix_fmt, video.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
         video.codec_context.time_base = time_base
-        audio_stream = container.add_stream("aac", rate=sound[1]) if sound is not None else None
-        if audio_stream is not None:
-            audio_stream.layout = "mono"
-        last_pts = -1
-        for item, saliency_map in zip(frames, maps, strict=True):
-            image = item.image if isinstance(item, Frame) else np.asarray(item)
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"frames must be (height, width, 3) uint8, got {image.shape} {image.dtype}")
-            if count == 0:
-                video.width, video.height = image.shape[1] + image.shape[1] % 2, image.shape[0] + image.shape[0] % 2
-            time = item.time if isinstance(item, Frame) else count / float(rate)
-            pts = max(int(round(time / time_base)), last_pts + 1)
+        sound = _AudioEncoder(container, *_source_audio(audio)) if audio is not None else None
+        last_pts, count = -1, 0
+        for item, saliency_map in itertools.chain([first], pairs):
+            image = _checked_image(item, shape)
+            time = item.time if isinstance(item, Frame) else count / rate
             frame = av.VideoFrame.from_ndarray(_even(overlay_saliency(image, saliency_map, alpha, colormap)), format="rgb24")
-            frame.pts, frame.time_base = pts, time_base
+            # Timestamps must increase strictly, even where the source repeats one.
+            frame.pts, frame.time_base = max(int(round(time / time_base)), last_pts + 1), time_base
             container.mux(video.encode(frame))
-            last_pts = pts
-            count += 1
-        if count == 0:
-            raise ValueError("write_overlay_video got no frames")
+            last_pts, count = frame.pts, count + 1
+            if sound is not None:
+                sound.encode_until(float(last_pts * time_base))
         container.mux(video.encode(None))
-        if audio_stream is not None:
-            duration_samples = int(math.ceil((last_pts * time_base + 1 / rate) * sound[1]))
-            _encode_audio(container, audio_stream, sound[0][:, :duration_samples], sound[1])
+        if sound is not None:
+            sound.close(float(last_pts * time_base + 1 / rate))
     return count
 
 

@@ -337,5 +337,10 @@ def test_write_overlay_video_checks_its_inputs(tmp_path):
         media.write_overlay_video([np.zeros((8, 8, 3), np.float32)], [np.zeros((8, 8))], None, tmp_path / "a.mp4", fps=10)
     with pytest.raises(ValueError, match="fps"):
         media.write_overlay_video([], [], None, tmp_path / "b.mp4", fps=0)
+    with pytest.raises(ValueError, match="no frames"):
+        media.write_overlay_video([], [], None, tmp_path / "b.mp4", fps=10)
+    images = [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)]
+    with pytest.raises(ValueError, match="size of the first one"):
+        media.write_overlay_video(images, [np.zeros((8, 8))] * 2, None, tmp_path / "d.mp4", fps=10)
     with pytest.raises(ValueError):
         media.write_overlay_video([np.zeros((8, 8, 3), np.uint8)] * 2, [np.zeros((8, 8))], None, tmp_path / "c.mp4", fps=10)
