@@ -50,10 +50,12 @@ def _as_batch(name: str, value: torch.Tensor) -> tuple[torch.Tensor, bool]:
     batched = value.dim() == 3
     if not batched:
         value = value.unsqueeze(0)
-    if not torch.isfinite(value.to(torch.float64)).all():
+    value = value.to(torch.float64)
+    # One reduction instead of an elementwise check: NaN and ±inf both make the sum non-finite.
+    if not torch.isfinite(value.sum()):
         raise ValueError(f"{name} holds NaN or infinite values")
     # (B, H, W) -> (B, H*W)
-    return value.to(torch.float64).flatten(1), batched
+    return value.flatten(1), batched
 
 
 def _pair(first_name: str, first, second_name: str, second) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -293,6 +295,7 @@ def compute_metrics(
     unknown = [name for name in metrics if name not in METRIC_NAMES]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; expected names among {list(METRIC_NAMES)}")
+    saliency_map, target_map, fixation_map = (torch.as_tensor(m).to(torch.float64) for m in (saliency_map, target_map, fixation_map))
     functions = {
         "cc": lambda: cc(saliency_map, target_map),
         "nss": lambda: nss(saliency_map, fixation_map),

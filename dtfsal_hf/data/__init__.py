@@ -1,0 +1,71 @@
+"""Video saliency datasets: readers, gaze to ground truth, clips, and a synthetic audio-visual set."""
+
+from .clips import ClipPolicy, SaliencyClipDataset, clip_index, records_from_index, video_index
+from .gaze import (
+    continuous_map,
+    fixation_map,
+    fwhm_to_sigma,
+    gaze_fixations,
+    gaze_to_ground_truth,
+    read_smi_gaze,
+    recording_fixations,
+    screen_to_video,
+    write_dhf1k_annotation,
+)
+from .io import (
+    AUDIO_WINDOW_SAMPLES,
+    SAMPLING_RATE,
+    audio_window,
+    load_audio,
+    read_fixation_map,
+    read_frame,
+    read_saliency_map,
+    read_video_frames,
+)
+from .readers import (
+    STAVIS_DATABASES,
+    VideoRecord,
+    load_records,
+    read_dhf1k,
+    read_fold_list,
+    read_hollywood2,
+    read_stavis,
+    read_ucf_sports,
+)
+from .synthetic import PALETTE, SyntheticConfig, generate_synthetic_dataset
+
+__all__ = [
+    "AUDIO_WINDOW_SAMPLES",
+    "PALETTE",
+    "SAMPLING_RATE",
+    "STAVIS_DATABASES",
+    "ClipPolicy",
+    "SaliencyClipDataset",
+    "SyntheticConfig",
+    "VideoRecord",
+    "audio_window",
+    "clip_index",
+    "continuous_map",
+    "fixation_map",
+    "fwhm_to_sigma",
+    "gaze_fixations",
+    "gaze_to_ground_truth",
+    "generate_synthetic_dataset",
+    "load_audio",
+    "load_records",
+    "read_dhf1k",
+    "read_fixation_map",
+    "read_fold_list",
+    "read_frame",
+    "read_hollywood2",
+    "read_saliency_map",
+    "read_smi_gaze",
+    "read_stavis",
+    "read_ucf_sports",
+    "read_video_frames",
+    "records_from_index",
+    "recording_fixations",
+    "screen_to_video",
+    "video_index",
+    "write_dhf1k_annotation",
+]
