@@ -1,0 +1,89 @@
+"""The synthetic audio-visual set: STAViS layout, and only the sound tells which disc is looked at."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dtfsal_hf.data import PALETTE, SyntheticConfig, generate_synthetic_dataset, load_records
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    config = SyntheticConfig(num_videos=6, duration_s=4.0)
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), config, progress=False), config
+
+
+def sources(root, record):
+    return json.loads((root / "annotations" / "SyntheticAV" / record.name / "sources.json").read_text())
+
+
+def test_layout_reads_as_a_stavis_database(synthetic):
+    root, config = synthetic
+    records = load_records("SyntheticAV", root, "test", fold="all")
+    assert sorted(r.name for r in records) == [f"synth_{i:04d}" for i in range(6)]
+    assert [r.name for r in load_records("SyntheticAV", root, "train", fold=2)] == ["synth_0000", "synth_0002", "synth_0003", "synth_0005"]
+    record = records[0]
+    assert record.num_frames == 100 and record.fps == 25.0
+    assert record.frames([0]).shape == (1, 96, 160, 3)
+    assert record.fixation_map(0).sum() >= 1 and record.saliency_map(0).max() > 0.9
+    track = record.audio()
+    assert track.sampling_rate == 16000 and track.waveform.shape == (64000,)
+    assert json.loads((root / "config.json").read_text())["num_objects"] == 3
+
+
+def test_fixations_sit_on_the_sounding_disc_and_the_tone_is_its_colour(synthetic):
+    root, config = synthetic
+    for record in load_records("SyntheticAV", root, "test", fold="all"):
+        info = sources(root, record)
+        centres = np.array(info["centres"])
+        for frame in (5, 50, 95):
+            sounding = info["sounding_object"][frame]
+            fixated = np.argwhere(record.fixation_map(frame)).mean(axis=0)
+            assert np.linalg.norm(fixated + 0.5 - centres[frame, sounding]) < config.radius
+            # The dominant frequency of the 0.25 s of sound around the frame is the sounding disc's tone.
+            waveform = record.audio().waveform
+            middle = int((frame + 0.5) / config.fps * 16000)
+            piece = waveform[max(middle - 2000, 0) : middle + 2000]
+            peak = np.fft.rfftfreq(piece.size, 1 / 16000)[np.abs(np.fft.rfft(piece * np.hanning(piece.size))).argmax()]
+            segment = next(s for s in info["segments"] if s[0] <= (frame + 0.5) / config.fps < s[1])
+            if min(abs(segment[0] * 16000 - middle), abs(segment[1] * 16000 - middle)) > 2000:
+                assert peak == pytest.approx(info["frequencies_hz"][sounding], abs=10)
+        # Each colour keeps its tone in every video.
+        for colour, frequency in zip(info["colours"], info["frequencies_hz"]):
+            assert any(tuple(colour) == p[0] and frequency == p[1] for p in PALETTE)
+
+
+def test_which_disc_sounds_is_not_visible(synthetic):
+    root, config = synthetic
+    infos = [sources(root, r) for r in load_records("SyntheticAV", root, "test", fold="all")]
+    # Segments last 1.5–3 s and always switch to another disc.
+    for info in infos:
+        lengths = [end - start for start, end, _ in info["segments"][:-1]]
+        assert all(1.5 <= length <= 3.0 for length in lengths)
+        owners = [k for _, _, k in info["segments"]]
+        assert all(a != b for a, b in zip(owners, owners[1:]))
+    # Every colour sounds in some video: the sounding colour is not fixed.
+    sounding_colours = {info["palette_indices"][k] for info in infos for _, _, k in info["segments"]}
+    assert sounding_colours == set(range(config.palette_size))
+    # The discs are drawn alike: same radius, and the sounding disc moves no differently.
+    speeds = []
+    for info in infos:
+        centres = np.array(info["centres"])
+        step = np.linalg.norm(np.diff(centres, axis=0), axis=2)
+        sounding = np.array(info["sounding_object"][:-1])
+        speeds.append((step[np.arange(len(sounding)), sounding].mean(), step.mean()))
+    sounding_speed, mean_speed = np.mean(speeds, axis=0)
+    assert sounding_speed == pytest.approx(mean_speed, rel=0.35)
+
+
+def test_generation_is_reproducible_and_checked(tmp_path):
+    config = SyntheticConfig(num_videos=3, duration_s=1.0, seed=5)
+    first = generate_synthetic_dataset(tmp_path / "a", config, progress=False)
+    second = generate_synthetic_dataset(tmp_path / "b", config, progress=False)
+    for name in ("video_audio/SyntheticAV/synth_0001/synth_0001.wav", "annotations/SyntheticAV/synth_0002/fixMap_00010.mat"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    with pytest.raises(ValueError, match="num_objects"):
+        SyntheticConfig(num_objects=4, palette_size=3)
+    with pytest.raises(ValueError, match="segment_s"):
+        SyntheticConfig(segment_s=(2.0, 1.0))
