@@ -1,17 +1,32 @@
 """dtfsal_hf: DTFSal audio-visual video saliency prediction as a Hugging Face transformers model."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor, AutoVideoProcessor
 
 from .configuration_dtfsal import DTFSalConfig
+from .feature_extraction_dtfsal import DTFSalFeatureExtractor
 from .modeling_dtfsal import DTFSalModel, DTFSalOutput, DTFSalPreTrainedModel
+from .processing_dtfsal import DTFSalProcessor
+from .video_processing_dtfsal import DTFSalVideoProcessor
 
 __version__ = "0.1.0"
 
 AutoConfig.register("dtfsal", DTFSalConfig, exist_ok=True)
 AutoModel.register(DTFSalConfig, DTFSalModel, exist_ok=True)
+AutoFeatureExtractor.register(DTFSalConfig, DTFSalFeatureExtractor, exist_ok=True)
+AutoVideoProcessor.register(DTFSalConfig, DTFSalVideoProcessor, exist_ok=True)
+AutoProcessor.register(DTFSalConfig, DTFSalProcessor, exist_ok=True)
 # save_pretrained then writes the model-defining files and an `auto_map`, so a saved folder also loads
 # with `trust_remote_code=True` where this package is not installed.
 DTFSalConfig.register_for_auto_class()
 DTFSalModel.register_for_auto_class("AutoModel")
 
-__all__ = ["DTFSalConfig", "DTFSalModel", "DTFSalOutput", "DTFSalPreTrainedModel", "__version__"]
+__all__ = [
+    "DTFSalConfig",
+    "DTFSalModel",
+    "DTFSalOutput",
+    "DTFSalPreTrainedModel",
+    "DTFSalFeatureExtractor",
+    "DTFSalVideoProcessor",
+    "DTFSalProcessor",
+    "__version__",
+]
