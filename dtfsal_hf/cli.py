@@ -55,10 +55,47 @@ def _run_push(args) -> int:
     return 0
 
 
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a model or saved predictions on a dataset (DHF1K or STAViS protocol)"
+    )
+    parser.add_argument("--dataset", required=True,
+                        help="dhf1k, ucf_sports, hollywood2, or a STAViS-layout database (AVAD, DIEM, Coutrot_db1, ...)")
+    parser.add_argument("--root", required=True, help="the dataset's folder")
+    parser.add_argument("--split", default=None, help="split to score (default: val for DHF1K, test otherwise)")
+    parser.add_argument("--fold", default="all", help="STAViS fold: 1, 2, 3 or all (default: all)")
+    parser.add_argument("--fold-lists", default=None, help="folder of STAViS fold lists (default: ROOT/fold_lists)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help="folder of saved maps: <video>.npz (key 'maps') or <video>/*.png")
+    source.add_argument("--model", help="a saved model folder or Hub id; '{fold}' in it is replaced by the fold")
+    parser.add_argument("--output", required=True, help="folder for per_video.csv and summary.json")
+    parser.add_argument("--protocol", default="auto", choices=("auto", "dhf1k", "stavis"))
+    parser.add_argument("--metrics", default="cc,nss,auc_judd,sim,kld,sauc", help="comma-separated metric names")
+    parser.add_argument("--max-videos", type=int, default=None, help="score only the first N videos")
+    parser.add_argument("--no-resume", action="store_true", help="start over instead of skipping videos already scored")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sAUC's other maps and of AUC jitter")
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per model call")
+    parser.add_argument("--device", default=None, help="device for the model (default: cuda if available)")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .evaluation import format_table, run_evaluation
+
+    summary = run_evaluation(
+        args.dataset, args.root, args.output, split=args.split, fold=args.fold, fold_lists=args.fold_lists,
+        predictions=args.predictions, model=args.model, protocol=args.protocol,
+        metrics=[name.strip() for name in args.metrics.split(",") if name.strip()], max_videos=args.max_videos,
+        resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
+    )
+    print(format_table(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtfsal", description="DTFSal audio-visual video saliency prediction")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_push):
+    for add in (_add_info, _add_push, _add_evaluate):
         add(subparsers)
     return parser
 

@@ -1,0 +1,192 @@
+"""Evaluation: protocols, saved predictions, resuming, the CLI, a model run, and real DHF1K gaze."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data_trees import shared_data_or_skip, write_stavis
+from dtfsal_hf.cli import main
+from dtfsal_hf.data import VideoRecord, continuous_map, fixation_map, gaze_fixations, load_records, write_dhf1k_annotation
+from dtfsal_hf.evaluation import (
+    PredictionFolder,
+    ShufflePool,
+    center_bias_map,
+    center_bias_predictor,
+    evaluate,
+    format_table,
+    prepare_prediction,
+    protocol_for,
+    run_evaluation,
+    uniform_predictor,
+)
+
+
+@pytest.fixture()
+def avad(tmp_path):
+    return write_stavis(tmp_path / "stavis", "AVAD", ["V1", "V2", "V3", "V4"], num_frames=5)
+
+
+def ground_truth_predictor(record):
+    return np.stack([record.saliency_map(i) for i in range(record.num_frames)])
+
+
+def test_protocol_choice_and_preparation():
+    assert protocol_for("DHF1K") == "dhf1k" and protocol_for("UCF-Sports") == "dhf1k" and protocol_for("Hollywood-2") == "dhf1k"
+    assert protocol_for("AVAD") == "stavis" and protocol_for("SyntheticAV") == "stavis"
+    impulse = np.zeros((1, 21, 21), np.float32)
+    impulse[0, 10, 10] = 1
+    blurred = prepare_prediction(impulse, (21, 21), "stavis")[0]
+    # σ = 2 px: the blurred impulse is a normalised Gaussian of that width.
+    assert float(blurred.sum()) == pytest.approx(1.0) and float(blurred[10, 12] / blurred[10, 10]) == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert torch.equal(prepare_prediction(impulse, (21, 21), "dhf1k")[0], torch.from_numpy(impulse[0]).double())
+    assert prepare_prediction(np.ones((2, 8, 8)), (16, 12), "dhf1k").shape == (2, 16, 12)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        prepare_prediction(impulse, (21, 21), "mit")
+
+
+def test_ground_truth_scores_best_and_uniform_scores_chance(avad, tmp_path):
+    records = load_records("AVAD", avad, "test", fold="all")
+    best = evaluate(records, ground_truth_predictor, tmp_path / "best", progress=False, protocol="dhf1k")
+    chance = evaluate(records, uniform_predictor, tmp_path / "chance", progress=False)
+    assert best["metrics"]["cc"] == pytest.approx(1.0) and best["metrics"]["kld"] == pytest.approx(0.0, abs=1e-6)
+    assert best["metrics"]["auc_judd"] > 0.95 and best["metrics"]["sauc"] > 0.6
+    assert chance["metrics"]["cc"] == 0 and chance["metrics"]["nss"] == 0 and chance["metrics"]["auc_judd"] == 0.5
+    assert chance["protocol"] == "stavis" and chance["folds"] == [1, 2, 3] and chance["num_videos"] == 4
+    rows = list(csv.DictReader((tmp_path / "chance" / "per_video.csv").open()))
+    assert [row["key"] for row in rows] == ["AVAD/fold1/V1", "AVAD/fold1/V4", "AVAD/fold2/V2", "AVAD/fold3/V3"]
+    summary = json.loads((tmp_path / "chance" / "summary.json").read_text())
+    assert summary["per_dataset"]["AVAD"]["num_videos"] == 4
+    table = format_table(best)
+    assert "| AVAD | 4 | 1.000 |" in table and "AVAD CC/NSS/AUC-J/SIM: 1.000/" in table
+
+
+def test_resume_skips_scored_videos(avad, tmp_path):
+    records = load_records("AVAD", avad, "test", fold="all")
+    evaluate(records[:2], uniform_predictor, tmp_path / "run", progress=False)
+    seen = []
+
+    def counting(record):
+        seen.append(record.key)
+        return uniform_predictor(record)
+
+    summary = evaluate(records, counting, tmp_path / "run", progress=False)
+    assert seen == [records[2].key, records[3].key] and summary["num_videos"] == 4
+    assert len(list(csv.DictReader((tmp_path / "run" / "per_video.csv").open()))) == 4
+    with pytest.raises(ValueError, match="columns"):
+        evaluate(records, uniform_predictor, tmp_path / "run", metrics=("cc",), progress=False)
+
+
+def test_frames_without_fixations_are_skipped(tmp_path):
+    root = write_stavis(tmp_path, "SumMe", ["a", "b", "c"], num_frames=4)
+    from scipy.io import savemat
+
+    savemat(root / "annotations" / "SumMe" / "a" / "fixMap_00002.mat", {"eyeMap": np.zeros((24, 32), np.uint8)})
+    records = load_records("SumMe", root, "test", fold=1)
+    summary = evaluate(records, ground_truth_predictor, tmp_path / "out", protocol="dhf1k", progress=False, metrics=("cc", "nss"))
+    row = next(csv.DictReader((tmp_path / "out" / "per_video.csv").open()))
+    assert row["num_frames"] == "4" and row["scored_frames"] == "3"
+    assert summary["metrics"]["cc"] == pytest.approx(1.0)
+
+
+def test_shuffle_pool_draws_from_other_videos(avad):
+    records = load_records("AVAD", avad, "test", fold="all")
+    pool = ShufflePool(records, frames_per_video=5)
+    other = pool.other_map(records[0], 0, (24, 32), other_frames=3)
+    assert other.dtype == bool and 1 <= other.sum() <= 3
+    assert np.array_equal(other, pool.other_map(records[0], 0, (24, 32), other_frames=3))
+    alone = ShufflePool(records[:1])
+    assert alone.other_map(records[0], 0, (24, 32)) is None
+
+
+def test_prediction_folder_npz_png_and_errors(avad, tmp_path):
+    records = load_records("AVAD", avad, "test", fold=1)
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    maps = ground_truth_predictor(records[0])
+    np.savez(folder / f"{records[0].name}.npz", maps=maps[:, ::2, ::2])
+    from PIL import Image
+
+    (folder / "fold_1" / records[1].name).mkdir(parents=True)
+    for i, saliency in enumerate(ground_truth_predictor(records[1])):
+        Image.fromarray(np.round(saliency * 255).astype(np.uint8)).save(folder / "fold_1" / records[1].name / f"{i:04d}.png")
+    predictions = PredictionFolder(folder)
+    assert predictions(records[0]).shape == (5, 12, 16) and predictions(records[1]).shape == (5, 24, 32)
+    summary = evaluate(records, predictions, tmp_path / "out", progress=False)
+    # The half-size map, blurred and upsampled under the STAViS protocol, stays close to the truth.
+    assert summary["metrics"]["cc"] > 0.9
+    np.savez(folder / f"{records[0].name}.npz", maps=maps[:3])
+    with pytest.raises(ValueError, match=r"expected 5 maps"):
+        predictions(records[0])
+    with pytest.raises(ValueError, match="no prediction for AVAD/fold2/V2"):
+        predictions(load_records("AVAD", avad, "test", fold=2)[0])
+
+
+def test_cli_evaluate_on_saved_predictions(avad, tmp_path, capsys):
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    for record in load_records("AVAD", avad, "test", fold="all"):
+        np.savez(folder / f"{record.name}.npz", maps=ground_truth_predictor(record))
+    code = main(["evaluate", "--dataset", "avad", "--root", str(avad), "--predictions", str(folder), "--output", str(tmp_path / "eval"), "--metrics", "cc,nss,sim"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| dataset | videos | CC | NSS | SIM |" in printed and "| AVAD | 4 |" in printed
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["num_videos"] == 4
+    with pytest.raises(ValueError, match="exactly one of"):
+        run_evaluation("avad", avad, tmp_path / "x")
+
+
+def test_model_run_through_the_evaluation(avad, tmp_path):
+    from dtfsal_hf.configuration_dtfsal import DTFSalConfig
+    from dtfsal_hf.modeling_dtfsal import DTFSalModel
+
+    torch.manual_seed(0)
+    DTFSalModel(DTFSalConfig.tiny(use_audio=True)).save_pretrained(tmp_path / "model")
+    summary = run_evaluation("AVAD", avad, tmp_path / "eval", fold=1, model=str(tmp_path / "model"), max_videos=1, progress=False, metrics=("cc", "nss"))
+    assert summary["num_videos"] == 1 and -1 <= summary["metrics"]["cc"] <= 1
+
+
+def test_center_bias_map():
+    bias = center_bias_map(9, 16)
+    # Odd height: a pixel row sits on the centre; even width: the nearest columns are half a pixel off.
+    assert bias.shape == (9, 16) and bias.max() == pytest.approx(np.exp(-0.5 * (0.5 / 4) ** 2))
+    assert bias[4, 7] == bias.max() and bias[0, 0] < 0.05
+
+
+@pytest.fixture()
+def one_thread():
+    """Full-resolution metrics are many small tensor operations: one thread avoids contention on busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Video 002 of DHF1K, one frame per second (every 30th of its 783 frames: 27 frames), ground truth
+# regenerated from the gaze; the whole video's values are in docs/evaluation.md.
+REAL_CENTER_BIAS = {"cc": 0.3598, "nss": 2.2357, "auc_judd": 0.9686, "sim": 0.1421, "kld": 2.4242, "auc_borji": 0.9623}
+REAL_UNIFORM = {"cc": 0.0, "nss": 0.0, "auc_judd": 0.5, "sim": 0.0657, "kld": 3.3605, "auc_borji": 0.5}
+
+
+def test_real_dhf1k_002_baselines(tmp_path, one_thread):
+    gaze = shared_data_or_skip("dhf1k_002", "gaze")
+    per_frame = gaze_fixations(sorted(gaze.glob("P*_Trail002.txt")), (640, 360), num_frames=783)[::30]
+    folder = write_dhf1k_annotation(
+        tmp_path / "annotation" / "0002",
+        np.stack([fixation_map(points, (360, 640)) for points in per_frame]),
+        np.stack([continuous_map(points, (360, 640)) for points in per_frame]),
+    )
+    record = VideoRecord(
+        dataset="DHF1K", name="0002", split="train", num_frames=len(per_frame), fps=1.0,
+        map_paths=sorted(str(p) for p in (folder / "maps").iterdir()),
+        fixation_paths=sorted(str(p) for p in (folder / "fixation").iterdir()),
+    )
+    names = ("cc", "nss", "auc_judd", "sim", "kld", "auc_borji")
+    centre = evaluate([record], center_bias_predictor(), tmp_path / "centre", metrics=names, progress=False)
+    uniform = evaluate([record], uniform_predictor, tmp_path / "uniform", metrics=names, progress=False)
+    for name in names:
+        assert centre["metrics"][name] == pytest.approx(REAL_CENTER_BIAS[name], abs=1e-3), name
+        assert uniform["metrics"][name] == pytest.approx(REAL_UNIFORM[name], abs=1e-3), name
