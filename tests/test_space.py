@@ -1,0 +1,255 @@
+"""The Space (`space/app.py`), driven through its API with `gradio_client`.
+
+The app runs as its own process on 127.0.0.1 (tests/space_server.py) with the untrained tiny model and a
+2 s length cap, so a run takes seconds; the checks are on what a visitor gets: the overlay video with its
+sound, the heat maps, the statistics, the download, and the messages for wrong input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import sys
+import time
+import tomllib
+import zipfile
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from huggingface_hub import SpaceCard
+from matplotlib import colormaps
+from PIL import Image
+
+from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.inference import DEMO_CHECKPOINT
+from dtfsal_hf.media import load_audio, probe_video, read_frames
+from dtfsal_hf.processing_dtfsal import DTFSalProcessor
+from space_server import APP, DHF1K_CLIP, REPO_ROOT, running_space
+
+CAP_SECONDS = 2.0
+needs_clip = pytest.mark.skipif(not DHF1K_CLIP.is_file(), reason=f"the DHF1K clip is not at {DHF1K_CLIP}")
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("space_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["space_app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def app():
+    return _load_app()
+
+
+@pytest.fixture(scope="module")
+def visual_model(tmp_path_factory):
+    """A saved tiny DTFSal(V) folder: the visual-only variant loaded from a path, as a Space variable may give."""
+    folder = tmp_path_factory.mktemp("dtfsal-v-tiny")
+    model = DTFSalModel(DTFSalConfig.tiny(use_audio=False))
+    model.save_pretrained(folder)
+    DTFSalProcessor.from_model_config(model.config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, visual_model):
+    log = tmp_path_factory.mktemp("space") / "space.log"
+    with running_space(log, {"DTFSAL_MODEL_VISUAL": str(visual_model)}) as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def dhf1k_run(client):
+    """(outputs, progress updates seen while it ran) of one run on the DHF1K clip."""
+    if not DHF1K_CLIP.is_file():
+        pytest.skip(f"the DHF1K clip is not at {DHF1K_CLIP}")
+    job = client.submit(handle_file(str(DHF1K_CLIP)), "audio-visual", 8, 1.0, 0.5, "jet", api_name="/predict")
+    updates = set()
+    while not job.done():
+        for unit in job.status().progress_data or []:
+            updates.add((unit.desc, unit.index, unit.length, unit.unit))
+        time.sleep(0.02)
+    return job.result(), updates
+
+
+@pytest.fixture(scope="module")
+def dhf1k_result(dhf1k_run):
+    return dhf1k_run[0]
+
+
+# The Space's files
+
+
+def test_readme_front_matter_names_the_app_and_its_models(app):
+    card = SpaceCard.load(APP.parent / "README.md").data
+    assert card.sdk == "gradio"
+    assert (APP.parent / card.app_file) == APP
+    assert card.models == [app.DEFAULT_MODEL, app.DEFAULT_VISUAL_MODEL]
+    import gradio
+
+    assert card.sdk_version.split(".")[0] == gradio.__version__.split(".")[0]
+
+
+def test_requirements_cover_the_package_dependencies():
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    name = re.compile(r"^[A-Za-z0-9_.-]+")
+    needed = {name.match(spec).group(0).lower() for spec in pyproject["project"]["dependencies"]}
+    lines = (APP.parent / "requirements.txt").read_text().splitlines()
+    listed = {name.match(line).group(0).lower() for line in lines if line.strip() and not line.startswith("#")}
+    assert needed <= listed, f"missing from space/requirements.txt: {sorted(needed - listed)}"
+
+
+# Settings
+
+
+def test_model_ids_come_from_the_environment(app, monkeypatch):
+    monkeypatch.delenv("DTFSAL_MODEL", raising=False)
+    monkeypatch.setenv("DTFSAL_MODEL_VISUAL", "some-org/dtfsal-v")
+    assert app.model_id("audio-visual") == app.DEFAULT_MODEL
+    assert app.model_id("visual-only") == "some-org/dtfsal-v"
+
+
+def test_length_cap_is_set_by_environment_and_explained(app, monkeypatch):
+    monkeypatch.setenv("DTFSAL_DEVICE", "cpu")
+    monkeypatch.delenv("DTFSAL_MAX_SECONDS", raising=False)
+    seconds, reason = app.length_cap()
+    assert seconds == app.CPU_MAX_SECONDS and "CPU" in reason and "10 s" in reason
+    monkeypatch.setenv("DTFSAL_MAX_SECONDS", "3.5")
+    assert app.length_cap()[0] == 3.5
+    monkeypatch.setenv("DTFSAL_MAX_SECONDS", "0")
+    with pytest.raises(ValueError, match="DTFSAL_MAX_SECONDS must be positive, got 0"):
+        app.length_cap()
+
+
+@pytest.mark.skipif(not (DEMO_CHECKPOINT / "config.json").is_file(), reason=f"no demo checkpoint at {DEMO_CHECKPOINT}")
+def test_unreachable_hub_model_falls_back_to_the_demo_checkpoint(app, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DTFSAL_DEVICE", "cpu")
+    monkeypatch.setenv("DTFSAL_MODEL", "dtfsal-hf/not-published")
+    loaded = app.load_model("audio-visual")
+    assert loaded.model_id == "demo" and loaded.predictor.trained
+    assert loaded.note.startswith("`dtfsal-hf/not-published` could not be loaded (")
+    assert loaded.note.endswith("so the embedded audio-visual demo checkpoint is used.")
+
+
+def test_no_loadable_model_gives_both_reasons(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DTFSAL_MODEL_VISUAL", "dtfsal-hf/not-published-either")
+    monkeypatch.setattr(app, "FALLBACK_MODEL", str(tmp_path / "no-checkpoint-here"))
+    with pytest.raises(gr.Error, match=r"`dtfsal-hf/not-published-either` could not be loaded \(.+\), nor the embedded demo checkpoint \(.+\)"):
+        app.load_model("visual-only")
+
+
+# A run on the DHF1K clip
+
+
+@needs_clip
+def test_overlay_video_is_the_capped_clip_with_sound(dhf1k_result):
+    overlay = dhf1k_result[0]
+    info, source = probe_video(overlay), probe_video(DHF1K_CLIP)
+    assert (info.width, info.height) == (source.width, source.height)
+    assert info.video_codec == "h264" and info.has_audio and info.audio_codec == "aac"
+    frames, times = read_frames(overlay)
+    assert len(frames) == round(CAP_SECONDS * source.fps)  # 60 frames at 30 fps
+    assert times[-1] < CAP_SECONDS
+    sound = load_audio(overlay)
+    assert abs(sound.duration - CAP_SECONDS) < 0.1 and np.abs(sound.waveform).max() > 0.01
+
+
+@needs_clip
+def test_gallery_shows_coloured_heat_maps(dhf1k_result, app):
+    gallery = dhf1k_result[1]
+    assert len(gallery) == app.GALLERY_SIZE
+    assert gallery[0]["caption"] == "frame 1 · 0.00 s"
+    assert gallery[-1]["caption"] == "frame 60 · 1.97 s"
+    image = np.asarray(Image.open(gallery[-1]["image"]))
+    assert image.shape == (360, 640, 3)
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # a colour map, not a flat image
+    with np.load(io.BytesIO(zipfile.ZipFile(dhf1k_result[4]).read("maps.npz"))) as saved:
+        last_map = saved["maps"][-1]
+    expected = (colormaps["jet"](last_map / 255.0)[..., :3] * 255).astype(np.uint8)
+    assert np.abs(image.astype(int) - expected).max() <= 1  # the last map, coloured with the chosen map
+
+
+@needs_clip
+def test_download_holds_every_map_and_the_statistics(dhf1k_result):
+    with zipfile.ZipFile(dhf1k_result[4]) as bundle:
+        names = bundle.namelist()
+        assert sum(name.startswith("maps/") and name.endswith(".png") for name in names) == 60
+        with np.load(io.BytesIO(bundle.read("maps.npz"))) as saved:
+            maps, times = saved["maps"], saved["times"]
+        table = pd.read_csv(io.BytesIO(bundle.read("statistics.csv")))
+    assert maps.shape == (60, 360, 640) and maps.dtype == np.uint8
+    assert list(table.columns[:2]) == ["frame", "time_s"] and list(table["frame"]) == list(range(1, 61))
+    np.testing.assert_allclose(table["time_s"], times, atol=1e-6)
+    # The centre of mass and entropy of the last map, computed here from the map itself.
+    weights = maps[-1].astype(np.float64) / maps[-1].sum()
+    height, width = maps.shape[1:]
+    np.testing.assert_allclose(table["center_x_norm"].iloc[-1], (weights.sum(0) * np.arange(width)).sum() / width, atol=1e-6)
+    np.testing.assert_allclose(table["center_y_norm"].iloc[-1], (weights.sum(1) * np.arange(height)).sum() / height, atol=1e-6)
+    positive = weights[weights > 0]
+    np.testing.assert_allclose(table["entropy"].iloc[-1], -(positive * np.log2(positive)).sum(), rtol=1e-6)
+
+
+@needs_clip
+def test_plots_follow_the_statistics_over_time(dhf1k_result):
+    centre, entropy = dhf1k_result[2], dhf1k_result[3]
+    centre_rows = pd.DataFrame(centre["data"], columns=centre["columns"])
+    assert sorted(centre_rows["coordinate"].unique()) == ["x (of width)", "y (of height)"]
+    assert len(centre_rows) == 2 * 60 and centre_rows["position"].between(0, 1).all()
+    entropy_rows = pd.DataFrame(entropy["data"], columns=entropy["columns"])
+    assert len(entropy_rows) == 60 and entropy_rows["time (s)"].is_monotonic_increasing
+
+
+@needs_clip
+def test_progress_is_reported_while_it_runs(dhf1k_run):
+    updates = dhf1k_run[1]
+    assert ("Loading the model", None, None, "steps") in updates
+    assert ("Predicting saliency", 60, 60, "frames") in updates
+
+
+@needs_clip
+def test_summary_says_the_video_was_cut_and_why(dhf1k_result):
+    summary = dhf1k_result[5]
+    assert "**002.AVI**: 60 frames predicted with `random-tiny`" in summary
+    assert "Only the first part of this 26.1 s video was processed" in summary
+    assert "limited to its first 2 s" in summary
+
+
+@needs_clip
+def test_visual_only_variant_uses_its_own_model(client, visual_model):
+    result = client.predict(handle_file(str(DHF1K_CLIP)), "visual-only", 16, 0.0, 0.8, "viridis", api_name="/predict")
+    assert f"predicted with `{visual_model}`" in result[5]
+    assert probe_video(result[0]).has_audio  # the overlay keeps the sound even when the model ignores it
+
+
+# Wrong input
+
+
+def test_a_file_that_is_not_a_video_gets_a_readable_message(client, tmp_path):
+    fake = tmp_path / "holiday.mp4"
+    fake.write_text("this is a text file, not a video\n")
+    with pytest.raises(AppError, match=r"holiday\.mp4 cannot be used: .*Upload a video file") as error:
+        client.predict(handle_file(str(fake)), "audio-visual", 4, 0.0, 0.5, "jet", api_name="/predict")
+    assert "Traceback" not in str(error.value) and str(tmp_path) not in str(error.value)
+
+
+def test_no_video_gets_a_readable_message(client):
+    with pytest.raises(AppError, match="No video: upload one or pick the example"):
+        client.predict(None, "audio-visual", 4, 0.0, 0.5, "jet", api_name="/predict")
+
+
+def test_options_outside_their_choices_are_refused(client):
+    if not DHF1K_CLIP.is_file():
+        pytest.skip(f"the DHF1K clip is not at {DHF1K_CLIP}")
+    with pytest.raises(AppError, match=r"Value: rainbow-ish is not in the list of choices: \['jet', "):
+        client.predict(handle_file(str(DHF1K_CLIP)), "audio-visual", 4, 0.0, 0.5, "rainbow-ish", api_name="/predict")
+    with pytest.raises(AppError, match=r"Value 0 is less than minimum value 1"):
+        client.predict(handle_file(str(DHF1K_CLIP)), "audio-visual", 0, 0.0, 0.5, "jet", api_name="/predict")
