@@ -92,10 +92,94 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train DTFSal with Accelerate from a YAML configuration (examples/configs/) and flags"
+    )
+    parser.add_argument("--config", default=None, help="YAML file with model, data, training and output sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. training.learning_rate=1e-3 (repeatable; values in YAML syntax)")
+    parser.add_argument("--output-dir", default=None, help="output.dir: checkpoints, best model, logs")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                        help="continue from the run's latest checkpoint, or from CHECKPOINT")
+    for flag, key, kind in _TRAIN_FLAGS:
+        parser.add_argument(flag, dest=key.replace(".", "__"), type=kind, default=None, metavar=key.split(".")[-1].upper(),
+                            help=f"sets {key}")
+    parser.set_defaults(handler=_run_train)
+
+
+_TRAIN_FLAGS = (
+    ("--epochs", "training.epochs", int),
+    ("--learning-rate", "training.learning_rate", float),
+    ("--batch-size", "training.batch_size", int),
+    ("--gradient-accumulation-steps", "training.gradient_accumulation_steps", int),
+    ("--mixed-precision", "training.mixed_precision", str),
+    ("--seed", "training.seed", int),
+)
+
+
+def _run_train(args) -> int:
+    from .training import TrainingConfig, train
+
+    overrides = list(args.overrides)
+    overrides += [f"{key}={getattr(args, key.replace('.', '__'))}" for _, key, _ in _TRAIN_FLAGS
+                  if getattr(args, key.replace(".", "__")) is not None]
+    if args.output_dir is not None:
+        overrides.append(f"output.dir={args.output_dir}")
+    summary = train(TrainingConfig.from_yaml(args.config, overrides), resume=args.resume)
+    print(f"{summary['status']}: {summary['global_step']} steps, best epoch {summary['best_epoch']} -> {summary['best_model']}")
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="saliency maps (PNGs, one .npz) and an overlay video with sound, for each video",
+        description="Writes OUTPUT/<video name>/maps/000001.png..., maps.npz, overlay.mp4 and done.json (last). "
+        "Finished videos are skipped on a rerun; a failing video is reported and the others go on. Under "
+        "`accelerate launch` or `torchrun` the videos are shared out between the processes.",
+    )
+    parser.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR", help="video files, or folders of videos")
+    parser.add_argument("--model", default="demo",
+                        help="a trained model folder or Hub id; 'demo' (default): the bundled checkpoint; "
+                        "'random' / 'random-tiny': the full-size / tiny model, untrained (maps are meaningless)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder that receives one folder per video")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: the process's GPU if any, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights and activations (default: float32)")
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per model call (default: 4)")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="predict every N-th frame, interpolate the others in time: about N times faster (default: 1)")
+    parser.add_argument("--alignment", default="last", choices=("last", "center"),
+                        help="the frame a clip predicts: its last (default, as the paper) or its centre")
+    parser.add_argument("--blur-sigma", type=float, default=0.0, help="Gaussian blur of the maps, pixels (default: 0)")
+    parser.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each video")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity in the overlay at map value 1")
+    parser.add_argument("--colormap", default="jet", help="matplotlib colour map of the overlay (default: jet)")
+    parser.add_argument("--no-pngs", action="store_true", help="do not write maps/*.png")
+    parser.add_argument("--no-npz", action="store_true", help="do not write maps.npz")
+    parser.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
+    parser.add_argument("--overwrite", action="store_true", help="redo videos that are already finished")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from .inference import predict_job
+
+    results = predict_job(
+        args.videos, args.model, args.output, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        stride=args.stride, alignment=args.alignment, blur_sigma=args.blur_sigma, max_frames=args.max_frames,
+        overlay_alpha=args.alpha, colormap=args.colormap, write_pngs=not args.no_pngs, write_npz=not args.no_npz,
+        write_overlay=not args.no_overlay, overwrite=args.overwrite, progress=False if args.no_progress else None,
+    )
+    return 1 if any(result.status == "failed" for result in results) else 0
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtfsal", description="DTFSal audio-visual video saliency prediction")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_push, _add_evaluate):
+    for add in (_add_info, _add_push, _add_evaluate, _add_train, _add_predict):
         add(subparsers)
     return parser
 

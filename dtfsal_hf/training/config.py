@@ -1,0 +1,300 @@
+"""The training configuration: four sections (model, data, training, output), read from YAML and flags.
+
+Every key has the paper's value as its default where the paper gives one (SPEC §10): Adam at 1e-4,
+×0.1 every 3 epochs, batch size 1, at most 10 epochs, early stopping with patience 3. Unknown keys and
+values of the wrong type are refused with the key's dotted name, so a typo never trains silently with
+a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+CACHE_MODES = ("none", "memory", "disk")
+MODEL_SIZES = ("paper", "tiny")
+LOWER_IS_BETTER = ("loss", "kld")
+
+
+@dataclass
+class DataSource:
+    """One dataset split: `dataset` is `dhf1k`, `ucf_sports`, `hollywood2` or a STAViS-layout database
+    (AVAD, Coutrot_db1, Coutrot_db2, DIEM, ETMD_av, SumMe, or any database written the same way, such as
+    the synthetic `SyntheticAV`); `fold` is 1-3 (or `all`) for STAViS databases."""
+
+    dataset: str
+    root: str
+    split: str = "train"
+    fold: int | str | None = None
+
+
+@dataclass
+class ModelSettings:
+    """Which model to train and where its first weights come from.
+
+    - `size`: `paper` (the published sizes) or `tiny` (0.6M parameters, for CPU experiments).
+    - `use_audio`: `false` gives DTFSal(V).
+    - `config_overrides`: `DTFSalConfig` fields to change, e.g. `{num_frames: 16}`.
+    - `init_from`: a saved DTFSal folder or Hub id whose weights start the run. A visual-only checkpoint
+      may start an audio-visual model: the audio branch and the AMFBs are then the only new weights.
+    - `visual_weights`: `kinetics400` (torchvision's MViTv2-S), a local `.pth` file, or null.
+    - `audio_weights`: `audioset` (torchvggish's VGGish), a local `.pth` file, or null.
+    """
+
+    size: str = "paper"
+    use_audio: bool = True
+    config_overrides: dict = field(default_factory=dict)
+    init_from: str | None = None
+    visual_weights: str | None = None
+    audio_weights: str | None = None
+
+
+@dataclass
+class DataSettings:
+    """Which clips train and validate, and how they are cut (SPEC §2 defaults: causal clips, the first
+    frame repeated at the start of a video).
+
+    - `validation`: splits to validate on after each epoch; with none, `validation_fraction` of the
+      training videos (drawn with the seed) are held out instead.
+    - `test`: splits the best model is evaluated on once training ends (full protocol, every frame).
+    - `synthetic`: `SyntheticConfig` fields plus `root`: the synthetic audio-visual set is written there
+      first if it is not there yet.
+    - `*_target_stride`: keep every n-th target frame (thins the clips of 25-30 fps videos).
+    - `cache`: `none`, `memory` or `disk` (under `cache_dir`): keep the processed tensors of every clip,
+      so decoding and the log-mel run once; sensible for small sets only.
+    """
+
+    train: list[DataSource] = field(default_factory=list)
+    validation: list[DataSource] = field(default_factory=list)
+    test: list[DataSource] = field(default_factory=list)
+    validation_fraction: float = 0.0
+    synthetic: dict | None = None
+    alignment: str = "causal"
+    start: str = "repeat"
+    map_normalization: str = "none"
+    train_target_stride: int = 1
+    validation_target_stride: int = 1
+    test_target_stride: int = 1
+    cache: str = "none"
+    cache_dir: str | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation, precision, freezing and stopping.
+
+    `max_steps_per_epoch` caps the optimizer steps of an epoch (null: the whole training set);
+    `early_stopping_metric` is a validation metric (`cc`, `nss`, `auc_judd`, `sim`: higher is better;
+    `kld`, `loss`: lower is better); `early_stopping_patience` 0 turns early stopping off.
+    `threads` sets `torch.set_num_threads` (null: leave torch's default).
+    """
+
+    epochs: int = 10
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_step_epochs: int = 3
+    lr_gamma: float = 0.1
+    batch_size: int = 1
+    validation_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    max_grad_norm: float | None = None
+    gradient_checkpointing: bool = False
+    freeze_audio_trunk: bool = True
+    freeze_visual_encoder: bool = False
+    early_stopping_patience: int = 3
+    early_stopping_metric: str = "cc"
+    validation_metrics: list[str] = field(default_factory=lambda: ["cc", "nss", "auc_judd", "sim", "kld"])
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class OutputSettings:
+    """Where the run writes: `dir/checkpoints/step_*` (`save_state`), `dir/best` (the best model and its
+    processor, `save_pretrained`), `dir/logs` (TensorBoard), `dir/history.json` and `dir/test`."""
+
+    dir: str = "runs/dtfsal"
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    logging_steps: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    """A whole run. `TrainingConfig.from_yaml(path, overrides)` reads one; `to_dict()` writes it back."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        return _build(cls, values, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "TrainingConfig":
+        """Read `path` (or start from the defaults), then apply `key.sub=value` overrides (values in YAML syntax)."""
+        values: dict = {}
+        if path is not None:
+            values = _read_yaml(Path(path))
+        for override in overrides:
+            _apply_override(values, override)
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> None:
+        _choice("model.size", self.model.size, MODEL_SIZES)
+        _choice("training.mixed_precision", self.training.mixed_precision, MIXED_PRECISION)
+        _choice("data.cache", self.data.cache, CACHE_MODES)
+        t = self.training
+        for name in ("epochs", "batch_size", "validation_batch_size", "gradient_accumulation_steps", "lr_step_epochs"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"training.{name} must be at least 1, got {getattr(t, name)}")
+        if t.learning_rate <= 0 or not 0 < t.lr_gamma <= 1:
+            raise ValueError(f"training.learning_rate must be > 0 and lr_gamma in (0, 1], got {t.learning_rate} and {t.lr_gamma}")
+        if t.early_stopping_patience < 0:
+            raise ValueError(f"training.early_stopping_patience must be >= 0, got {t.early_stopping_patience}")
+        metrics = set(t.validation_metrics) | {"loss"}
+        if t.early_stopping_metric not in metrics:
+            raise ValueError(f"training.early_stopping_metric must be one of {sorted(metrics)}, got {t.early_stopping_metric!r}")
+        if len(t.adam_betas) != 2:
+            raise ValueError(f"training.adam_betas needs two values, got {t.adam_betas}")
+        if not 0 <= self.data.validation_fraction < 1:
+            raise ValueError(f"data.validation_fraction must lie in [0, 1), got {self.data.validation_fraction}")
+        if self.data.cache == "disk" and not self.data.cache_dir:
+            raise ValueError("data.cache: disk needs data.cache_dir")
+        if self.output.checkpoint_every_steps < 0 or self.output.keep_checkpoints < 1:
+            raise ValueError("output.checkpoint_every_steps must be >= 0 and output.keep_checkpoints >= 1")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.training.early_stopping_metric not in LOWER_IS_BETTER
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no training configuration at {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of sections (model, data, training, output), got {type(values).__name__}")
+    return values
+
+
+def _apply_override(values: dict, override: str) -> None:
+    """`training.learning_rate=1e-3` -> values["training"]["learning_rate"] = 0.001."""
+    import yaml
+
+    key, separator, text = override.partition("=")
+    if not separator or not key.strip():
+        raise ValueError(f"an override must read 'section.key=value', got {override!r}")
+    *parents, leaf = key.strip().split(".")
+    target = values
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"cannot set {key!r}: {part!r} is not a section")
+    target[leaf] = yaml.safe_load(text)
+
+
+def _build(cls, values: Any, where: str):
+    """Build dataclass `cls` from a mapping, checking every key and value type; `where` is the dotted path."""
+    label = where or "the configuration"
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise ValueError(f"{label} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"unknown key {prefix}{unknown[0]}: expected one of {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)
+    missing = [name for name, f in fields.items() if name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{label} needs the key {missing[0]}")
+    return cls(**kwargs)
+
+
+def _convert(hint, value: Any, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return [_convert(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)] if args else list(value)
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint, value: Any, where: str):
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        # PyYAML reads `1e-4` (no dot) as a string: accept any number written as text.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
+
+
+__all__ = ["DataSettings", "DataSource", "ModelSettings", "OutputSettings", "TrainingConfig", "TrainingSettings"]
