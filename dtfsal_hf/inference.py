@@ -1,0 +1,750 @@
+"""Video in, saliency maps out: the predictor behind `dtfsal predict`, the Space and the examples.
+
+- `SaliencyPredictor` runs a `DTFSalModel` over a whole video: frames are decoded one at a time, grouped into
+  clips (`dtfsal_hf.clips`), paired with the audio window that ends with each clip, and the maps are
+  returned at the video's resolution. `iter_video_maps` streams (memory does not grow with the video's
+  length); `predict_video` collects everything into a `VideoSaliency`.
+- `predict_to_folder` writes one video's outputs: 8-bit PNG maps, one compressed `maps.npz`, an overlay MP4
+  with the original sound, and a `done.json` marker written last, so an interrupted batch resumes where it
+  stopped.
+- `predict_videos` runs a list of videos (a failing file is reported, the others go on), shared between
+  the processes of an `accelerate launch` / `torchrun` job.
+
+Model ids besides folders and Hub ids: `demo` (the checkpoint bundled in `dtfsal_hf/assets/demo-checkpoint`),
+`random` and `random-tiny` (untrained models, for checking the pipeline and timing it; their maps mean nothing).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .clips import iter_batches, iter_clips, iter_frame_maps
+from .configuration_dtfsal import DTFSalConfig
+from .media import AudioTrack, Frame, audio_window, iter_frames, load_audio, probe_video, write_overlay_video
+from .modeling_dtfsal import DTFSalModel
+from .processing_dtfsal import DTFSalProcessor
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo-checkpoint"
+RANDOM_MODELS = {"random": DTFSalConfig, "random-tiny": DTFSalConfig.tiny}
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+# Public names of the clip alignments, and the names `dtfsal_hf.clips` uses for them.
+ALIGNMENTS = {"last": "causal", "center": "centre", "causal": "causal", "centre": "centre"}
+MARKER_NAME = "done.json"
+
+ProgressCallback = Callable[[int, int | None], None]
+
+
+def untrained_message(model_id: str) -> str:
+    return (
+        f"'{model_id}' is a randomly initialised, untrained DTFSal model: its saliency maps are meaningless "
+        "(use it to check the pipeline or to time it, not to look at the maps)"
+    )
+
+
+@dataclass
+class VideoSaliency:
+    """The saliency maps of a whole video.
+
+    Attributes:
+        maps: `(frames, height, width)` at the video's resolution, float32 in [0, 1] (or uint8 in [0, 255]).
+        times: `(frames,)` float64, each frame's presentation time in seconds from the first frame.
+        fps: the video's nominal frame rate.
+        size: `(height, width)` of the video as displayed.
+        has_audio: whether the file has a sound track (without one the model saw silence).
+        path: the video file.
+    """
+
+    maps: np.ndarray
+    times: np.ndarray
+    fps: float
+    size: tuple[int, int]
+    has_audio: bool
+    path: str
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.maps.shape[0])
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(dtype, dtype)
+        dtype = getattr(torch, name, None)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16 (or None for float32), got {dtype!r}")
+    return dtype
+
+
+def _float32_deform_convs(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Keep torchvision's deformable convolutions in float32: their kernels have no bfloat16 version (and no
+    autocast rule on CPU). Inputs are cast up and outputs back down around each of them."""
+    from torchvision.ops import DeformConv2d
+
+    def cast_inputs(module, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def cast_output(module, args, output):
+        return output.to(dtype)
+
+    for module in model.modules():
+        if isinstance(module, DeformConv2d):
+            module.float()
+            module.register_forward_pre_hook(cast_inputs)
+            module.register_forward_hook(cast_output)
+
+
+def _build_random_model(model_id: str) -> DTFSalModel:
+    # A fixed seed, so every process of a distributed job (and every rerun) builds the same untrained model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return DTFSalModel(RANDOM_MODELS[model_id]())
+
+
+def load_model_and_processor(model_id_or_path: str | os.PathLike) -> tuple[DTFSalModel, DTFSalProcessor, bool]:
+    """`(model, processor, trained)` for a folder, a Hub id, `demo`, `random` or `random-tiny`.
+
+    The processor is read from the same place, or built from the model's configuration when it has none.
+    """
+    model_id = str(model_id_or_path)
+    if model_id in RANDOM_MODELS:
+        model = _build_random_model(model_id)
+        return model, DTFSalProcessor.from_model_config(model.config), False
+    if model_id == "demo":
+        if not (DEMO_CHECKPOINT / "config.json").is_file():
+            raise FileNotFoundError(
+                f"The demo checkpoint is not bundled with this installation (expected {DEMO_CHECKPOINT}/config.json). "
+                "Give a trained model folder or Hub id, or 'random' / 'random-tiny' for an untrained model"
+            )
+        model_id = str(DEMO_CHECKPOINT)
+    model = DTFSalModel.from_pretrained(model_id)
+    try:
+        processor = DTFSalProcessor.from_pretrained(model_id)
+    except (OSError, ValueError):
+        processor = DTFSalProcessor.from_model_config(model.config)
+    return model, processor, True
+
+
+class SaliencyPredictor:
+    """Runs a `DTFSalModel` over whole videos.
+
+    Args:
+        model: a `DTFSalModel` (its configuration gives the clip length and input size).
+        processor: the matching `DTFSalProcessor`; None builds it from the model's configuration.
+        device: where the model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, ...).
+        dtype: the model's weights and activations: None (float32), `torch.bfloat16` or `torch.float16`.
+        batch_size: clips per model call.
+        stride: predict every `stride`-th frame (and the last); frames in between get maps interpolated in time.
+        alignment: `"last"` (the clip predicts its last frame, the paper's choice) or `"center"`.
+        trained: False for an untrained model: a warning says its maps are meaningless.
+        model_id: the name the model was loaded under (recorded in `done.json`).
+    """
+
+    def __init__(
+        self,
+        model: DTFSalModel,
+        processor: DTFSalProcessor | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 4,
+        stride: int = 1,
+        alignment: str = "last",
+        trained: bool = True,
+        model_id: str | None = None,
+    ):
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be 'last' or 'center', got {alignment!r}")
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.stride = _check_positive_int("stride", stride)
+        self.alignment = alignment
+        self.device = torch.device(device)
+        self.dtype = _resolve_dtype(dtype)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.dtype != torch.float32:
+            _float32_deform_convs(self.model, self.dtype)
+        self.processor = processor if processor is not None else DTFSalProcessor.from_model_config(model.config)
+        self.trained = trained
+        self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if not trained:
+            warnings.warn(untrained_message(self.model_id), UserWarning, stacklevel=2)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 4,
+        stride: int = 1,
+        alignment: str = "last",
+    ) -> "SaliencyPredictor":
+        """Load a model folder or Hub id, `demo` (the bundled checkpoint), `random` (the paper's model, untrained)
+        or `random-tiny` (the tiny test model, untrained)."""
+        model, processor, trained = load_model_and_processor(model_id_or_path)
+        return cls(model, processor, device=device, dtype=dtype, batch_size=batch_size, stride=stride,
+                   alignment=alignment, trained=trained, model_id=str(model_id_or_path))
+
+    @property
+    def uses_audio(self) -> bool:
+        return bool(getattr(self.model.config, "use_audio", True))
+
+    def settings(self, stride: int | None = None, blur_sigma: float = 0.0, max_frames: int | None = None) -> dict:
+        """What determines the maps: recorded in `done.json`, so a rerun with other settings redoes the video."""
+        return {
+            "model": self.model_id,
+            "trained": self.trained,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "stride": self.stride if stride is None else stride,
+            "alignment": self.alignment,
+            "blur_sigma": float(blur_sigma),
+            "max_frames": max_frames,
+        }
+
+    @torch.no_grad()
+    def predict_clips(self, clips: Sequence, audio: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+        """Maps of a batch of clips at the model's resolution.
+
+        Args:
+            clips: each `(num_frames, height, width, 3)` uint8 RGB.
+            audio: each clip's 16 kHz mono waveform ending with its last frame; None gives silence to an
+                audio-visual model (with a warning).
+
+        Returns:
+            `(batch, model height, model width)` float32 in [0, 1], on the CPU.
+        """
+        kwargs = {}
+        if self.uses_audio:
+            kwargs = dict(audio=list(audio), sampling_rate=16000) if audio is not None else dict(silent_audio=True)
+        inputs = self.processor(videos=list(clips), return_tensors="pt", **kwargs)
+        features = inputs.get("input_features") if self.uses_audio else None
+        output = self.model(
+            pixel_values_videos=inputs["pixel_values_videos"].to(self.device, self.dtype),
+            input_features=None if features is None else features.to(self.device, self.dtype),
+        )
+        return output.saliency_map.float().cpu()
+
+    def _predicted_windows(self, windows: Iterable, track: AudioTrack | None, size: tuple[int, int], blur_sigma: float):
+        """(window, map at the video's resolution) for each clip window, predicted `batch_size` at a time."""
+        num_samples = self.processor.feature_extractor.num_samples
+        for batch in iter_batches(windows, self.batch_size):
+            audio = [audio_window(track, window.end_time, num_samples) for window in batch] if track is not None else None
+            maps = self.predict_clips([window.images for window in batch], audio)
+            maps = self.processor.post_process_saliency(maps, target_sizes=size, blur_sigma=blur_sigma or None)
+            yield from zip(batch, (m.clamp_(0.0, 1.0).numpy() for m in maps))
+
+    def iter_frames_and_maps(
+        self,
+        path: str | os.PathLike,
+        stride: int | None = None,
+        blur_sigma: float = 0.0,
+        max_frames: int | None = None,
+        progress: ProgressCallback | bool | None = None,
+    ) -> Iterator[tuple[Frame, np.ndarray]]:
+        """As `iter_video_maps`, yielding `(media.Frame, map)`: the frame keeps its timestamps."""
+        stride = self.stride if stride is None else _check_positive_int("stride", stride)
+        if max_frames is not None:
+            max_frames = _check_positive_int("max_frames", max_frames)
+        if blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be >= 0 (pixels), got {blur_sigma}")
+        info = probe_video(path)
+        # load_audio gives silence, with a warning, for a file without sound.
+        track = load_audio(path) if self.uses_audio else None
+        frames = itertools.islice(iter_frames(path), max_frames)
+        windows = iter_clips(frames, self.model.config.num_frames, ALIGNMENTS[self.alignment], stride)
+        predictions = self._predicted_windows(windows, track, (info.height, info.width), blur_sigma)
+        total = min(info.num_frames, max_frames or info.num_frames) if info.num_frames else max_frames
+        with _Progress(progress, total, Path(path).name) as report:
+            for done, (frame, saliency_map) in enumerate(iter_frame_maps(predictions), start=1):
+                yield frame, saliency_map
+                report(done, total)
+
+    def iter_video_maps(
+        self,
+        path: str | os.PathLike,
+        stride: int | None = None,
+        blur_sigma: float = 0.0,
+        max_frames: int | None = None,
+        progress: ProgressCallback | bool | None = None,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Stream `(frame_index, frame (H, W, 3) uint8 RGB, map (H, W) float32 in [0, 1])` over a video.
+
+        Only the frames of the clips in flight are held, so memory does not grow with the video's length.
+
+        Args:
+            path: the video file.
+            stride: overrides the predictor's stride for this video.
+            blur_sigma: Gaussian blur of each map, in pixels at the model's resolution (0: none).
+            max_frames: stop after this many frames (None: the whole video).
+            progress: a callable `(done_frames, total_frames or None)`, None for a tqdm bar, False for nothing.
+        """
+        for frame, saliency_map in self.iter_frames_and_maps(path, stride, blur_sigma, max_frames, progress):
+            yield frame.index, frame.image, saliency_map
+
+    def predict_video(
+        self,
+        path: str | os.PathLike,
+        stride: int | None = None,
+        blur_sigma: float = 0.0,
+        max_frames: int | None = None,
+        progress: ProgressCallback | bool | None = None,
+        map_dtype: str = "float32",
+    ) -> VideoSaliency:
+        """All maps of a video at once (see `iter_video_maps` for the arguments).
+
+        `map_dtype="uint8"` stores the maps as 0-255 (a quarter of the memory: a 640x360 video takes 230 kB per
+        frame instead of 920 kB); use `iter_video_maps` or `predict_to_folder` for long videos.
+        """
+        if map_dtype not in ("float32", "uint8"):
+            raise ValueError(f"map_dtype must be 'float32' or 'uint8', got {map_dtype!r}")
+        info = probe_video(path)
+        maps, times = [], []
+        for frame, saliency_map in self.iter_frames_and_maps(path, stride, blur_sigma, max_frames, progress):
+            maps.append(to_uint8(saliency_map) if map_dtype == "uint8" else saliency_map.astype(np.float32))
+            times.append(frame.time)
+        return VideoSaliency(
+            maps=np.stack(maps), times=np.asarray(times, dtype=np.float64), fps=info.fps,
+            size=(info.height, info.width), has_audio=info.has_audio, path=str(path),
+        )
+
+
+class _Progress:
+    """Context manager giving a `report(done, total)` function: the user's callback, a tqdm bar, or nothing."""
+
+    def __init__(self, progress: ProgressCallback | bool | None, total: int | None, description: str):
+        self.progress, self.total, self.description, self.bar = progress, total, description, None
+
+    def __enter__(self) -> ProgressCallback:
+        if callable(self.progress):
+            return self.progress
+        if self.progress is None or self.progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.description, unit="frame", dynamic_ncols=True)
+            return lambda done, total: self.bar.update(done - self.bar.n)
+        return lambda done, total: None
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def to_uint8(saliency_map: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as 8-bit grey levels (0-255, rounded)."""
+    return np.round(np.clip(saliency_map, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def saliency_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame statistics of maps `(frames, height, width)` (or one `(height, width)` map), float or uint8.
+
+    Returns arrays of shape `(frames,)`:
+        center_x, center_y: the centre of mass in pixels (column, row), 0 at the top-left pixel's centre;
+        center_x_norm, center_y_norm: the same divided by the width and height, in [0, 1];
+        entropy: Shannon entropy in bits of the map normalised to sum 1 (log2(H*W) for a uniform map);
+        peak_x, peak_y: position of the maximum; mean: the mean value (in the maps' own scale).
+    A map that sums to zero has NaN centre and entropy.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"maps must be (frames, height, width) with at least one frame, got shape {maps.shape}")
+    if np.issubdtype(maps.dtype, np.floating) and (maps < 0).any():
+        raise ValueError("saliency maps must be non-negative")
+    weights = maps.astype(np.float64)
+    frames, height, width = weights.shape
+    total = weights.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probability = weights / total[:, None, None]
+        center_y = (probability.sum(axis=2) * np.arange(height)).sum(axis=1)
+        center_x = (probability.sum(axis=1) * np.arange(width)).sum(axis=1)
+        logs = np.where(probability > 0, np.log2(np.where(probability > 0, probability, 1.0)), 0.0)
+        entropy = -(probability * logs).sum(axis=(1, 2))
+    empty = total <= 0
+    center_x[empty], center_y[empty], entropy[empty] = np.nan, np.nan, np.nan
+    peak = weights.reshape(frames, -1).argmax(axis=1)
+    return {
+        "center_x": center_x,
+        "center_y": center_y,
+        "center_x_norm": center_x / width,
+        "center_y_norm": center_y / height,
+        "entropy": entropy,
+        "peak_x": (peak % width).astype(np.int64),
+        "peak_y": (peak // width).astype(np.int64),
+        "mean": weights.mean(axis=(1, 2)),
+    }
+
+
+class _NpzMapWriter:
+    """Builds `maps.npz` (uint8 `maps` (N, H, W) and float64 `times` (N,)) without holding the maps in memory:
+    they go to a raw temporary file first, then are deflated into the archive once N is known."""
+
+    def __init__(self, path: Path):
+        self.path, self.raw_path = path, path.with_name(path.name + ".raw.tmp")
+        self.raw = open(self.raw_path, "wb")
+        self.shape, self.times = None, []
+
+    def add(self, saliency_map: np.ndarray, time_s: float) -> None:
+        if self.shape is None:
+            self.shape = saliency_map.shape
+        self.raw.write(np.ascontiguousarray(saliency_map, dtype=np.uint8).tobytes())
+        self.times.append(time_s)
+
+    def close(self) -> None:
+        self.raw.close()
+        partial = self.path.with_name(self.path.name + ".tmp")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": (len(self.times), *self.shape)}
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            with archive.open("maps.npy", "w", force_zip64=True) as entry, open(self.raw_path, "rb") as raw:
+                np.lib.format.write_array_header_1_0(entry, header)
+                shutil.copyfileobj(raw, entry, length=1 << 22)
+            with archive.open("times.npy", "w") as entry:
+                np.lib.format.write_array(entry, np.asarray(self.times, dtype=np.float64))
+        os.replace(partial, self.path)
+        self.raw_path.unlink()
+
+    def discard(self) -> None:
+        self.raw.close()
+        self.raw_path.unlink(missing_ok=True)
+
+
+def output_paths(video_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where `predict_to_folder` writes a video's outputs: `<output_dir>/<video stem>/...`."""
+    folder = Path(output_dir) / Path(video_path).stem
+    return {
+        "folder": folder,
+        "maps": folder / "maps",
+        "npz": folder / "maps.npz",
+        "overlay": folder / "overlay.mp4",
+        "done": folder / MARKER_NAME,
+    }
+
+
+def _requested(write_pngs: bool, write_npz: bool, write_overlay: bool) -> dict[str, bool]:
+    return {"pngs": bool(write_pngs), "npz": bool(write_npz), "overlay": bool(write_overlay)}
+
+
+def finished_marker(paths: dict[str, Path], settings: dict, outputs: dict[str, bool]) -> dict | None:
+    """The `done.json` content when the video was finished with these settings and its outputs are all there."""
+    try:
+        marker = json.loads(paths["done"].read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("settings") != settings or any(want and not marker.get("outputs", {}).get(name) for name, want in outputs.items()):
+        return None
+    frames = marker.get("num_frames")
+    if outputs["pngs"] and len(list(paths["maps"].glob("*.png"))) != frames:
+        return None
+    if outputs["npz"] and not paths["npz"].is_file():
+        return None
+    if outputs["overlay"] and not paths["overlay"].is_file():
+        return None
+    return marker
+
+
+def _clear_outputs(paths: dict[str, Path]) -> None:
+    """Remove what an earlier, unfinished or differently configured run left, so no stale frame survives."""
+    paths["done"].unlink(missing_ok=True)
+    if paths["maps"].is_dir():
+        for png in paths["maps"].glob("*.png"):
+            png.unlink()
+    for name in ("npz", "overlay"):
+        paths[name].unlink(missing_ok=True)
+
+
+def _write_png(path: Path, saliency_map: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(saliency_map, mode="L").save(path, compress_level=3)
+
+
+def predict_to_folder(
+    predictor: SaliencyPredictor,
+    video_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overlay_alpha: float = 0.5,
+    colormap: str = "jet",
+    write_pngs: bool = True,
+    write_npz: bool = True,
+    write_overlay: bool = True,
+    stride: int | None = None,
+    blur_sigma: float = 0.0,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | bool | None = None,
+    extra_marker: dict | None = None,
+) -> dict[str, Path]:
+    """Predict one video and write its outputs under `<output_dir>/<video stem>/`:
+
+    - `maps/000001.png ...`: one 8-bit grey map per frame, at the video's resolution;
+    - `maps.npz`: `maps` (frames, height, width) uint8 (the PNGs' values) and `times` (frames,) in seconds;
+    - `overlay.mp4`: H.264, the heat map (`colormap`, weight `overlay_alpha` x map) over the frames, with the
+      original sound as AAC;
+    - `done.json`: written last: settings, frame count, timing. A video whose marker matches the settings and
+      whose outputs are all present is skipped (unless `overwrite`); anything else is redone from scratch.
+
+    The video is decoded once and memory stays flat. Returns the paths (`folder`, `maps`, `npz`, `overlay`,
+    `done`). Other arguments as `SaliencyPredictor.iter_video_maps`; `extra_marker` adds fields to `done.json`.
+    """
+    if not (write_pngs or write_npz or write_overlay):
+        raise ValueError("nothing to write: write_pngs, write_npz and write_overlay are all False")
+    if write_overlay:
+        check_overlay_options(overlay_alpha, colormap)
+    paths = output_paths(video_path, output_dir)
+    settings = predictor.settings(stride, blur_sigma, max_frames)
+    outputs = _requested(write_pngs, write_npz, write_overlay)
+    if not overwrite and finished_marker(paths, settings, outputs) is not None:
+        return paths
+    _clear_outputs(paths)
+    paths["folder"].mkdir(parents=True, exist_ok=True)
+    if write_pngs:
+        paths["maps"].mkdir(exist_ok=True)
+    started = time.perf_counter()
+    info = probe_video(video_path)
+    npz = _NpzMapWriter(paths["npz"]) if write_npz else None
+    count = 0
+    try:
+        pairs = predictor.iter_frames_and_maps(video_path, stride, blur_sigma, max_frames, progress)
+
+        def saved(items):
+            nonlocal count
+            for frame, saliency_map in items:
+                grey = to_uint8(saliency_map)
+                if write_pngs:
+                    _write_png(paths["maps"] / f"{frame.index + 1:06d}.png", grey)
+                if npz is not None:
+                    npz.add(grey, frame.time)
+                count += 1
+                yield frame, saliency_map
+
+        if write_overlay:
+            _write_overlay(saved(pairs), video_path, paths["overlay"], info, overlay_alpha, colormap)
+        else:
+            for _ in saved(pairs):
+                pass
+        if npz is not None:
+            npz.close()
+    except BaseException:
+        if npz is not None:
+            npz.discard()
+        raise
+    marker = {
+        "video": str(Path(video_path).resolve()),
+        "num_frames": count,
+        "fps": info.fps,
+        "size": [info.height, info.width],
+        "has_audio": info.has_audio,
+        "settings": settings,
+        "outputs": outputs,
+        "seconds": round(time.perf_counter() - started, 3),
+        "host": socket.gethostname(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra_marker or {}),
+    }
+    partial = paths["done"].with_name(MARKER_NAME + ".tmp")
+    partial.write_text(json.dumps(marker, indent=2) + "\n")
+    os.replace(partial, paths["done"])
+    return paths
+
+
+def _write_overlay(pairs: Iterator, video_path, path: Path, info, alpha: float, colormap: str) -> None:
+    partial = path.with_name(path.stem + ".partial.mp4")
+    # Both iterables read the same single pass over the video; zip consumes them in step, so tee holds one item.
+    for_frames, for_maps = itertools.tee(pairs)
+    write_overlay_video(
+        (frame for frame, _ in for_frames), (saliency_map for _, saliency_map in for_maps),
+        video_path if info.has_audio else None, partial, fps=info.fps or 30.0, alpha=alpha, colormap=colormap,
+    )
+    os.replace(partial, path)
+
+
+def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Video files from files and folders (a folder gives its files with a video extension, sorted).
+
+    A path that does not exist is kept (it is reported as failed when its turn comes). Raises `ValueError`
+    when two inputs would share an output folder (same file name without extension).
+    """
+    videos = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            videos.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))
+        else:
+            # A missing file stays in the list: it fails on its own, reported, and the others go on.
+            videos.append(path)
+    unique = list(dict.fromkeys(videos))
+    stems: dict[str, Path] = {}
+    for video in unique:
+        if video.stem in stems:
+            raise ValueError(
+                f"{stems[video.stem]} and {video} would both write to '<output>/{video.stem}/': "
+                "predict them into different output folders"
+            )
+        stems[video.stem] = video
+    return unique
+
+
+@dataclass
+class VideoResult:
+    """The outcome of one video in `predict_videos`: `status` is "done", "skipped" or "failed"."""
+
+    video: Path
+    status: str
+    seconds: float = 0.0
+    num_frames: int | None = None
+    error: str | None = None
+
+
+def process_share(videos: Sequence) -> tuple[list, int, int, object]:
+    """`(this process's videos, process index, number of processes, accelerate state)`.
+
+    Under `accelerate launch` or `torchrun`, `accelerate.PartialState` shares the list out in contiguous parts,
+    one per process, so each video is handled once; a plain run gets the whole list (state None).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return list(videos), 0, 1, None
+    try:
+        from datetime import timedelta
+
+        from accelerate import PartialState
+    except ImportError as error:
+        raise ImportError("sharing videos between processes needs accelerate: pip install 'dtfsal_hf[train]'") from error
+    # Processes may finish their shares hours apart: the final barrier must not time out.
+    state = PartialState(timeout=timedelta(days=7))
+    with state.split_between_processes(list(videos)) as share:
+        share = list(share)
+    return share, state.process_index, state.num_processes, state
+
+
+def predict_videos(
+    predictor: SaliencyPredictor,
+    videos: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    log: Callable[[str], None] = print,
+    process_index: int = 0,
+    **options,
+) -> list[VideoResult]:
+    """`predict_to_folder` for each video; a failing video is logged and the others go on.
+
+    `options` go to `predict_to_folder`. Returns one `VideoResult` per video, in order.
+    """
+    results = []
+    for video in map(Path, videos):
+        paths = output_paths(video, output_dir)
+        settings = predictor.settings(options.get("stride"), options.get("blur_sigma", 0.0), options.get("max_frames"))
+        wanted = _requested(options.get("write_pngs", True), options.get("write_npz", True), options.get("write_overlay", True))
+        marker = None if options.get("overwrite") else finished_marker(paths, settings, wanted)
+        if marker is not None:
+            log(f"[process {process_index}] skipped {video}: finished earlier ({paths['done']})")
+            results.append(VideoResult(video, "skipped", num_frames=marker.get("num_frames")))
+            continue
+        started = time.perf_counter()
+        try:
+            predict_to_folder(predictor, video, output_dir, extra_marker={"process_index": process_index}, **options)
+        except Exception as error:  # one bad file must not stop the batch
+            message = f"{type(error).__name__}: {error}"
+            log(f"[process {process_index}] FAILED {video}: {message}")
+            results.append(VideoResult(video, "failed", time.perf_counter() - started, error=message))
+            continue
+        seconds = time.perf_counter() - started
+        frames = json.loads(paths["done"].read_text())["num_frames"]
+        log(f"[process {process_index}] done {video}: {frames} frames in {seconds:.1f} s -> {paths['folder']}")
+        results.append(VideoResult(video, "done", seconds, frames))
+    return results
+
+
+def _default_device(state) -> str:
+    if state is not None:
+        return str(state.device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_overlay_options(overlay_alpha: float, colormap: str) -> None:
+    """Raise `ValueError` for an overlay opacity outside [0, 1] or an unknown matplotlib colour map."""
+    from matplotlib import colormaps
+
+    if not 0.0 <= overlay_alpha <= 1.0:
+        raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
+    if colormap not in colormaps:
+        raise ValueError(f"unknown colormap {colormap!r}: use a matplotlib colour map name such as 'jet' or 'inferno'")
+
+
+def predict_job(
+    inputs: Sequence[str | os.PathLike],
+    model: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    batch_size: int = 4,
+    stride: int = 1,
+    alignment: str = "last",
+    log: Callable[[str], None] = print,
+    **options,
+) -> list[VideoResult]:
+    """What `dtfsal predict` does: find the videos, take this process's share, load the model, predict each
+    video into `output_dir`, log a summary. Returns this process's `VideoResult`s.
+
+    Under several processes every process loads the model on its own device (`accelerate`'s choice unless
+    `device` is given) and writes its own videos; they wait for each other before returning.
+    """
+    check_overlay_options(options.get("overlay_alpha", 0.5), options.get("colormap", "jet"))
+    videos = find_videos(inputs)
+    if not videos:
+        raise ValueError(f"no video files found in {[str(item) for item in inputs]} (extensions: {', '.join(VIDEO_EXTENSIONS)})")
+    share, index, count, state = process_share(videos)
+    prefix = f"[process {index}]"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised, untrained.*")
+        predictor = SaliencyPredictor.from_pretrained(model, device=device or _default_device(state), dtype=dtype,
+                                                      batch_size=batch_size, stride=stride, alignment=alignment)
+    if not predictor.trained:
+        log(f"{prefix} WARNING: {untrained_message(str(model))}")
+    log(f"{prefix} {len(share)} of {len(videos)} videos on {predictor.device} ({count} process{'es' if count > 1 else ''})")
+    results = predict_videos(predictor, share, output_dir, log=log, process_index=index, **options)
+    failed = [result for result in results if result.status == "failed"]
+    done = sum(result.status == "done" for result in results)
+    log(f"{prefix} finished: {done} written, {len(results) - done - len(failed)} skipped, {len(failed)} failed"
+        + ("".join(f"\n  {result.video}: {result.error}" for result in failed)))
+    if state is not None:
+        state.wait_for_everyone()
+    return results
+
+
+__all__ = [
+    "DEMO_CHECKPOINT",
+    "SaliencyPredictor",
+    "VideoResult",
+    "VideoSaliency",
+    "find_videos",
+    "finished_marker",
+    "load_model_and_processor",
+    "output_paths",
+    "predict_job",
+    "check_overlay_options",
+    "predict_to_folder",
+    "predict_videos",
+    "process_share",
+    "saliency_statistics",
+    "to_uint8",
+    "untrained_message",
+]
