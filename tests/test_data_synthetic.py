@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dtfsal_hf.data import PALETTE, SyntheticConfig, generate_synthetic_dataset, load_records
+from dtfsal_hf.data import PALETTE, SyntheticConfig, generate_synthetic_dataset, load_records, read_fixation_map
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,11 @@ def test_generation_is_reproducible_and_checked(tmp_path):
     config = SyntheticConfig(num_videos=3, duration_s=1.0, seed=5)
     first = generate_synthetic_dataset(tmp_path / "a", config, progress=False)
     second = generate_synthetic_dataset(tmp_path / "b", config, progress=False)
-    for name in ("video_audio/SyntheticAV/synth_0001/synth_0001.wav", "annotations/SyntheticAV/synth_0002/fixMap_00010.mat"):
+    for name in ("video_audio/SyntheticAV/synth_0001/synth_0001.wav", "video_frames/SyntheticAV/synth_0002/img_00010.jpg"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
+    # A .mat header carries its creation time: compare the maps themselves.
+    fixations = "annotations/SyntheticAV/synth_0002/fixMap_00010.mat"
+    np.testing.assert_array_equal(read_fixation_map(first / fixations), read_fixation_map(second / fixations))
     with pytest.raises(ValueError, match="num_objects"):
         SyntheticConfig(num_objects=4, palette_size=3)
     with pytest.raises(ValueError, match="segment_s"):

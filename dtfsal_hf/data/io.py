@@ -24,9 +24,9 @@ def read_frame(path: str | Path) -> np.ndarray:
 def read_saliency_map(path: str | Path) -> np.ndarray:
     """A continuous map stored as an 8- or 16-bit grayscale image, float32 in [0, 1], `(height, width)`."""
     with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I"):
-            values = np.asarray(image, dtype=np.float32)
-            return values / max(float(values.max()), 1.0) if image.mode == "I" else values / 65535.0
+        if image.mode.startswith("I"):
+            # 16-bit maps (Pillow opens them as "I;16" or "I").
+            return np.asarray(image, dtype=np.float32) / 65535.0
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
