@@ -112,9 +112,14 @@ class ShufflePool:
 
 
 class PredictionFolder:
-    """Saved predictions: `<video>.npz` (key `maps`, `(N, H, W)`) or `<video>/*.png|jpg` (one per frame, sorted).
+    """Saved predictions of each video, looked up first under `fold_<k>/` (per-fold models), then at the top:
 
-    Looked up first under `fold_<k>/` (per-fold models), then at the top level.
+    - `<video>.npz` with key `maps`, `(N, H, W)`;
+    - `<video>/maps.npz` and `<video>/maps/*.png`, as `dtfsal predict` writes them;
+    - `<video>/*.png|jpg`, one image per frame, in sorted order.
+
+    `<video>` is the record's name or its video file's stem (DHF1K's `001` for `0001`). 8-bit maps are
+    scaled to [0, 1].
     """
 
     def __init__(self, path: str | Path):
@@ -124,7 +129,9 @@ class PredictionFolder:
 
     def _candidates(self, record: VideoRecord) -> list[Path]:
         folders = ([self.path / f"fold_{record.fold}"] if record.fold is not None else []) + [self.path]
-        return [folder / name for folder in folders for name in (f"{record.name}.npz", record.name)]
+        names = [record.name] + ([Path(record.video_path).stem] if record.video_path else [])
+        layouts = ("{}.npz", "{}/maps.npz", "{}/maps", "{}")
+        return [folder / layout.format(name) for folder in folders for name in names for layout in layouts]
 
     def __call__(self, record: VideoRecord) -> np.ndarray:
         for candidate in self._candidates(record):
@@ -132,18 +139,18 @@ class PredictionFolder:
                 with np.load(candidate) as content:
                     if "maps" not in content:
                         raise ValueError(f"{candidate}: expected the key 'maps', found {list(content.keys())}")
-                    maps = content["maps"].astype(np.float32)
+                    maps = content["maps"]
                 return self._checked(maps, record, candidate)
-            if candidate.is_dir():
-                images = sorted(p for p in candidate.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-                return self._checked(np.stack([read_saliency_map(p) for p in images]) if images else np.zeros((0, 1, 1)), record, candidate)
+            images = sorted(p for p in candidate.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if candidate.is_dir() else []
+            if images:
+                return self._checked(np.stack([read_saliency_map(p) for p in images]), record, candidate)
         raise ValueError(f"no prediction for {record.key}: looked for {[str(c) for c in self._candidates(record)]}")
 
     @staticmethod
     def _checked(maps: np.ndarray, record: VideoRecord, source: Path) -> np.ndarray:
         if maps.ndim != 3 or maps.shape[0] != record.num_frames:
             raise ValueError(f"{source}: expected {record.num_frames} maps (frames, height, width), got shape {maps.shape}")
-        return maps
+        return maps.astype(np.float32) / 255.0 if maps.dtype == np.uint8 else maps.astype(np.float32)
 
 
 def center_bias_map(height: int, width: int, sigma_fraction: float = 0.25) -> np.ndarray:
@@ -185,38 +192,36 @@ def _record_frames(record: VideoRecord):
     )
 
 
-def model_predictor(model, processor, batch_size: int = 4, device: str | torch.device | None = None) -> Callable[[VideoRecord], np.ndarray]:
-    """`predict_video` running a `DTFSalModel` (or any model with its contract) clip by clip over a video.
+def model_predictor(
+    model, processor=None, batch_size: int = 4, device: str | torch.device | None = None
+) -> Callable[[VideoRecord], np.ndarray]:
+    """`predict_video` running a `DTFSalModel` clip by clip over a video (through `inference.SaliencyPredictor`).
 
     Every frame is a target (causal clips of `model.config.num_frames` frames, the first frame
     repeated at the start); the audio window of a clip ends at the end of its last frame. A video
     without sound gets silent audio features when the model uses audio. Returns `(N, h, w)` maps at
-    the model's resolution; `evaluate` resizes them as the protocol says.
+    the model's resolution, unblurred: `evaluate` blurs and resizes them as the protocol says.
+    `processor` defaults to the one matching the model's configuration.
     """
+    from .inference import SaliencyPredictor
+
+    device = device if device is not None else next(model.parameters()).device
+    return _clip_predictor(SaliencyPredictor(model, processor, device=device, batch_size=batch_size))
+
+
+def _clip_predictor(predictor) -> Callable[[VideoRecord], np.ndarray]:
     from .clips import iter_batches, iter_clips
     from .media import audio_window
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = model.to(device).eval()
-    use_audio = getattr(model.config, "use_audio", True)
+    num_samples = predictor.processor.feature_extractor.num_samples
 
     def predict(record: VideoRecord) -> np.ndarray:
-        track = record.audio() if use_audio else None
+        track = record.audio() if predictor.uses_audio else None
         maps: list[np.ndarray | None] = [None] * record.num_frames
-        for batch in iter_batches(iter_clips(_record_frames(record), model.config.num_frames), batch_size):
-            kwargs = {}
-            if use_audio and track is not None:
-                kwargs.update(audio=[audio_window(track, clip.end_time) for clip in batch], sampling_rate=track.sampling_rate)
-            elif use_audio:
-                kwargs["silent_audio"] = True
-            inputs = processor(videos=[clip.images for clip in batch], return_tensors="pt", **kwargs)
-            features = inputs.get("input_features")
-            with torch.no_grad():
-                output = model(
-                    pixel_values_videos=inputs["pixel_values_videos"].to(device),
-                    input_features=None if features is None else features.to(device),
-                )
-            for clip, saliency in zip(batch, output.saliency_map.float().cpu().numpy()):
+        clips = iter_clips(_record_frames(record), predictor.model.config.num_frames)
+        for batch in iter_batches(clips, predictor.batch_size):
+            audio = [audio_window(track, clip.end_time, num_samples) for clip in batch] if track is not None else None
+            for clip, saliency in zip(batch, predictor.predict_clips([clip.images for clip in batch], audio).numpy()):
                 if clip.target.index < record.num_frames:
                     maps[clip.target.index] = saliency
         missing = [i for i, m in enumerate(maps) if m is None]
@@ -228,20 +233,11 @@ def model_predictor(model, processor, batch_size: int = 4, device: str | torch.d
 
 
 def load_model_predictor(model_path: str, batch_size: int = 4, device: str | None = None) -> Callable[[VideoRecord], np.ndarray]:
-    """`model_predictor` for a saved `DTFSalModel` (folder or Hub id) and its processor.
+    """`model_predictor` for a saved model (folder or Hub id), loaded with `SaliencyPredictor.from_pretrained`."""
+    from .inference import SaliencyPredictor
 
-    The processor is loaded from the same place, or built from the model's configuration when the
-    checkpoint has none.
-    """
-    from .modeling_dtfsal import DTFSalModel
-    from .processing_dtfsal import DTFSalProcessor
-
-    model = DTFSalModel.from_pretrained(model_path)
-    try:
-        processor = DTFSalProcessor.from_pretrained(model_path)
-    except (OSError, ValueError):
-        processor = DTFSalProcessor.from_model_config(model.config)
-    return model_predictor(model, processor, batch_size, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return _clip_predictor(SaliencyPredictor.from_pretrained(model_path, device=device, batch_size=batch_size))
 
 
 def evaluate_video(

@@ -18,6 +18,7 @@ from dtfsal_hf.evaluation import (
     center_bias_predictor,
     evaluate,
     format_table,
+    model_predictor,
     prepare_prediction,
     protocol_for,
     run_evaluation,
@@ -115,6 +116,10 @@ def test_prediction_folder_npz_png_and_errors(avad, tmp_path):
         Image.fromarray(np.round(saliency * 255).astype(np.uint8)).save(folder / "fold_1" / records[1].name / f"{i:04d}.png")
     predictions = PredictionFolder(folder)
     assert predictions(records[0]).shape == (5, 12, 16) and predictions(records[1]).shape == (5, 24, 32)
+    # The layout `dtfsal predict` writes: <video>/maps.npz with uint8 maps.
+    (folder / "other" / records[1].name).mkdir(parents=True)
+    np.savez(folder / "other" / records[1].name / "maps.npz", maps=np.full((5, 6, 8), 255, np.uint8), times=np.arange(5.0))
+    assert PredictionFolder(folder / "other")(records[1]).max() == 1.0
     summary = evaluate(records, predictions, tmp_path / "out", progress=False)
     # The half-size map, blurred and upsampled under the STAViS protocol, stays close to the truth.
     assert summary["metrics"]["cc"] > 0.9
@@ -144,7 +149,12 @@ def test_model_run_through_the_evaluation(avad, tmp_path):
     from dtfsal_hf.modeling_dtfsal import DTFSalModel
 
     torch.manual_seed(0)
-    DTFSalModel(DTFSalConfig.tiny(use_audio=True)).save_pretrained(tmp_path / "model")
+    model = DTFSalModel(DTFSalConfig.tiny(use_audio=True))
+    record = load_records("AVAD", avad, "test", fold=2)[0]
+    maps = model_predictor(model, batch_size=2)(record)
+    # One map per frame at the model's resolution (the tiny configuration's 64×96), in [0, 1].
+    assert maps.shape == (5, 64, 96) and 0 <= maps.min() and maps.max() <= 1
+    model.save_pretrained(tmp_path / "model")
     summary = run_evaluation("AVAD", avad, tmp_path / "eval", fold=1, model=str(tmp_path / "model"), max_videos=1, progress=False, metrics=("cc", "nss"))
     assert summary["num_videos"] == 1 and -1 <= summary["metrics"]["cc"] <= 1
 
