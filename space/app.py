@@ -287,7 +287,7 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=2):
                 overlay = gr.Video(label="Saliency overlay (with sound)", elem_id="overlay-video", interactive=False)
                 summary = gr.Markdown(elem_id="summary")
-                gallery = gr.Gallery(label="Heat maps", columns=4, height="auto", format="png", elem_id="heat-maps")
+                gallery = gr.Gallery(label="Heat maps", columns=4, height="auto", object_fit="contain", format="png", elem_id="heat-maps")
                 with gr.Row():
                     centre = gr.LinePlot(x="time (s)", y="position", color="coordinate", y_lim=[0, 1],
                                          title="Saliency centre of mass", elem_id="centre-plot")
