@@ -1,0 +1,345 @@
+"""SaliencyPredictor, predict_to_folder and saliency_statistics on small generated videos and real clips."""
+
+import json
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dtfsal_hf import DTFSalConfig, DTFSalModel, DTFSalProcessor, inference, media
+from dtfsal_hf.inference import SaliencyPredictor, predict_to_folder, saliency_statistics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DHF1K_VIDEO = REPO_ROOT.parent / "shared/data/dhf1k_002/002.AVI"
+FPS = 25
+SIZE = (72, 128)  # (height, width): not the tiny model's 64x96, so maps must be resized back
+
+
+def write_test_video(path: Path, num_frames: int = 12, with_audio: bool = True, size=SIZE, fps: int = FPS) -> Path:
+    """H.264 + AAC: a white square moving right over a grey background, and a 440 Hz tone."""
+    height, width = size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        audio = container.add_stream("aac", rate=16000) if with_audio else None
+        if audio is not None:
+            audio.layout = "mono"
+        for index in range(num_frames):
+            image = np.full((height, width, 3), 60, np.uint8)
+            left = (index * 4) % (width - 16)
+            image[height // 2 - 8 : height // 2 + 8, left : left + 16] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if audio is not None:
+            _encode_tone(container, audio, num_frames / fps)
+    return path
+
+
+def _encode_tone(container, stream, seconds: float) -> None:
+    rate, frame_size = 16000, stream.codec_context.frame_size or 1024
+    samples = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+    for start in range(0, samples.shape[0], frame_size):
+        frame = av.AudioFrame.from_ndarray(samples[None, start : start + frame_size].copy(), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def streams_of(path: Path) -> dict:
+    """{"video": (duration s, frames), "audio": (duration s, codec)} of an MP4, read back with PyAV."""
+    found = {}
+    with av.open(str(path)) as container:
+        for stream in container.streams:
+            duration = float(stream.duration * stream.time_base) if stream.duration else None
+            found[stream.type] = (duration, stream.frames if stream.type == "video" else stream.codec_context.name)
+    return found
+
+
+def dhf1k_video() -> Path:
+    if not DHF1K_VIDEO.is_file():
+        pytest.skip(f"DHF1K sample clip not found at {DHF1K_VIDEO}")
+    return DHF1K_VIDEO
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny model gains nothing from threads; on a shared machine they only compete.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SaliencyPredictor.from_pretrained("random-tiny", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_test_video(tmp_path_factory.mktemp("videos") / "square.mp4")
+
+
+@pytest.fixture(scope="module")
+def prediction(predictor, video):
+    return predictor.predict_video(video, progress=False)
+
+
+@pytest.fixture(scope="module")
+def written(predictor, video, tmp_path_factory):
+    output = tmp_path_factory.mktemp("predictions")
+    return predict_to_folder(predictor, video, output, progress=False), output
+
+
+# --- predictor -------------------------------------------------------------------------------------------
+
+
+def test_maps_at_video_resolution(prediction):
+    assert prediction.maps.shape == (12, *SIZE)
+    assert prediction.maps.dtype == np.float32
+    assert 0.0 <= prediction.maps.min() and prediction.maps.max() <= 1.0
+    assert prediction.size == SIZE and prediction.fps == FPS and prediction.has_audio
+    np.testing.assert_allclose(prediction.times, np.arange(12) / FPS, atol=1e-6)
+
+
+def test_streaming_gives_the_same_maps_and_the_frames(predictor, video, prediction):
+    indices = []
+    for index, image, saliency_map in predictor.iter_video_maps(video, progress=False):
+        assert image.shape == (*SIZE, 3) and image.dtype == np.uint8
+        np.testing.assert_allclose(saliency_map, prediction.maps[index], atol=1e-5)
+        indices.append(index)
+    assert indices == list(range(12))
+
+
+def test_maps_follow_the_model_on_each_clip(predictor, video, prediction):
+    """Frame 5's map is the model's output on the causal clip of frames 0..5 (first frame repeated)."""
+    frames = [frame.image for frame in media.iter_frames(video)]
+    num_frames = predictor.model.config.num_frames
+    clip = np.stack([frames[max(index, 0)] for index in range(5 - num_frames + 1, 6)])
+    track = media.load_audio(video)
+    window = media.audio_window(track, 6 / FPS, predictor.processor.feature_extractor.num_samples)
+    expected = predictor.processor.post_process_saliency(predictor.predict_clips([clip], [window]), target_sizes=SIZE)[0]
+    np.testing.assert_allclose(prediction.maps[5], expected.numpy(), atol=1e-5)
+
+
+def test_stride_predicts_targets_and_interpolates_between(predictor, video, prediction):
+    strided = predictor.predict_video(video, stride=4, progress=False)
+    assert strided.maps.shape == prediction.maps.shape
+    for target in (0, 4, 8, 11):
+        np.testing.assert_allclose(strided.maps[target], prediction.maps[target], atol=1e-5)
+    halfway = 0.5 * (strided.maps[4] + strided.maps[8])
+    np.testing.assert_allclose(strided.maps[6], halfway, atol=1e-5)
+
+
+def test_progress_callback_counts_frames(predictor, video):
+    calls = []
+    predictor.predict_video(video, max_frames=7, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(done, 7) for done in range(1, 8)]
+
+
+def test_uint8_maps_blur_and_max_frames(predictor, video, prediction):
+    result = predictor.predict_video(video, max_frames=9, blur_sigma=3.0, map_dtype="uint8", progress=False)
+    assert result.maps.shape == (9, *SIZE) and result.maps.dtype == np.uint8
+    # A blur smooths the map: its spatial variation shrinks.
+    assert np.abs(np.diff(result.maps[8].astype(float) / 255, axis=1)).mean() < np.abs(np.diff(prediction.maps[8], axis=1)).mean()
+
+
+def test_video_without_sound_gets_silence_and_a_warning(predictor, tmp_path):
+    silent = write_test_video(tmp_path / "silent.mp4", num_frames=6, with_audio=False)
+    with pytest.warns(UserWarning, match="no sound track"):
+        result = predictor.predict_video(silent, progress=False)
+    assert result.maps.shape == (6, *SIZE) and not result.has_audio
+
+
+def test_untrained_models_say_so():
+    with pytest.warns(UserWarning, match="randomly initialised, untrained"):
+        predictor = SaliencyPredictor.from_pretrained("random-tiny")
+    assert not predictor.trained and predictor.settings()["trained"] is False
+
+
+def test_random_models_are_reproducible():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, second = (SaliencyPredictor.from_pretrained("random-tiny").model for _ in range(2))
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_demo_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(inference, "DEMO_CHECKPOINT", tmp_path / "demo-checkpoint")
+    with pytest.raises(FileNotFoundError, match="demo checkpoint is not bundled"):
+        SaliencyPredictor.from_pretrained("demo")
+
+
+def test_saved_model_folder_loads_as_trained_and_predicts_the_same(predictor, video, prediction, tmp_path):
+    predictor.model.save_pretrained(tmp_path)
+    predictor.processor.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "untrained" warning for a saved checkpoint
+        loaded = SaliencyPredictor.from_pretrained(tmp_path, batch_size=3)
+    assert loaded.trained
+    np.testing.assert_allclose(loaded.predict_video(video, max_frames=5, progress=False).maps, prediction.maps[:5], atol=1e-5)
+
+
+def test_bfloat16_runs_close_to_float32(video, prediction):
+    model = DTFSalModel(DTFSalConfig.tiny())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = SaliencyPredictor.from_pretrained("random-tiny").model
+    model.load_state_dict(reference.state_dict())
+    half = SaliencyPredictor(model, DTFSalProcessor.from_model_config(model.config), dtype=torch.bfloat16)
+    maps = half.predict_video(video, max_frames=4, progress=False).maps
+    assert maps.dtype == np.float32
+    assert np.abs(maps - prediction.maps[:4]).mean() < 0.02
+
+
+def test_options_are_checked(predictor, video):
+    with pytest.raises(ValueError, match="alignment must be 'last' or 'center'"):
+        SaliencyPredictor(predictor.model, alignment="middle")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        SaliencyPredictor(predictor.model, batch_size=0)
+    with pytest.raises(ValueError, match="dtype must be float32, bfloat16 or float16"):
+        SaliencyPredictor(predictor.model, dtype="int8")
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        next(predictor.iter_video_maps(video, stride=0))
+
+
+def test_centre_alignment_uses_later_frames(predictor, video, prediction):
+    centred = SaliencyPredictor(predictor.model, predictor.processor, alignment="center")
+    maps = centred.predict_video(video, max_frames=10, progress=False).maps
+    assert maps.shape == (10, *SIZE)
+    assert not np.allclose(maps[2], prediction.maps[2], atol=1e-4)
+
+
+# --- outputs on disk ---------------------------------------------------------------------------------------
+
+
+def test_folder_outputs(written, prediction):
+    paths, output = written
+    assert paths["folder"] == output / "square"
+    pngs = sorted(paths["maps"].glob("*.png"))
+    assert [p.name for p in pngs[:2]] == ["000001.png", "000002.png"] and len(pngs) == 12
+    with np.load(paths["npz"]) as saved:
+        maps, times = saved["maps"], saved["times"]
+    assert maps.shape == (12, *SIZE) and maps.dtype == np.uint8
+    np.testing.assert_allclose(times, np.arange(12) / FPS, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[7])), maps[7])
+    assert np.abs(maps.astype(float) / 255 - prediction.maps).max() <= 0.5 / 255 + 1e-5
+    marker = json.loads(paths["done"].read_text())
+    assert marker["num_frames"] == 12 and marker["settings"]["model"] == "random-tiny"
+    assert marker["settings"]["trained"] is False and marker["outputs"] == {"pngs": True, "npz": True, "overlay": True}
+    assert not list(paths["folder"].glob("*.tmp")) and not list(paths["folder"].glob("*.partial.mp4"))
+
+
+def test_overlay_plays_with_sound_for_the_whole_video(written, video):
+    paths, _ = written
+    source, overlay = streams_of(video), streams_of(paths["overlay"])
+    assert set(overlay) == {"video", "audio"}
+    assert overlay["video"][1] == 12
+    assert abs(overlay["video"][0] - source["video"][0]) <= 1 / FPS
+    assert abs(overlay["audio"][0] - source["video"][0]) <= 1 / FPS
+    assert overlay["audio"][1] == "aac"
+
+
+def test_overlay_is_the_heat_map_over_the_frames(written, video):
+    paths, _ = written
+    with av.open(str(paths["overlay"])) as container:
+        overlay = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+    original = next(media.iter_frames(video)).image.astype(float)
+    with np.load(paths["npz"]) as saved:
+        expected = media.overlay_saliency(next(media.iter_frames(video)).image, saved["maps"][0] / 255.0)
+    assert np.abs(overlay - expected).mean() < 6  # H.264 at crf 20
+    assert np.abs(overlay - original).mean() > 10
+
+
+def test_rerun_skips_a_finished_video(written, predictor, video):
+    paths, output = written
+    before = paths["done"].stat().st_mtime_ns, paths["overlay"].stat().st_mtime_ns
+    predict_to_folder(predictor, video, output, progress=lambda *_: pytest.fail("a finished video was predicted again"))
+    assert (paths["done"].stat().st_mtime_ns, paths["overlay"].stat().st_mtime_ns) == before
+
+
+def test_incomplete_or_different_outputs_are_redone(predictor, video, tmp_path):
+    paths = predict_to_folder(predictor, video, tmp_path, max_frames=6, write_overlay=False, progress=False)
+    (paths["maps"] / "000003.png").unlink()
+    calls = []
+    predict_to_folder(predictor, video, tmp_path, max_frames=6, write_overlay=False, progress=lambda d, t: calls.append(d))
+    assert calls[-1] == 6 and len(list(paths["maps"].glob("*.png"))) == 6
+    # Other settings (fewer frames) redo the video and leave no stale maps behind.
+    predict_to_folder(predictor, video, tmp_path, max_frames=4, write_overlay=False, progress=False)
+    assert len(list(paths["maps"].glob("*.png"))) == 4
+    with np.load(paths["npz"]) as saved:
+        assert saved["maps"].shape == (4, *SIZE)
+    assert json.loads(paths["done"].read_text())["settings"]["max_frames"] == 4
+
+
+def test_interrupted_run_leaves_no_marker(predictor, video, tmp_path):
+    def interrupt(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_folder(predictor, video, tmp_path, progress=interrupt)
+    paths = inference.output_paths(video, tmp_path)
+    assert not paths["done"].exists() and not paths["npz"].exists() and not list(paths["folder"].glob("*.tmp"))
+    assert inference.finished_marker(paths, predictor.settings(), {"pngs": True, "npz": True, "overlay": True}) is None
+
+
+def test_overlay_options_are_checked(predictor, video, tmp_path):
+    with pytest.raises(ValueError, match="overlay_alpha must be in"):
+        predict_to_folder(predictor, video, tmp_path, overlay_alpha=1.5)
+    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+        predict_to_folder(predictor, video, tmp_path, colormap="nope")
+
+
+def test_dhf1k_clip_outputs(predictor, tmp_path):
+    video = dhf1k_video()
+    paths = predict_to_folder(predictor, video, tmp_path, max_frames=10, progress=False)
+    with np.load(paths["npz"]) as saved:
+        assert saved["maps"].shape == (10, 360, 640)
+    overlay = streams_of(paths["overlay"])
+    assert overlay["video"][1] == 10 and abs(overlay["video"][0] - 10 / 30) <= 1 / 30
+    assert overlay["audio"][1] == "aac" and abs(overlay["audio"][0] - 10 / 30) <= 1 / 30
+
+
+# --- statistics and inputs ---------------------------------------------------------------------------------
+
+
+def test_statistics_of_known_maps():
+    peak = np.zeros((2, 5, 8), np.float32)
+    peak[0, 3, 6] = 1.0
+    peak[1] = 0.25
+    stats = saliency_statistics(peak)
+    assert (stats["center_x"][0], stats["center_y"][0], stats["entropy"][0]) == (6.0, 3.0, 0.0)
+    assert stats["center_x"][1] == pytest.approx(3.5) and stats["center_y"][1] == pytest.approx(2.0)
+    assert stats["entropy"][1] == pytest.approx(np.log2(40))
+    assert stats["center_x_norm"][0] == pytest.approx(6 / 8) and (stats["peak_x"][0], stats["peak_y"][0]) == (6, 3)
+    uint8 = saliency_statistics((peak * 255).astype(np.uint8))
+    np.testing.assert_allclose(uint8["center_x"], stats["center_x"])
+
+
+def test_statistics_of_an_empty_map_are_nan():
+    stats = saliency_statistics(np.zeros((4, 4), np.uint8))
+    assert np.isnan(stats["center_x"][0]) and np.isnan(stats["entropy"][0]) and stats["mean"][0] == 0
+
+
+def test_find_videos(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/001.AVI", "a/002.mp4", "a/notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = inference.find_videos([tmp_path / "a", tmp_path / "missing.mp4"])
+    assert [p.name for p in found] == ["001.AVI", "002.mp4", "missing.mp4"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/002.mkv").write_bytes(b"")
+    with pytest.raises(ValueError, match="would both write to '<output>/002/'"):
+        inference.find_videos([tmp_path / "a", tmp_path / "b/002.mkv"])
