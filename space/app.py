@@ -34,7 +34,7 @@ import torch
 from huggingface_hub.errors import HfHubHTTPError
 from matplotlib import colormaps
 
-from dtfsal_hf.inference import SaliencyPredictor, predict_to_folder, saliency_statistics, untrained_message
+from dtfsal_hf.inference import DEMO_CHECKPOINT, SaliencyPredictor, predict_to_folder, saliency_statistics, untrained_message
 from dtfsal_hf.media import VideoInfo, probe_video
 
 logger = logging.getLogger("dtfsal_space")
@@ -50,6 +50,7 @@ CPU_MAX_SECONDS, GPU_MAX_SECONDS = 10.0, 120.0
 MAX_UPLOAD = "200mb"
 RESULTS_LIFETIME_S = 3600  # result folders older than this are deleted when a new run starts
 RESULTS_DIR = Path(tempfile.gettempdir()) / "dtfsal-space"
+ASSETS = DEMO_CHECKPOINT.parent  # the package's assets: the demo checkpoint and the example clip
 
 
 # Configuration
@@ -73,7 +74,7 @@ def length_cap() -> tuple[float, str]:
     seconds = float(os.environ.get("DTFSAL_MAX_SECONDS") or (GPU_MAX_SECONDS if on_gpu else CPU_MAX_SECONDS))
     if seconds <= 0:
         raise ValueError(f"DTFSAL_MAX_SECONDS must be positive, got {seconds}")
-    hardware = "a GPU" if on_gpu else "CPU only, where the model predicts a few clips a second"
+    hardware = "a GPU" if on_gpu else "CPU only"
     return seconds, f"this Space runs on {hardware}, so each video is limited to its first {seconds:g} s"
 
 
@@ -226,9 +227,9 @@ def predict(video, variant, stride, blur_sigma, opacity, colormap, progress=gr.P
     def report(done: int, total: int | None) -> None:
         progress((done, total), desc="Predicting saliency", unit="frames")
 
-    outputs = predict_to_folder(
-        loaded.predictor, video, _new_results_folder(), overlay_alpha=float(opacity), colormap=colormap,
-        stride=int(stride), blur_sigma=float(blur_sigma), max_frames=max_frames, progress=report,
+    outputs = _predict_to_folder(
+        video, loaded.predictor, overlay_alpha=float(opacity), colormap=colormap, stride=int(stride),
+        blur_sigma=float(blur_sigma), max_frames=max_frames, progress=report,
     )
     with np.load(outputs["npz"]) as saved:
         maps, times = saved["maps"], saved["times"]
@@ -238,6 +239,15 @@ def predict(video, variant, stride, blur_sigma, opacity, colormap, progress=gr.P
     cut = max_frames is not None and len(maps) >= max_frames
     summary = _summary(Path(video).name, info, loaded, len(maps), cut, reason, time.perf_counter() - started)
     return str(outputs["overlay"]), heat_maps(maps, times, colormap), centre, entropy, str(archive), summary
+
+
+def _predict_to_folder(video: str, predictor: SaliencyPredictor, **options) -> dict:
+    """`predict_to_folder` into a new results folder; a file that fails to decode gets a readable message."""
+    try:
+        return predict_to_folder(predictor, video, _new_results_folder(), **options)
+    except ValueError as error:
+        name = Path(video).name
+        raise gr.Error(f"{name} could not be processed: {str(error).replace(str(video), name)}") from error
 
 
 def _summary(name: str, info: VideoInfo, loaded: LoadedModel, frames: int, cut: bool, reason: str, elapsed: float) -> str:
@@ -259,15 +269,13 @@ def _summary(name: str, info: VideoInfo, loaded: LoadedModel, frames: int, cut: 
 
 def example_videos() -> list[str]:
     """The synthetic clips bundled with the package, so the page works without an upload."""
-    import dtfsal_hf
-
-    assets = Path(dtfsal_hf.__file__).parent / "assets"
-    return sorted(str(path) for suffix in ("*.mp4", "*.avi", "*.mkv") for path in assets.glob(suffix))
+    return sorted(str(path) for suffix in ("*.mp4", "*.avi", "*.mkv") for path in ASSETS.glob(suffix))
 
 
 def build_demo() -> gr.Blocks:
     seconds, reason = length_cap()
-    with gr.Blocks(title="DTFSal video saliency") as demo:
+    # delete_cache: gradio's copies of uploads and results go after an hour, as the results folders do.
+    with gr.Blocks(title="DTFSal video saliency", delete_cache=(RESULTS_LIFETIME_S, RESULTS_LIFETIME_S)) as demo:
         gr.Markdown(
             "# DTFSal: audio-visual video saliency\n"
             "Where do people look in a video? DTFSal (BMVC 2025) predicts it from the pictures and the sound. "
@@ -310,7 +318,7 @@ def build_demo() -> gr.Blocks:
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address; locally it is 127.0.0.1:7860.
-    build_demo().queue(max_size=16).launch(max_file_size=MAX_UPLOAD)
+    build_demo().queue(max_size=16).launch(max_file_size=MAX_UPLOAD, allowed_paths=[str(ASSETS)])
 
 
 if __name__ == "__main__":
