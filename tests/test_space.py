@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+import huggingface_hub.constants
 from huggingface_hub import SpaceCard
 from matplotlib import colormaps
 from PIL import Image
@@ -132,7 +133,7 @@ def test_length_cap_is_set_by_environment_and_explained(app, monkeypatch):
 
 @pytest.mark.skipif(not (DEMO_CHECKPOINT / "config.json").is_file(), reason=f"no demo checkpoint at {DEMO_CHECKPOINT}")
 def test_unreachable_hub_model_falls_back_to_the_demo_checkpoint(app, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
     monkeypatch.setenv("DTFSAL_DEVICE", "cpu")
     monkeypatch.setenv("DTFSAL_MODEL", "dtfsal-hf/not-published")
     loaded = app.load_model("audio-visual")
@@ -142,7 +143,7 @@ def test_unreachable_hub_model_falls_back_to_the_demo_checkpoint(app, monkeypatc
 
 
 def test_no_loadable_model_gives_both_reasons(app, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("DTFSAL_MODEL_VISUAL", "dtfsal-hf/not-published-either")
     monkeypatch.setattr(app, "FALLBACK_MODEL", str(tmp_path / "no-checkpoint-here"))
     with pytest.raises(gr.Error, match=r"`dtfsal-hf/not-published-either` could not be loaded \(.+\), nor the embedded demo checkpoint \(.+\)"):

@@ -3,7 +3,8 @@
 Uploads the DHF1K clip through the page's file input, presses the button, and checks what a visitor sees:
 an overlay video the browser can play (duration > 0), a gallery of heat maps, the summary with the length
 cap's reason. A screenshot of the page is saved under the test's temporary folder and, when
-`DTFSAL_SPACE_SCREENSHOT` names a file (e.g. docs/images/space.png), there as well.
+`DTFSAL_SPACE_SCREENSHOT` names a file (e.g. docs/images/space.png), there as well. The model is the
+untrained tiny one unless `DTFSAL_SPACE_TEST_MODEL` names another (`demo` for the documentation's screenshot).
 
 Needs `/usr/bin/chromium` (`apt-get install -y chromium`) and the `playwright` package (its bundled browsers
 are not used); the test says which one is missing when it skips.
@@ -27,6 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 RUN_TIMEOUT_MS = 180_000
+MODEL = os.environ.get("DTFSAL_SPACE_TEST_MODEL", "random-tiny")
 
 if not CHROMIUM.is_file():
     pytest.skip(f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`", allow_module_level=True)
@@ -40,7 +42,7 @@ if not DHF1K_CLIP.is_file():
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     log = tmp_path_factory.mktemp("space-browser") / "space.log"
-    with running_space(log) as url, sync_api.sync_playwright() as playwright:
+    with running_space(log, {"DTFSAL_MODEL": MODEL}) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -81,7 +83,7 @@ def test_upload_predict_and_see_the_results(page, tmp_path):
     assert images.count() == 12
     assert images.first.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [640, 360]
     summary = page.inner_text("#summary")
-    assert "002.AVI: 60 frames predicted with random-tiny" in summary
+    assert f"002.AVI: 60 frames predicted with {MODEL}" in summary
     assert "each video is limited to its first 2 s" in summary
     link = page.locator("#download a[download]")
     assert link.get_attribute("download") == "002_saliency.zip"
