@@ -515,12 +515,12 @@ def predict_to_folder(
     outputs = _requested(write_pngs, write_npz, write_overlay)
     if not overwrite and finished_marker(paths, settings, outputs) is not None:
         return paths
+    started = time.perf_counter()
+    info = probe_video(video_path)  # an unreadable file fails here, before anything is written
     _clear_outputs(paths)
     paths["folder"].mkdir(parents=True, exist_ok=True)
     if write_pngs:
         paths["maps"].mkdir(exist_ok=True)
-    started = time.perf_counter()
-    info = probe_video(video_path)
     npz = _NpzMapWriter(paths["npz"]) if write_npz else None
     count = 0
     try:
@@ -615,6 +615,11 @@ class VideoResult:
     error: str | None = None
 
 
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def process_share(videos: Sequence) -> tuple[list, int, int, object]:
     """`(this process's videos, process index, number of processes, accelerate state)`.
 
@@ -629,8 +634,15 @@ def process_share(videos: Sequence) -> tuple[list, int, int, object]:
         from accelerate import PartialState
     except ImportError as error:
         raise ImportError("sharing videos between processes needs accelerate: pip install 'dtfsal_hf[train]'") from error
+    # PartialState only sets up CPU processes when told to (accelerate launch --cpu sets ACCELERATE_USE_CPU).
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not _accelerator_available()
     # Processes may finish their shares hours apart: the final barrier must not time out.
-    state = PartialState(timeout=timedelta(days=7))
+    state = PartialState(cpu=cpu, timeout=timedelta(days=7))
+    if state.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise RuntimeError(
+            f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate set up {state.num_processes} process(es): "
+            "every process would predict every video. Launch with `accelerate launch` (add --cpu without GPUs)"
+        )
     with state.split_between_processes(list(videos)) as share:
         share = list(share)
     return share, state.process_index, state.num_processes, state
