@@ -96,22 +96,25 @@ def _resolve_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _float32_deform_convs(model: torch.nn.Module, dtype: torch.dtype) -> None:
+def _float32_deform_convs(model: torch.nn.Module) -> None:
     """Keep torchvision's deformable convolutions in float32: their kernels have no bfloat16 version (and no
-    autocast rule on CPU). Inputs are cast up and outputs back down around each of them."""
+    autocast rule on CPU). Inputs are cast up and outputs back to the input's dtype around each of them."""
     from torchvision.ops import DeformConv2d
 
     def cast_inputs(module, args):
+        module.dtfsal_input_dtype = args[0].dtype
         return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
     def cast_output(module, args, output):
-        return output.to(dtype)
+        return output.to(module.dtfsal_input_dtype)
 
     for module in model.modules():
         if isinstance(module, DeformConv2d):
             module.float()
-            module.register_forward_pre_hook(cast_inputs)
-            module.register_forward_hook(cast_output)
+            if not hasattr(module, "dtfsal_input_dtype"):  # hooks once, however many predictors share the model
+                module.dtfsal_input_dtype = torch.float32
+                module.register_forward_pre_hook(cast_inputs)
+                module.register_forward_hook(cast_output)
 
 
 def _build_random_model(model_id: str) -> DTFSalModel:
@@ -149,7 +152,8 @@ class SaliencyPredictor:
     """Runs a `DTFSalModel` over whole videos.
 
     Args:
-        model: a `DTFSalModel` (its configuration gives the clip length and input size).
+        model: a `DTFSalModel` (its configuration gives the clip length and input size); it is moved to `device`
+            and `dtype` in place and put in eval mode.
         processor: the matching `DTFSalProcessor`; None builds it from the model's configuration.
         device: where the model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, ...).
         dtype: the model's weights and activations: None (float32), `torch.bfloat16` or `torch.float16`.
@@ -181,7 +185,7 @@ class SaliencyPredictor:
         self.dtype = _resolve_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.dtype != torch.float32:
-            _float32_deform_convs(self.model, self.dtype)
+            _float32_deform_convs(self.model)
         self.processor = processor if processor is not None else DTFSalProcessor.from_model_config(model.config)
         self.trained = trained
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__

@@ -201,6 +201,9 @@ def test_bfloat16_runs_close_to_float32(video, prediction):
     maps = half.predict_video(video, max_frames=4, progress=False).maps
     assert maps.dtype == np.float32
     assert np.abs(maps - prediction.maps[:4]).mean() < 0.02
+    # The same model back in float32 (its weights now rounded to bfloat16) runs without dtype errors.
+    full = SaliencyPredictor(model, half.processor).predict_video(video, max_frames=2, progress=False).maps
+    assert np.abs(full - prediction.maps[:2]).mean() < 0.02
 
 
 def test_options_are_checked(predictor, video):
