@@ -176,10 +176,62 @@ def _run_predict(args) -> int:
 
 
 
+def _add_benchmark(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "benchmark", help="time the inference paths against torchvision's MViTv2-S alone, in one run")
+    parser.add_argument("--model", default=None, help="a model folder or Hub id; default: the paper's model, random weights")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test configuration")
+    parser.add_argument("--visual-only", action="store_true", help="DTFSal(V): no audio branch")
+    parser.add_argument("--paths", nargs="+", default=None, metavar="PATH",
+                        help="inference paths (default: per device; eager-fp32 is always timed), from: "
+                             "eager-fp32 sdpa-fp32 eager-bf16 sdpa-bf16 sdpa-bf16-cl compiled-sdpa-bf16 sdpa-fp16 "
+                             "compiled-sdpa-fp16")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1], metavar="N", help="clips per call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row, after one warm-up call")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-backbone", action="store_true", help="skip torchvision's MViTv2-S alone")
+    parser.add_argument("--video", default=None, help="a real video: its first clip is the input, and the whole-video "
+                        "predictor is timed on it")
+    parser.add_argument("--video-frames", type=int, default=64, help="frames of --video for the whole-video figures")
+    parser.add_argument("--strides", nargs="+", type=int, default=[1, 4], help="frame strides of the whole-video run")
+    parser.add_argument("--video-path", default=None, help="path of the whole-video run (default: the fastest within "
+                        "0.02 of the eager fp32 maps)")
+    parser.add_argument("--memory-video", default=None, help="a video looped to --memory-lengths for the peak-RSS check")
+    parser.add_argument("--memory-lengths", nargs="+", type=float, default=[60, 600], metavar="SECONDS")
+    parser.add_argument("--memory-model", default="random-tiny", help="model of the peak-RSS check (any predictor id)")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.set_defaults(handler=_run_benchmark)
+
+
+def _run_benchmark(args) -> int:
+    import json
+    import shlex
+
+    import torch
+
+    from .benchmark import benchmark, format_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = benchmark(
+        args.model, tiny=args.tiny, visual_only=args.visual_only, paths=args.paths, batch_sizes=args.batch_sizes,
+        repeats=args.repeats, device=args.device, include_backbone=not args.no_backbone, video=args.video,
+        video_frames=args.video_frames, strides=args.strides, video_path=args.video_path,
+        memory_video=args.memory_video, memory_lengths=args.memory_lengths, memory_model=args.memory_model,
+        command="dtfsal " + shlex.join(sys.argv[1:]), log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result.to_dict(), handle, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtfsal", description="DTFSal audio-visual video saliency prediction")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_push, _add_evaluate, _add_train, _add_predict):
+    for add in (_add_info, _add_push, _add_evaluate, _add_train, _add_predict, _add_benchmark):
         add(subparsers)
     return parser
 

@@ -1,0 +1,778 @@
+"""How fast DTFSal runs: inference paths measured side by side, in one run, against the MViTv2-S floor.
+
+`run_benchmark` times the model under each `InferencePath` (attention kernel, reduced precision, compilation,
+memory format) on the same inputs, interleaving the paths repetition by repetition so that a machine whose
+load changes during the run slows every path alike. For each path it reports the latency per call and per
+clip, maps per second, the peak memory of a call, the FLOPs of a clip, the largest difference of its maps
+from the eager fp32 model's, and its time as a multiple of torchvision's MViTv2-S alone at the same input
+(the floor: the backbone is most of DTFSal's compute).
+
+`measure_video_throughput` runs the whole-video predictor (`dtfsal_hf.inference`) on a real file: frames/s with
+decoding, audio features and interpolation included, and the effect of frame-stride inference on the maps.
+`measure_video_memory` runs it on videos of two lengths in fresh processes and compares their peak RSS.
+
+`format_report` prints all of it as Markdown, with the machine and the command.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.video.mvit import MViT
+
+from .complexity import dummy_inputs
+from .configuration_dtfsal import DTFSalConfig
+from .encoders import mvit_block_settings, set_mvit_attention
+from .modeling_dtfsal import DTFSalModel
+
+__all__ = [
+    "InferencePath",
+    "PATHS",
+    "DEFAULT_PATHS",
+    "PathResult",
+    "BenchmarkResult",
+    "torchvision_mvit_v2_s",
+    "prepare_path",
+    "run_benchmark",
+    "measure_video_throughput",
+    "measure_video_memory",
+    "make_long_video",
+    "machine_description",
+    "format_report",
+]
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class InferencePath:
+    """One way of running the model.
+
+    Attributes:
+        name: short name, e.g. `"sdpa-bf16"`.
+        attention: MViT attention, `"eager"` (torchvision's matmul + softmax) or `"sdpa"`.
+        precision: `"fp32"`, `"bf16"` or `"fp16"` (the last two under `torch.autocast`; deformable convolutions,
+            which autocast leaves alone, run in fp32).
+        compile: wrap the model in `torch.compile` (the first call compiles; its time is reported apart).
+        channels_last: convolution weights and the input video in `torch.channels_last_3d`.
+        devices: where the path applies (`"cpu"`, `"cuda"`).
+    """
+
+    name: str
+    attention: str = "sdpa"
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return _DTYPES[self.precision]
+
+    def describe(self) -> str:
+        parts = [f"{self.attention} attention", self.precision + (" autocast" if self.precision != "fp32" else "")]
+        if self.channels_last:
+            parts.append("channels-last-3d")
+        if self.compile:
+            parts.append("torch.compile")
+        return ", ".join(parts)
+
+
+PATHS = {
+    path.name: path
+    for path in (
+        InferencePath("eager-fp32", attention="eager"),
+        InferencePath("sdpa-fp32"),
+        InferencePath("eager-bf16", attention="eager", precision="bf16"),
+        InferencePath("sdpa-bf16", precision="bf16"),
+        InferencePath("sdpa-bf16-cl", precision="bf16", channels_last=True),
+        InferencePath("compiled-sdpa-bf16", precision="bf16", compile=True),
+        InferencePath("sdpa-fp16", precision="fp16", devices=("cuda",)),
+        InferencePath("compiled-sdpa-fp16", precision="fp16", compile=True, devices=("cuda",)),
+    )
+}
+DEFAULT_PATHS = {
+    "cpu": ("eager-fp32", "sdpa-fp32", "sdpa-bf16", "compiled-sdpa-bf16"),
+    "cuda": ("eager-fp32", "sdpa-fp32", "sdpa-bf16", "sdpa-fp16", "compiled-sdpa-bf16"),
+}
+# The path every other is compared with (maps) and the floor's path (time).
+REFERENCE_PATH = "eager-fp32"
+
+
+def torchvision_mvit_v2_s(num_frames: int = 32, image_size: Sequence[int] = (224, 384)) -> MViT:
+    """torchvision's MViTv2-S, classifier included, built for `num_frames` x `image_size` (torchvision's
+    `mvit_v2_s()` fixes 16 x 224 x 224; this is the same network at another input size)."""
+    return MViT(
+        spatial_size=tuple(image_size),
+        temporal_size=num_frames,
+        block_setting=mvit_block_settings([1, 2, 11, 2], [96, 192, 384, 768], [1, 2, 4, 8], [1, 8, 8]),
+        residual_pool=True,
+        residual_with_cls_embed=False,
+        rel_pos_embed=True,
+        proj_after_attn=True,
+        stochastic_depth_prob=0.2,
+    )
+
+
+def _device_type(device: torch.device | str) -> str:
+    return torch.device(device).type
+
+
+def _check_path(path: InferencePath, device: torch.device) -> None:
+    if _device_type(device) not in path.devices:
+        raise ValueError(f"the path {path.name!r} runs on {', '.join(path.devices)}, not on {device}")
+
+
+def _float32_deform_convs(module: nn.Module) -> None:
+    """torchvision's deformable convolution has no reduced-precision kernel and no autocast rule: run it in fp32."""
+    from torchvision.ops import DeformConv2d
+
+    def to_float(mod, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for child in module.modules():
+        if isinstance(child, DeformConv2d):
+            child.register_forward_pre_hook(to_float)
+
+
+def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
+    """A function running a copy of `module` (a `DTFSalModel` or a torchvision `MViT`) the way `path` says.
+
+    The function takes the model's keyword inputs (for an `MViT`: `{"videos": (B, 3, T, H, W)}`) and returns
+    the saliency maps (B, H, W) (for an `MViT`: the logits), as float32.
+    """
+    device = torch.device(device)
+    _check_path(path, device)
+    module = set_mvit_attention(copy.deepcopy(module), path.attention).to(device).eval()
+    if path.autocast_dtype is not None:
+        _float32_deform_convs(module)
+    if path.channels_last:
+        for child in module.modules():
+            if isinstance(child, nn.Conv3d):
+                child.to(memory_format=torch.channels_last_3d)
+    runner = torch.compile(module, dynamic=False) if path.compile else module
+    is_mvit = isinstance(module, MViT)
+
+    def run(inputs: dict) -> torch.Tensor:
+        inputs = {name: value.to(device) for name, value in inputs.items()}
+        if path.channels_last:
+            # (B, T, 3, H, W) -> channels-last-3d strides of its (B, 3, T, H, W) view, where the model reads it
+            key = "videos" if is_mvit else "pixel_values_videos"
+            video = inputs[key] if is_mvit else inputs[key].transpose(1, 2)
+            video = video.contiguous(memory_format=torch.channels_last_3d)
+            inputs[key] = video if is_mvit else video.transpose(1, 2)
+        with torch.inference_mode(), torch.autocast(device.type, path.autocast_dtype or torch.float32,
+                                                     enabled=path.autocast_dtype is not None):
+            output = runner(inputs["videos"]) if is_mvit else runner(**inputs).saliency_map
+        return output.float()
+
+    return run
+
+
+class _PeakRSS:
+    """Peak resident memory of this process while the block runs, above what it held when the block began,
+    sampled every 2 ms from /proc/self/statm (Linux); elsewhere the growth of `ru_maxrss`."""
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, self.rss_bytes())
+
+    def __enter__(self) -> "_PeakRSS":
+        self._start = self._peak = self.rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self.rss_bytes())
+        self.peak_bytes = self._peak - self._start
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor]:
+    _synchronize(device)
+    start = time.perf_counter()
+    output = run(inputs)
+    _synchronize(device)
+    return time.perf_counter() - start, output
+
+
+def _peak_memory_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor, int]:
+    """One call, with its peak memory: CUDA memory allocated on a GPU, resident memory growth on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        seconds, output = _timed_call(run, inputs, device)
+        return seconds, output, torch.cuda.max_memory_allocated(device) - before
+    with _PeakRSS() as peak:
+        seconds, output = _timed_call(run, inputs, device)
+    return seconds, output, peak.peak_bytes
+
+
+@torch.no_grad()
+def _count_flops(module: nn.Module, inputs: dict) -> int:
+    """FLOPs of one call (FlopCounterMode, 2 per multiply-accumulate, attention included), counted on the eager
+    fp32 form on the CPU: every path computes the same function."""
+    module = set_mvit_attention(copy.deepcopy(module), "eager").float().eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if isinstance(module, MViT):
+            module(inputs["videos"].cpu())
+        else:
+            module(**{name: value.cpu() for name, value in inputs.items()})
+    return counter.get_total_flops()
+
+
+@dataclass
+class PathResult:
+    """Measurements of one (network, path, batch size).
+
+    Attributes:
+        network: `"DTFSal"`, `"DTFSal(V)"` or `"mvit_v2_s"` (torchvision's backbone alone).
+        path, description: the `InferencePath`'s name and description.
+        batch_size: clips per call.
+        latency_s: median seconds per call over the repetitions; `latencies_s` all of them.
+        first_call_s: the first call (warm-up; with `torch.compile`, compilation).
+        peak_memory_bytes: peak memory of a call (see `_peak_memory_call`).
+        flops_per_clip: FLOPs of one clip.
+        max_abs_diff, map_cc: largest |map - eager fp32 map| and the correlation of the two (DTFSal only).
+    """
+
+    network: str
+    path: str
+    description: str
+    batch_size: int
+    latency_s: float
+    latencies_s: list[float]
+    first_call_s: float
+    peak_memory_bytes: int
+    flops_per_clip: int
+    max_abs_diff: float | None = None
+    map_cc: float | None = None
+
+    @property
+    def seconds_per_clip(self) -> float:
+        return self.latency_s / self.batch_size
+
+    @property
+    def maps_per_second(self) -> float:
+        return self.batch_size / self.latency_s
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything `run_benchmark` measured, with the machine and the settings."""
+
+    machine: dict
+    settings: dict
+    results: list[PathResult]
+    video: dict | None = None
+    memory: dict | None = None
+    command: str = ""
+
+    def find(self, network: str, path: str, batch_size: int | None = None) -> PathResult | None:
+        for result in self.results:
+            if result.network == network and result.path == path and batch_size in (None, result.batch_size):
+                return result
+        return None
+
+    @property
+    def floor(self) -> PathResult | None:
+        """torchvision's MViTv2-S alone, eager fp32, batch 1."""
+        return self.find("mvit_v2_s", REFERENCE_PATH, 1) or self.find("mvit_v2_s", REFERENCE_PATH)
+
+    def to_dict(self) -> dict:
+        results = [asdict(r) | {"seconds_per_clip": r.seconds_per_clip, "maps_per_second": r.maps_per_second}
+                   for r in self.results]
+        return {"machine": self.machine, "settings": self.settings, "command": self.command, "results": results,
+                "video": self.video, "memory": self.memory}
+
+
+def machine_description(device: torch.device | str = "cpu") -> dict:
+    """The machine a benchmark ran on: CPU model and cores, load, memory, torch, and the GPU if used."""
+    device = torch.device(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    description = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    try:
+        description["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        description["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, AttributeError, ValueError):
+        pass
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
+        description["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+        description["cuda"] = torch.version.cuda
+    return description
+
+
+def _batched(inputs: dict, batch_size: int) -> dict:
+    return {name: value.expand(batch_size, *value.shape[1:]).contiguous() for name, value in inputs.items()}
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    denominator = a.norm() * b.norm()
+    return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
+@dataclass
+class _Entry:
+    network: str
+    path: InferencePath
+    batch_size: int
+    run: Callable
+    inputs: dict
+    first_call_s: float = 0.0
+    peak_memory_bytes: int = 0
+    output: torch.Tensor | None = None
+    latencies: list[float] = field(default_factory=list)
+
+
+def run_benchmark(
+    config: DTFSalConfig | None = None,
+    model: DTFSalModel | None = None,
+    paths: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    inputs: dict | None = None,
+    include_backbone: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Time DTFSal (and torchvision's MViTv2-S alone) under each path, in one run.
+
+    Args:
+        config: the model's configuration (default: the paper's audio-visual model); ignored with `model`.
+        model: a `DTFSalModel` (e.g. trained weights); default: `DTFSalModel(config)` with seed 0.
+        paths: names from `PATHS`; default `DEFAULT_PATHS[device type]`. `"eager-fp32"` is always measured:
+            it is the reference of the maps and, for the backbone, the floor.
+        batch_sizes: clips per call; each path is measured at each.
+        repeats: timed calls per (network, path, batch size), after one warm-up call.
+        inputs: one clip's model inputs (batch 1), e.g. a real clip from the processor; default: random.
+        include_backbone: also time torchvision's MViTv2-S alone (input `pixel_values_videos`) on each path.
+        log: progress messages (e.g. `print`).
+    """
+    device = torch.device(device)
+    log = log or (lambda message: None)
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
+    names = list(paths) if paths else list(DEFAULT_PATHS[device.type])
+    unknown = [name for name in names if name not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown paths {unknown}; choose from {sorted(PATHS)}")
+    names = [REFERENCE_PATH] + [name for name in names if name != REFERENCE_PATH]
+    for name in names:
+        _check_path(PATHS[name], device)
+    if model is None:
+        torch.manual_seed(0)
+        model = DTFSalModel(config or DTFSalConfig())
+    config = model.config
+    model = model.eval()
+    if inputs is None:
+        torch.manual_seed(1)
+        inputs = dummy_inputs(config)
+    networks = {"DTFSal" if config.use_audio else "DTFSal(V)": (model, inputs)}
+    if include_backbone:
+        torch.manual_seed(0)
+        backbone = torchvision_mvit_v2_s(config.num_frames, config.image_size).eval()
+        # (B, T, 3, H, W) -> (B, 3, T, H, W), as torchvision's video models read clips
+        networks["mvit_v2_s"] = (backbone, {"videos": inputs["pixel_values_videos"].transpose(1, 2).contiguous()})
+
+    flops = {}
+    for network, (module, clip) in networks.items():
+        log(f"counting the FLOPs of {network}")
+        flops[network] = _count_flops(module, clip)
+
+    entries = []
+    for network, (module, clip) in networks.items():
+        for name in names:
+            run = prepare_path(module, PATHS[name], device)
+            for batch_size in batch_sizes:
+                entries.append(_Entry(network, PATHS[name], int(batch_size), run, _batched(clip, int(batch_size))))
+
+    for entry in entries:
+        log(f"first call: {entry.network} {entry.path.name} batch {entry.batch_size}")
+        entry.first_call_s, output, entry.peak_memory_bytes = _peak_memory_call(entry.run, entry.inputs, device)
+        entry.output = output.cpu()
+    for repeat in range(repeats):
+        # Round robin: each repetition times every entry once, so a change of machine load hits all alike.
+        for entry in entries:
+            seconds, _ = _timed_call(entry.run, entry.inputs, device)
+            entry.latencies.append(seconds)
+        log(f"repetition {repeat + 1}/{repeats} done")
+
+    results = []
+    for entry in entries:
+        reference = next(e for e in entries if e.network == entry.network and e.path.name == REFERENCE_PATH
+                         and e.batch_size == entry.batch_size)
+        diff = cc = None
+        if entry.network != "mvit_v2_s":
+            diff = float((entry.output - reference.output).abs().max())
+            cc = _correlation(entry.output, reference.output)
+        results.append(PathResult(
+            network=entry.network, path=entry.path.name, description=entry.path.describe(), batch_size=entry.batch_size,
+            latency_s=statistics.median(entry.latencies), latencies_s=entry.latencies, first_call_s=entry.first_call_s,
+            peak_memory_bytes=entry.peak_memory_bytes, flops_per_clip=flops[entry.network], max_abs_diff=diff, map_cc=cc,
+        ))
+    settings = {"config": "custom" if config.to_dict() != DTFSalConfig(use_audio=config.use_audio).to_dict() else "paper",
+                "num_frames": config.num_frames, "image_size": list(config.image_size), "use_audio": config.use_audio,
+                "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device)}
+    return BenchmarkResult(machine=machine_description(device), settings=settings, results=results)
+
+
+class _AutocastModel(nn.Module):
+    """A `DTFSalModel` run under `torch.autocast`, for the whole-video predictor (which reads `.config`)."""
+
+    def __init__(self, model: DTFSalModel, path: InferencePath, device: torch.device):
+        super().__init__()
+        self.model = set_mvit_attention(copy.deepcopy(model), path.attention)
+        if path.autocast_dtype is not None:
+            _float32_deform_convs(self.model)
+        self.config = model.config
+        self.path, self.device_type = path, device.type
+
+    def forward(self, **inputs):
+        with torch.autocast(self.device_type, self.path.autocast_dtype or torch.float32,
+                            enabled=self.path.autocast_dtype is not None):
+            output = self.model(**inputs)
+        output.saliency_map = output.saliency_map.float()
+        return output
+
+
+def _video_predictor(model: DTFSalModel, path: InferencePath, device: torch.device, batch_size: int, stride: int):
+    from .inference import SaliencyPredictor
+
+    wrapped = _AutocastModel(model, path, device)
+    return SaliencyPredictor(wrapped, device=device, batch_size=batch_size, stride=stride, trained=True,
+                             model_id=f"benchmark:{path.name}")
+
+
+def measure_video_throughput(
+    video: str | os.PathLike,
+    model: DTFSalModel,
+    path: str = "sdpa-bf16",
+    max_frames: int = 64,
+    strides: Sequence[int] = (1, 4),
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Whole-video prediction on a real file with `dtfsal_hf.inference.SaliencyPredictor`: frames with maps
+    per second (decoding, audio features, resizing and interpolation included) at each stride, and how far the
+    maps of stride k > 1 (interpolated in time between predicted frames) are from those of stride 1.
+
+    Also times decoding the same frames alone, the share of the run that is not the model.
+    """
+    import itertools
+
+    import numpy as np
+
+    from .media import iter_frames, probe_video
+
+    device = torch.device(device)
+    log = log or (lambda message: None)
+    info = probe_video(video)
+    start = time.perf_counter()
+    decoded = sum(1 for _ in itertools.islice(iter_frames(video), max_frames))
+    decode_s = time.perf_counter() - start
+    report = {"video": os.path.basename(str(video)), "size": [info.height, info.width], "fps": info.fps,
+              "has_audio": info.has_audio, "frames": decoded, "path": path, "batch_size": batch_size,
+              "decode_only_fps": decoded / decode_s, "strides": {}}
+    reference = None
+    for stride in sorted(set(int(s) for s in strides)):
+        predictor = _video_predictor(model, PATHS[path], device, batch_size, stride)
+        log(f"whole video: stride {stride}, {decoded} frames")
+        start = time.perf_counter()
+        maps = np.stack([m for _, _, m in predictor.iter_video_maps(video, max_frames=max_frames, progress=False)])
+        seconds = time.perf_counter() - start
+        entry = {"seconds": seconds, "frames_per_second": len(maps) / seconds, "model_calls": math.ceil(
+            len(range(0, len(maps), stride)) + (1 if (len(maps) - 1) % stride else 0))}
+        if reference is None and stride == 1:
+            reference = maps
+        elif reference is not None:
+            correlations = [_correlation(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(maps, reference)]
+            entry |= {"max_abs_diff_vs_stride_1": float(np.abs(maps - reference).max()),
+                      "mean_abs_diff_vs_stride_1": float(np.abs(maps - reference).mean()),
+                      "mean_cc_vs_stride_1": float(np.nanmean(correlations)),
+                      "min_cc_vs_stride_1": float(np.nanmin(correlations))}
+        report["strides"][str(stride)] = entry
+    return report
+
+
+def make_long_video(source: str | os.PathLike, seconds: float, path: str | os.PathLike) -> str:
+    """Write `source` repeated end to end until it lasts at least `seconds`, without re-encoding (the packets
+    are copied with shifted timestamps; Matroska output). Returns `path`."""
+    import av
+
+    path = str(path)
+    with av.open(str(source)) as source_file, av.open(path, "w", format="matroska") as target:
+        streams = [s for s in source_file.streams if s.type in ("video", "audio")]
+        outputs = {s.index: target.add_stream_from_template(s) for s in streams}
+        length = float(source_file.duration / av.time_base) if source_file.duration else None
+        if not length:
+            raise ValueError(f"{source} does not state its duration; cannot loop it")
+        offset = 0.0
+        while offset < seconds:
+            source_file.seek(0)
+            for packet in source_file.demux(streams):
+                if packet.dts is None:
+                    continue
+                shift = round(offset / packet.time_base)
+                packet.dts += shift
+                if packet.pts is not None:
+                    packet.pts += shift
+                packet.stream = outputs[packet.stream.index]
+                target.mux(packet)
+            offset += length
+    return path
+
+
+def _video_memory_probe(model_id: str, video: str, stride: int, batch_size: int) -> dict:
+    """Run in a fresh process: stream all maps of `video`, return frames, seconds and the peak RSS."""
+    import resource
+    import warnings
+
+    from .inference import SaliencyPredictor
+
+    warnings.simplefilter("ignore")
+    predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride)
+    set_mvit_attention(predictor.model, "sdpa")
+    start = time.perf_counter()
+    frames = sum(1 for _ in predictor.iter_video_maps(video, progress=False))
+    return {"frames": frames, "seconds": time.perf_counter() - start,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def measure_video_memory(
+    source: str | os.PathLike,
+    lengths_s: Sequence[float] = (60, 600),
+    model_id: str = "random-tiny",
+    stride: int = 4,
+    batch_size: int = 4,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Peak RSS of whole-video prediction on `source` looped to each length, each in a fresh process.
+
+    The growth from the shortest to the longest says whether memory depends on the video's length (decoded
+    frames, audio, maps held). `model_id` is any id `SaliencyPredictor.from_pretrained` takes.
+    """
+    log = log or (lambda message: None)
+    runs = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for seconds in lengths_s:
+            video = make_long_video(source, seconds, os.path.join(folder, f"looped_{int(seconds)}s.mkv"))
+            log(f"memory: {seconds:g} s video, fresh process")
+            code = ("import json, sys; from dtfsal_hf.benchmark import _video_memory_probe; "
+                    f"print(json.dumps(_video_memory_probe({model_id!r}, {video!r}, {stride}, {batch_size})))")
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"the memory probe failed on the {seconds:g} s video:\n{done.stderr[-2000:]}")
+            runs[f"{seconds:g}"] = json.loads(done.stdout.strip().splitlines()[-1])
+    peaks = [run["peak_rss_bytes"] for run in runs.values()]
+    return {"model": model_id, "stride": stride, "batch_size": batch_size, "source": os.path.basename(str(source)),
+            "runs": runs, "growth": peaks[-1] / peaks[0] - 1.0}
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:,.0f} MiB"
+
+
+def _fastest(result: BenchmarkResult, network: str, tolerance: float | None = None) -> PathResult | None:
+    """The path with the most maps per second (within `tolerance` of the eager fp32 maps, when given)."""
+    candidates = [r for r in result.results if r.network == network
+                  and (tolerance is None or (r.max_abs_diff is not None and r.max_abs_diff <= tolerance))]
+    return max(candidates, key=lambda r: r.maps_per_second, default=None)
+
+
+def targets(result: BenchmarkResult, tolerance: float = 0.02) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets with what this run measured: (target, measured, met or None where not measured)."""
+    rows = []
+    network = next((r.network for r in result.results if r.network != "mvit_v2_s"), None)
+    floor, eager = result.floor, result.find(network, REFERENCE_PATH, 1) if network else None
+    if floor is not None and eager is not None:
+        ratio = eager.latency_s / floor.latency_s
+        rows.append((f"eager fp32 {network} <= 1.2x the backbone alone", f"{ratio:.2f}x", ratio <= 1.2))
+    fastest = _fastest(result, network, tolerance) if network else None
+    reference = result.find(network, REFERENCE_PATH, 1) if network else None
+    if fastest is not None and reference is not None:
+        speedup = fastest.maps_per_second / reference.maps_per_second
+        rows.append((f"fastest path >= 3x eager fp32, max abs d map <= {tolerance}",
+                     f"{speedup:.2f}x ({fastest.path}, batch {fastest.batch_size}), max abs d map {fastest.max_abs_diff:.2g}",
+                     speedup >= 3.0))
+    if result.memory is not None:
+        growth = result.memory["growth"]
+        lengths = " -> ".join(f"{float(k):g} s" for k in result.memory["runs"])
+        rows.append(("whole-video peak RSS grows < 10% from 1 to 10 min", f"{growth * 100:+.1f}% ({lengths})", growth < 0.10))
+    if result.settings.get("device", "cpu").startswith("cuda") and network is not None:
+        bf16 = [r for r in result.results if r.network == network and r.path.endswith("bf16")]
+        best = max(bf16, key=lambda r: r.maps_per_second, default=None)
+        if best is not None:
+            rows.append(("GPU bf16 >= 200 maps/s", f"{best.maps_per_second:.1f} maps/s ({best.path}, batch {best.batch_size})",
+                         best.maps_per_second >= 200))
+    return rows
+
+
+def format_report(result: BenchmarkResult) -> str:
+    """The benchmark as Markdown: machine and command, a table per network, whole-video figures, targets."""
+    machine = result.machine
+    lines = [f"Command: `{result.command}`" if result.command else "",
+             f"Machine: {machine.get('gpu', machine['cpu'])}" + (f" (host CPU {machine['cpu']})" if "gpu" in machine else "")
+             + f", {machine['cpu_cores']} CPU cores ({machine['torch_threads']} torch threads), torch {machine['torch']}"
+             + (f", load average at the end {machine['load_average']}" if "load_average" in machine else ""),
+             f"Input: {result.settings['num_frames']} x {result.settings['image_size'][0]} x {result.settings['image_size'][1]}"
+             f" ({result.settings['config']} configuration), {result.settings['repeats']} timed calls per row after one"
+             " warm-up, paths interleaved; latency = median.", ""]
+    floor = result.floor
+    lines += ["| network | path | batch | s / clip | maps/s | x floor | peak memory | GFLOPs / clip | max abs d map | CC vs eager | first call (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result.results:
+        ratio = f"{r.seconds_per_clip / floor.latency_s:.2f}" if floor else "-"
+        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}"
+        cc = "-" if r.map_cc is None else f"{r.map_cc:.5f}"
+        lines.append(f"| {r.network} | {r.path} ({r.description}) | {r.batch_size} | {r.seconds_per_clip:.3f} | "
+                     f"{r.maps_per_second:.2f} | {ratio} | {_mib(r.peak_memory_bytes)} | {r.flops_per_clip / 1e9:.1f} | "
+                     f"{diff} | {cc} | {r.first_call_s:.1f} |")
+    lines.append("")
+    lines.append("x floor: seconds per clip over torchvision's MViTv2-S alone (eager fp32, batch 1) at the same input.")
+    if result.video:
+        v = result.video
+        lines += ["", f"Whole video ({v['video']}, {v['size'][0]}x{v['size'][1]} at {v['fps']:g} fps, first {v['frames']}"
+                  f" frames, path {v['path']}, batch {v['batch_size']}; decoding alone {v['decode_only_fps']:.0f} frames/s):", "",
+                  "| stride | frames/s | model calls | max abs d vs stride 1 | mean abs d | mean CC | min CC |", "|---|---|---|---|---|---|---|"]
+        for stride, e in v["strides"].items():
+            extra = ["-"] * 4 if "max_abs_diff_vs_stride_1" not in e else [
+                f"{e['max_abs_diff_vs_stride_1']:.3g}", f"{e['mean_abs_diff_vs_stride_1']:.3g}",
+                f"{e['mean_cc_vs_stride_1']:.4f}", f"{e['min_cc_vs_stride_1']:.4f}"]
+            lines.append(f"| {stride} | {e['frames_per_second']:.2f} | {e['model_calls']} | " + " | ".join(extra) + " |")
+    if result.memory:
+        m = result.memory
+        lines += ["", f"Whole-video memory ({m['source']} looped, model {m['model']}, stride {m['stride']}, batch {m['batch_size']},"
+                  " each length in a fresh process):", "", "| requested length (s) | frames | peak RSS | seconds |", "|---|---|---|---|"]
+        for length, run in m["runs"].items():
+            lines.append(f"| {length} | {run['frames']} | {_mib(run['peak_rss_bytes'])} | {run['seconds']:.0f} |")
+        lines.append(f"\nPeak RSS growth, shortest to longest: {m['growth'] * 100:+.1f}%")
+    rows = targets(result)
+    if rows:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {'yes' if ok else 'no' if ok is not None else '-'} |" for t, m, ok in rows]
+    return "\n".join(lines).strip() + "\n"
+
+
+def clip_inputs_from_video(video: str | os.PathLike, config: DTFSalConfig) -> dict:
+    """Model inputs (batch 1) of the clip that ends at frame `num_frames - 1` of `video`, with its audio."""
+    import itertools
+
+    import numpy as np
+
+    from .media import audio_window, iter_frames, load_audio
+    from .processing_dtfsal import DTFSalProcessor
+
+    processor = DTFSalProcessor.from_model_config(config)
+    frames = list(itertools.islice(iter_frames(video), config.num_frames))
+    if len(frames) < config.num_frames:
+        raise ValueError(f"{video} has {len(frames)} frames; a clip needs {config.num_frames}")
+    clip = np.stack([frame.image for frame in frames])
+    if not config.use_audio:
+        return {"pixel_values_videos": processor(videos=[clip])["pixel_values_videos"]}
+    track = load_audio(video)
+    waveform = audio_window(track, frames[-1].end_time, processor.feature_extractor.num_samples)
+    inputs = processor(videos=[clip], audio=[waveform], sampling_rate=16000)
+    return {"pixel_values_videos": inputs["pixel_values_videos"], "input_features": inputs["input_features"]}
+
+
+def benchmark(
+    model_id: str | None = None,
+    tiny: bool = False,
+    visual_only: bool = False,
+    paths: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    repeats: int = 3,
+    device: str = "cpu",
+    include_backbone: bool = True,
+    video: str | None = None,
+    video_frames: int = 64,
+    strides: Sequence[int] = (1, 4),
+    video_path: str | None = None,
+    memory_video: str | None = None,
+    memory_lengths: Sequence[float] = (60, 600),
+    memory_model: str = "random-tiny",
+    command: str = "",
+    log: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Everything `dtfsal benchmark` measures: the paths per clip (real clip inputs when `video` is given),
+    whole-video throughput on `video` (with `video_path`, default the fastest path within 0.02 of the eager
+    maps), and whole-video memory on `memory_video` looped to `memory_lengths` seconds."""
+    if model_id is not None:
+        model = DTFSalModel.from_pretrained(model_id)
+    else:
+        torch.manual_seed(0)
+        config = DTFSalConfig.tiny(use_audio=not visual_only) if tiny else DTFSalConfig(use_audio=not visual_only)
+        model = DTFSalModel(config)
+    model.eval()
+    inputs = clip_inputs_from_video(video, model.config) if video else None
+    result = run_benchmark(model=model, paths=paths, batch_sizes=batch_sizes, repeats=repeats, device=device,
+                           inputs=inputs, include_backbone=include_backbone, log=log)
+    result.settings["weights"] = model_id or "random initialisation (seed 0)"
+    result.settings["clip"] = f"first {model.config.num_frames} frames of {os.path.basename(video)}" if video else "random"
+    result.command = command
+    if video:
+        network = next(r.network for r in result.results if r.network != "mvit_v2_s")
+        chosen = video_path or _fastest(result, network, 0.02).path
+        result.video = measure_video_throughput(video, model, chosen, video_frames, strides, device=device, log=log)
+    if memory_video:
+        result.memory = measure_video_memory(memory_video, memory_lengths, memory_model, log=log)
+    result.machine = machine_description(device)
+    return result

@@ -1,0 +1,125 @@
+"""`dtfsal benchmark` on the tiny model: every path measured in one run, reports, whole-video figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.benchmark import (
+    PATHS,
+    format_report,
+    make_long_video,
+    measure_video_throughput,
+    prepare_path,
+    run_benchmark,
+    targets,
+    torchvision_mvit_v2_s,
+)
+from dtfsal_hf.cli import main
+from dtfsal_hf.complexity import dummy_inputs
+from dtfsal_hf.media import iter_frames, probe_video, write_overlay_video
+
+REAL_VIDEO = "/work/shared/data/dhf1k_002/002.AVI"
+
+
+def tiny_model() -> DTFSalModel:
+    torch.manual_seed(0)
+    return DTFSalModel(DTFSalConfig.tiny()).eval()
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory):
+    """A 1 s, 96x64 video with sound (30 fps)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("video") / "small.mp4"
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(30)]
+    maps = [rng.random((64, 96), dtype=np.float32) for _ in range(30)]
+    from dtfsal_hf.media import AudioTrack
+
+    audio = AudioTrack((0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
+    write_overlay_video(frames, maps, audio, path, fps=30)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return run_benchmark(model=tiny_model(), paths=["sdpa-fp32", "sdpa-bf16"], repeats=2)
+
+
+def test_every_network_and_path_is_measured(tiny_result):
+    rows = {(r.network, r.path) for r in tiny_result.results}
+    assert rows == {(n, p) for n in ("DTFSal", "mvit_v2_s") for p in ("eager-fp32", "sdpa-fp32", "sdpa-bf16")}
+    for r in tiny_result.results:
+        assert len(r.latencies_s) == 2 and r.latency_s > 0 and r.maps_per_second > 0
+        assert r.flops_per_clip > 0 and r.peak_memory_bytes >= 0
+    assert tiny_result.floor.network == "mvit_v2_s" and tiny_result.floor.path == "eager-fp32"
+
+
+def test_maps_are_compared_with_eager_fp32(tiny_result):
+    by_path = {r.path: r for r in tiny_result.results if r.network == "DTFSal"}
+    assert by_path["eager-fp32"].max_abs_diff == 0.0
+    assert by_path["sdpa-fp32"].max_abs_diff < 1e-5
+    assert by_path["sdpa-bf16"].max_abs_diff < 0.1 and by_path["sdpa-bf16"].map_cc > 0.99
+
+
+def test_report_lists_rows_and_targets(tiny_result):
+    report = format_report(tiny_result)
+    assert report.count("| DTFSal |") == 3 and report.count("| mvit_v2_s |") == 3
+    assert "x floor" in report and "cores" in report
+    names = [row[0] for row in targets(tiny_result)]
+    assert any("backbone alone" in name for name in names) and any(">= 3x" in name for name in names)
+    json.dumps(tiny_result.to_dict())
+
+
+def test_floor_is_torchvisions_mvit_v2_s():
+    from torchvision.models.video import mvit_v2_s
+
+    floor, reference = torchvision_mvit_v2_s(16, (224, 224)), mvit_v2_s()
+    assert {k: v.shape for k, v in floor.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+
+
+def test_channels_last_path_gives_the_same_maps():
+    model = tiny_model()
+    inputs = dummy_inputs(model.config, 1)
+    expected = prepare_path(model, PATHS["sdpa-fp32"])(inputs)
+    actual = prepare_path(model, PATHS["sdpa-fp32"].__class__("cl", channels_last=True))(inputs)
+    assert (actual - expected).abs().max() < 1e-5
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown paths"):
+        run_benchmark(model=tiny_model(), paths=["turbo"])
+    with pytest.raises(ValueError, match="runs on cuda"):
+        run_benchmark(model=tiny_model(), paths=["sdpa-fp16"], device="cpu")
+    with pytest.raises(ValueError, match="repeats"):
+        run_benchmark(model=tiny_model(), repeats=0)
+
+
+def test_video_throughput_and_stride_effect(small_video):
+    report = measure_video_throughput(small_video, tiny_model(), "sdpa-fp32", max_frames=12, strides=(1, 4))
+    assert report["frames"] == 12 and report["has_audio"]
+    one, four = report["strides"]["1"], report["strides"]["4"]
+    assert one["frames_per_second"] > 0 and one["model_calls"] == 12 and four["model_calls"] == 4
+    # Frames 0, 4, 8 and 11 are predicted at stride 4 too; the others are interpolated
+    assert 0 < four["max_abs_diff_vs_stride_1"] <= 1 and four["mean_cc_vs_stride_1"] > 0
+
+
+def test_long_video_repeats_the_source(small_video, tmp_path):
+    looped = make_long_video(small_video, 2.5, tmp_path / "looped.mkv")
+    assert sum(1 for _ in iter_frames(looped)) == 90
+    assert probe_video(looped).has_audio
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--tiny", "--paths", "sdpa-fp32", "--repeats", "1", "--no-backbone", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| DTFSal | sdpa-fp32" in printed and "| DTFSal | eager-fp32" in printed
+    data = json.loads(out.read_text())
+    assert {r["path"] for r in data["results"]} == {"eager-fp32", "sdpa-fp32"}
+    assert data["command"].startswith("dtfsal ")
