@@ -15,14 +15,16 @@ import time
 import tomllib
 import wave
 import zipfile
+from pathlib import Path
 
 import gradio as gr
+import httpx
+import huggingface_hub.constants
 import numpy as np
 import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-import huggingface_hub.constants
 from huggingface_hub import SpaceCard
 from matplotlib import colormaps
 from PIL import Image
@@ -231,6 +233,17 @@ def test_visual_only_variant_uses_its_own_model(client, visual_model):
     result = client.predict(handle_file(str(DHF1K_CLIP)), "visual-only", 16, 0.0, 0.8, "viridis", api_name="/predict")
     assert f"predicted with `{visual_model}`" in result[5]
     assert probe_video(result[0]).has_audio  # the overlay keeps the sound even when the model ignores it
+
+
+def test_the_bundled_example_is_offered_and_runs(client, app):
+    examples = app.example_videos()
+    if not examples:
+        pytest.skip(f"no example clip bundled in {app.ASSETS}")
+    config = httpx.get(client.src.rstrip("/") + "/config", timeout=10).json()
+    offered = [str(sample) for c in config["components"] if c.get("type") == "dataset" for sample in c["props"]["samples"]]
+    assert any(Path(examples[0]).name in sample for sample in offered)
+    result = client.predict(handle_file(examples[0]), "audio-visual", 8, 0.0, 0.5, "jet", api_name="/predict")
+    assert probe_video(result[0]).has_audio and len(result[1]) > 0
 
 
 # Wrong input
