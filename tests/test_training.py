@@ -1,0 +1,205 @@
+"""Training: configuration checks, exact resumption after an interrupt, two processes, best-model export,
+and the audio-visual model beating the visual-only one on the synthetic task."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dtfsal_hf import DTFSalModel, DTFSalProcessor
+from dtfsal_hf.data import SyntheticConfig, generate_synthetic_dataset
+from dtfsal_hf.training import TrainingConfig, find_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Six short synthetic videos (fold 1: four to train, two to test)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    config = SyntheticConfig(num_videos=6, duration_s=1.2, height=64, width=96, radius=8.0, map_fwhm=12.0, seed=3)
+    return generate_synthetic_dataset(root, config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def small_config(root: Path, cache: Path, output: Path, **sections) -> TrainingConfig:
+    """Tiny model, 18 training clips of 3 videos, one validation video: 5 optimizer steps an epoch."""
+    values = {
+        "model": {"size": "tiny", "use_audio": True, "config_overrides": {"backbone_stochastic_depth": 0.2}},
+        "data": {
+            "train": [{"dataset": "SyntheticAV", "root": str(root), "split": "train", "fold": 1}],
+            "validation_fraction": 0.25, "train_target_stride": 5, "validation_target_stride": 10,
+            "cache": "disk", "cache_dir": str(cache),
+        },
+        "training": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 2, "gradient_accumulation_steps": 2,
+                     "freeze_audio_trunk": False, "seed": 7, "threads": 2},
+        "output": {"dir": str(output), "checkpoint_every_steps": 2, "keep_checkpoints": 3, "logging_steps": 1,
+                   "progress": False},
+    }
+    for section, updates in sections.items():
+        values[section].update(updates)
+    return TrainingConfig.from_dict(values)
+
+
+def final_weights(output: Path) -> dict[str, torch.Tensor]:
+    return load_file(find_checkpoint(output, True) / "model.safetensors")
+
+
+# ------------------------------------------------------------------------------------- configuration
+def test_unknown_yaml_key_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  learnig_rate: 0.001\n")
+    with pytest.raises(ValueError, match=r"unknown key training\.learnig_rate"):
+        TrainingConfig.from_yaml(path)
+
+
+def test_wrong_type_is_named_and_numbers_written_as_text_are_read():
+    with pytest.raises(ValueError, match=r"training\.epochs must be int"):
+        TrainingConfig.from_yaml(None, ["training.epochs=ten"])
+    config = TrainingConfig.from_yaml(None, ["training.learning_rate=1e-3", "data.train=[{dataset: DIEM, root: x}]"])
+    assert config.training.learning_rate == pytest.approx(1e-3)
+    assert config.data.train[0].dataset == "DIEM" and config.data.train[0].split == "train"
+
+
+def test_paper_recipe_is_the_default():
+    training = TrainingConfig().training
+    assert (training.learning_rate, training.lr_step_epochs, training.lr_gamma) == (1e-4, 3, 0.1)
+    assert (training.batch_size, training.epochs, training.early_stopping_patience) == (1, 10, 3)
+    assert training.freeze_audio_trunk is True
+
+
+def test_shipped_configs_load():
+    for path in sorted((REPO / "examples" / "configs").glob("*.yaml")):
+        TrainingConfig.from_yaml(path)
+
+
+def test_missing_dataset_folder_is_reported(tmp_path):
+    config = TrainingConfig.from_dict({
+        "model": {"size": "tiny"},
+        "data": {"train": [{"dataset": "AVAD", "root": str(tmp_path / "nowhere")}]},
+        "output": {"dir": str(tmp_path / "run"), "tensorboard": False, "progress": False},
+    })
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(config)
+
+
+# ---------------------------------------------------------------------------------- exact resumption
+def check_best_export(output: Path, summary: dict) -> None:
+    """The best epoch's model and processor load back; its record and the TensorBoard logs are there."""
+    best = Path(summary["best_model"])
+    model = DTFSalModel.from_pretrained(best)
+    processor = DTFSalProcessor.from_pretrained(best)
+    assert model.config.num_frames == processor.video_processor.num_frames == 8
+    record = json.loads((best / "training_summary.json").read_text())
+    assert record["epoch"] == summary["best_epoch"]
+    assert set(record["validation"]) >= {"cc", "nss", "auc_judd", "sim", "kld", "loss"}
+    assert list((output / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs missing"
+
+
+def test_interrupted_run_resumes_to_the_same_weights(synthetic_root, cache_dir, tmp_path):
+    straight = tmp_path / "straight"
+    summary = train(small_config(synthetic_root, cache_dir, straight))
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    check_best_export(straight, summary)
+
+    interrupted = tmp_path / "interrupted"
+    config = small_config(synthetic_root, cache_dir, interrupted)
+
+    def interrupt_at_step_3(trainer):  # mid-epoch, between two periodic checkpoints
+        if trainer.state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(config, callbacks=[interrupt_at_step_3])
+    assert first["status"] == "interrupted" and first["global_step"] == 3
+    resumed = train(config, resume=True)
+    assert resumed["status"] == "completed" and resumed["global_step"] == summary["global_step"]
+
+    expected, actual = final_weights(straight), final_weights(interrupted)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert [e["validation"]["cc"] for e in resumed["history"]] == pytest.approx(
+        [e["validation"]["cc"] for e in summary["history"]], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------- two processes
+RANK_SCRIPT = """
+import hashlib, json, os, sys
+import torch
+from dtfsal_hf.training import TrainingConfig, train
+
+def record(trainer):
+    weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    digest = hashlib.sha256(b"".join(weights[k].detach().cpu().numpy().tobytes() for k in sorted(weights))).hexdigest()
+    rank = trainer.accelerator.process_index
+    path = os.path.join(sys.argv[2], f"rank{rank}.json")
+    with open(path, "w") as handle:
+        json.dump({"step": trainer.state.global_step, "digest": digest, "processes": trainer.accelerator.num_processes,
+                   "clips": len(trainer.train_dataset)}, handle)
+
+train(TrainingConfig.from_yaml(sys.argv[1]), callbacks=[record])
+"""
+
+
+def test_two_cpu_processes_train_one_model(synthetic_root, cache_dir, tmp_path):
+    torchrun = Path(PYTHON).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    config = small_config(synthetic_root, cache_dir, tmp_path / "run", training={"epochs": 1, "gradient_accumulation_steps": 1})
+    (tmp_path / "run.yaml").write_text(config.to_yaml())
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", str(tmp_path / "rank.py"),
+         str(tmp_path / "run.yaml"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert all(r["processes"] == 2 for r in ranks)
+    # Each process saw half of every batch of 2 x 2 clips: the steps are those of the sharded set.
+    assert ranks[0]["step"] == ranks[1]["step"] == -(-ranks[0]["clips"] // 4)
+    assert ranks[0]["digest"] == ranks[1]["digest"], "the two processes ended with different weights"
+    checkpoint = find_checkpoint(tmp_path / "run", True)
+    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+
+
+# ------------------------------------------------------------------------- what the paper claims to learn
+def test_audio_visual_model_beats_visual_only_on_synthetic_task(tmp_path):
+    """The small version of docs/benchmarks.md's comparison: two discs, each with its own tone, one sounding at a
+    time. Identical data, seed and settings; only the audio branch differs. The visual-only model cannot tell which
+    disc is looked at; the audio-visual one hears it. Held-out videos: the test fold."""
+    root = tmp_path / "synthetic"
+    cache = tmp_path / "cache"
+    results = {}
+    for use_audio in (True, False):
+        config = TrainingConfig.from_dict({
+            "model": {"size": "tiny", "use_audio": use_audio},
+            "data": {
+                "synthetic": {"root": str(root), "num_videos": 6, "duration_s": 3.0, "height": 64, "width": 96,
+                              "radius": 9.0, "map_fwhm": 12.0, "num_objects": 2, "palette_size": 2, "seed": 1},
+                "train": [{"dataset": "SyntheticAV", "root": str(root), "split": "train", "fold": 1}],
+                "test": [{"dataset": "SyntheticAV", "root": str(root), "split": "test", "fold": 1}],
+                "train_target_stride": 2, "test_target_stride": 3, "cache": "disk", "cache_dir": str(cache),
+            },
+            "training": {"epochs": 3, "learning_rate": 1e-3, "lr_step_epochs": 100, "batch_size": 8,
+                         "freeze_audio_trunk": False, "early_stopping_patience": 0, "seed": 0, "threads": 2},
+            "output": {"dir": str(tmp_path / f"run_{use_audio}"), "tensorboard": False, "progress": False},
+        })
+        results[use_audio] = train(config)["test"]["metrics"]
+    audio_visual, visual = results[True], results[False]
+    assert audio_visual["cc"] - visual["cc"] >= 0.15, (audio_visual, visual)
+    assert audio_visual["nss"] > visual["nss"]
