@@ -228,10 +228,31 @@ def _run_benchmark(args) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="export a model to ONNX (dynamic batch) and check it with onnxruntime")
+    parser.add_argument("model", metavar="MODEL", help="a model folder, Hub id, 'demo', 'random' or 'random-tiny'")
+    parser.add_argument("output", metavar="OUTPUT", help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=19, help="ONNX opset (at least 19, for DeformConv)")
+    parser.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch at batch sizes 1 and 3")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args) -> int:
+    from .export import check_onnx, export_onnx
+    from .inference import load_model_and_processor
+
+    model, _, _ = load_model_and_processor(args.model)
+    print(export_onnx(model.eval(), args.output, opset=args.opset))
+    if args.check:
+        for batch_size, difference in check_onnx(args.output, model).items():
+            print(f"batch {batch_size}: max |onnx - pytorch| = {difference:.3g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtfsal", description="DTFSal audio-visual video saliency prediction")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_push, _add_evaluate, _add_train, _add_predict, _add_benchmark):
+    for add in (_add_info, _add_push, _add_evaluate, _add_train, _add_predict, _add_benchmark, _add_export):
         add(subparsers)
     return parser
 
