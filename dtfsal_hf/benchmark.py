@@ -397,7 +397,8 @@ def run_benchmark(
         model: a `DTFSalModel` (e.g. trained weights); default: `DTFSalModel(config)` with seed 0.
         paths: names from `PATHS`; default `DEFAULT_PATHS[device type]`. `"eager-fp32"` is always measured:
             it is the reference of the maps and, for the backbone, the floor.
-        batch_sizes: clips per call; each path is measured at each.
+        batch_sizes: clips per call; each path is measured at each (the reference, eager fp32, at batch 1 only).
+            A batch that does not fit the device's memory is listed in `settings["skipped"]`.
         repeats: timed calls per (network, path, batch size), after one warm-up call.
         inputs: one clip's model inputs (batch 1), e.g. a real clip from the processor; default: random.
         include_backbone: also time torchvision's MViTv2-S alone (input `pixel_values_videos`) on each path.
@@ -440,12 +441,23 @@ def run_benchmark(
     for network, (module, clip) in networks.items():
         for name in names:
             run = prepare_path(module, PATHS[name], device)
-            for batch_size in batch_sizes:
+            # The reference runs at batch 1 only: it is the floor and the maps' reference, not a contender.
+            for batch_size in [1] if name == REFERENCE_PATH else batch_sizes:
                 entries.append(_Entry(network, PATHS[name], int(batch_size), run, _batched(clip, int(batch_size))))
 
-    for entry in entries:
+    skipped = []
+    for entry in list(entries):
         log(f"first call: {entry.network} {entry.path.name} batch {entry.batch_size}")
-        entry.first_call_s, output, entry.peak_memory_bytes = _peak_memory_call(entry.run, entry.inputs, device)
+        try:
+            entry.first_call_s, output, entry.peak_memory_bytes = _peak_memory_call(entry.run, entry.inputs, device)
+        except torch.OutOfMemoryError:
+            # A batch too large for the device is reported as such; the other rows go on.
+            skipped.append(f"{entry.network} {entry.path.name} batch {entry.batch_size}: out of memory")
+            entries.remove(entry)
+            entry.inputs = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         entry.output = output.cpu()
     for repeat in range(repeats):
         # Round robin: each repetition times every entry once, so a change of machine load hits all alike.
@@ -456,12 +468,12 @@ def run_benchmark(
 
     results = []
     for entry in entries:
-        reference = next(e for e in entries if e.network == entry.network and e.path.name == REFERENCE_PATH
-                         and e.batch_size == entry.batch_size)
+        reference = next(e for e in entries if e.network == entry.network and e.path.name == REFERENCE_PATH)
         diff = cc = None
         if entry.network != "mvit_v2_s":
+            # Every row of a batch is the same clip: compare each with the reference's single map.
             diff = float((entry.output - reference.output).abs().max())
-            cc = _correlation(entry.output, reference.output)
+            cc = _correlation(entry.output, reference.output.expand_as(entry.output))
         results.append(PathResult(
             network=entry.network, path=entry.path.name, description=entry.path.describe(), batch_size=entry.batch_size,
             latency_s=statistics.median(entry.latencies), latencies_s=entry.latencies, first_call_s=entry.first_call_s,
@@ -469,7 +481,8 @@ def run_benchmark(
         ))
     settings = {"config": "custom" if config.to_dict() != DTFSalConfig(use_audio=config.use_audio).to_dict() else "paper",
                 "num_frames": config.num_frames, "image_size": list(config.image_size), "use_audio": config.use_audio,
-                "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device)}
+                "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device),
+                "skipped": skipped}
     return BenchmarkResult(machine=machine_description(device), settings=settings, results=results)
 
 
@@ -687,6 +700,8 @@ def format_report(result: BenchmarkResult) -> str:
                      f"{diff} | {cc} | {r.first_call_s:.1f} |")
     lines.append("")
     lines.append("x floor: seconds per clip over torchvision's MViTv2-S alone (eager fp32, batch 1) at the same input.")
+    for skipped in result.settings.get("skipped", []):
+        lines.append(f"Not measured: {skipped}.")
     if result.video:
         v = result.video
         lines += ["", f"Whole video ({v['video']}, {v['size'][0]}x{v['size'][1]} at {v['fps']:g} fps, first {v['frames']}"

@@ -1,0 +1,80 @@
+"""CUDA checks on the tiny model: the GPU computes the CPU's maps, and a training step works. Skipped
+without a GPU. Runs under pytest or as `python tests/test_gpu.py` (for machines without pytest)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+
+from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.complexity import dummy_inputs
+from dtfsal_hf.encoders import set_mvit_attention
+
+try:
+    import pytest
+
+    pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+except ImportError:  # run as a script
+    pytest = None
+
+
+def _tiny(use_audio: bool = True) -> DTFSalModel:
+    torch.manual_seed(0)
+    return DTFSalModel(DTFSalConfig.tiny(use_audio=use_audio)).eval()
+
+
+def test_cuda_maps_equal_cpu_maps():
+    for use_audio in (True, False):
+        model = _tiny(use_audio)
+        inputs = dummy_inputs(model.config, batch_size=2)
+        with torch.no_grad():
+            expected = model(**inputs).saliency_map
+            for attention in ("eager", "sdpa"):
+                gpu = set_mvit_attention(copy.deepcopy(model), attention).cuda()
+                actual = gpu(**{k: v.cuda() for k, v in inputs.items()}).saliency_map.cpu()
+                # TF32 may be on for CUDA matmuls; 1e-3 leaves room for it.
+                assert (actual - expected).abs().max() < 1e-3, (use_audio, attention)
+
+
+def test_cuda_bf16_autocast_stays_close():
+    model = _tiny()
+    inputs = dummy_inputs(model.config, batch_size=2)
+    with torch.no_grad():
+        expected = model(**inputs).saliency_map
+        gpu = set_mvit_attention(copy.deepcopy(model), "sdpa").cuda()
+        with torch.autocast("cuda", torch.bfloat16):
+            actual = gpu(**{k: v.cuda() for k, v in inputs.items()}).saliency_map.float().cpu()
+    assert (actual - expected).abs().max() < 0.05
+
+
+def test_cuda_training_step_lowers_the_loss():
+    model = set_mvit_attention(_tiny(), "sdpa").cuda().train()
+    inputs = {k: v.cuda() for k, v in dummy_inputs(model.config, batch_size=2).items()}
+    labels = torch.rand(2, *model.config.image_size, device="cuda")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+if __name__ == "__main__":
+    if not torch.cuda.is_available():
+        print("SKIP: no CUDA GPU")
+        sys.exit(0)
+    failed = 0
+    for name, test in sorted((n, f) for n, f in globals().items() if n.startswith("test_")):
+        try:
+            test()
+            print(f"PASS {name}")
+        except Exception as error:  # report every test, then fail
+            failed += 1
+            print(f"FAIL {name}: {type(error).__name__}: {error}")
+    sys.exit(1 if failed else 0)
