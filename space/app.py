@@ -34,7 +34,14 @@ import torch
 from huggingface_hub.errors import HfHubHTTPError
 from matplotlib import colormaps
 
-from dtfsal_hf.inference import DEMO_CHECKPOINT, SaliencyPredictor, predict_to_folder, saliency_statistics, untrained_message
+from dtfsal_hf.inference import (
+    DEMO_CHECKPOINT,
+    VIDEO_EXTENSIONS,
+    SaliencyPredictor,
+    predict_to_folder,
+    saliency_statistics,
+    untrained_message,
+)
 from dtfsal_hf.media import VideoInfo, probe_video
 
 logger = logging.getLogger("dtfsal_space")
@@ -44,7 +51,10 @@ DEFAULT_VISUAL_MODEL = "dtfsal-hf/dtfsal-v"
 FALLBACK_MODEL = "demo"
 VARIANTS = {"audio-visual": ("DTFSAL_MODEL", DEFAULT_MODEL), "visual-only": ("DTFSAL_MODEL_VISUAL", DEFAULT_VISUAL_MODEL)}
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
-GALLERY_SIZE = 12
+# Any video type the browser names, and the extensions `dtfsal predict` takes (case-insensitive), since
+# browsers name some (e.g. ".AVI", ".mkv") with no video type.
+VIDEO_FILE_TYPES = ["video", *VIDEO_EXTENSIONS]
+GALLERY_SIZE = 8
 DEFAULT_STRIDE = 4
 CPU_MAX_SECONDS, GPU_MAX_SECONDS = 10.0, 120.0
 MAX_UPLOAD = "200mb"
@@ -283,7 +293,12 @@ def build_demo() -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column(scale=1):
-                video = gr.Video(label="Video", sources=["upload"], elem_id="input-video")
+                # A file box rather than a video player: browsers play few containers (no AVI, MKV...), and the
+                # model reads them all; the overlay on the right is always playable.
+                video = gr.File(label="Video", file_types=VIDEO_FILE_TYPES, elem_id="input-video")
+                examples = example_videos()
+                if examples:
+                    gr.Examples(examples, inputs=video, label="Example (synthetic, with sound)")
                 variant = gr.Radio(list(VARIANTS), value="audio-visual", label="Model",
                                    info="audio-visual: DTFSal; visual-only: DTFSal(V), which ignores the sound")
                 stride = gr.Slider(1, 16, value=DEFAULT_STRIDE, step=1, label="Stride",
@@ -295,16 +310,14 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=2):
                 overlay = gr.Video(label="Saliency overlay (with sound)", elem_id="overlay-video", interactive=False)
                 summary = gr.Markdown(elem_id="summary")
-                gallery = gr.Gallery(label="Heat maps", columns=4, height="auto", object_fit="contain", format="png", elem_id="heat-maps")
+                gallery = gr.Gallery(label="Heat maps", columns=4, rows=2, height="auto", object_fit="contain",
+                                     format="png", elem_id="heat-maps")
                 with gr.Row():
                     centre = gr.LinePlot(x="time (s)", y="position", color="coordinate", y_lim=[0, 1],
                                          title="Saliency centre of mass", elem_id="centre-plot")
                     entropy = gr.LinePlot(x="time (s)", y="entropy (bits)", title="Saliency entropy",
                                           elem_id="entropy-plot")
                 download = gr.File(label="Maps (PNG, NPZ, CSV)", elem_id="download")
-        examples = example_videos()
-        if examples:
-            gr.Examples(examples, inputs=video, label="Example (synthetic, with sound)")
         run.click(
             predict,
             inputs=[video, variant, stride, blur, opacity, colormap],

@@ -257,13 +257,21 @@ def test_a_file_that_is_not_a_video_gets_a_readable_message(client, tmp_path):
     assert "Traceback" not in str(error.value) and str(tmp_path) not in str(error.value)
 
 
-def test_a_file_without_pictures_gets_a_readable_message(client, tmp_path):
-    sound = tmp_path / "interview.wav"
-    with wave.open(str(sound), "wb") as recording:
+def _write_silence(path):
+    with wave.open(str(path), "wb") as recording:
         recording.setnchannels(1), recording.setsampwidth(2), recording.setframerate(16000)
         recording.writeframes(np.zeros(16000, dtype=np.int16).tobytes())
-    with pytest.raises(AppError, match=r"interview\.wav cannot be used: interview\.wav has no video stream"):
+    return path
+
+
+def test_a_sound_file_gets_a_readable_message(client, tmp_path):
+    sound = _write_silence(tmp_path / "interview.wav")
+    with pytest.raises(AppError, match=r"Invalid file type\. Please upload a file that is one of these formats: \['video', '\.mp4'"):
         client.predict(handle_file(str(sound)), "audio-visual", 4, 0.0, 0.5, "jet", api_name="/predict")
+    # The same sound under a video's name passes the type check; the app names what the file holds.
+    disguised = _write_silence(tmp_path / "interview.mp4")
+    with pytest.raises(AppError, match=r"interview\.mp4 cannot be used: interview\.mp4 has no video stream \(streams found: \['audio'\]\)"):
+        client.predict(handle_file(str(disguised)), "audio-visual", 4, 0.0, 0.5, "jet", api_name="/predict")
 
 
 def test_no_video_gets_a_readable_message(client):
