@@ -49,7 +49,10 @@ logger = logging.getLogger("dtfsal_space")
 DEFAULT_MODEL = "dtfsal-hf/dtfsal"
 DEFAULT_VISUAL_MODEL = "dtfsal-hf/dtfsal-v"
 FALLBACK_MODEL = "demo"
-VARIANTS = {"audio-visual": ("DTFSAL_MODEL", DEFAULT_MODEL), "visual-only": ("DTFSAL_MODEL_VISUAL", DEFAULT_VISUAL_MODEL)}
+VARIANTS = {  # the Model choice -> (its environment variable, its default)
+    "audio-visual": ("DTFSAL_MODEL", DEFAULT_MODEL),
+    "visual-only": ("DTFSAL_MODEL_VISUAL", DEFAULT_VISUAL_MODEL),
+}
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
 # Any video type the browser names, and the extensions `dtfsal predict` takes (case-insensitive), since
 # browsers name some (e.g. ".AVI", ".mkv") with no video type.
@@ -166,7 +169,7 @@ def frame_cap(info: VideoInfo, seconds: float) -> int | None:
 # Output
 
 
-def heat_maps(maps: np.ndarray, times: np.ndarray, colormap: str, count: int = GALLERY_SIZE) -> list[tuple[np.ndarray, str]]:
+def heat_maps(maps: np.ndarray, times: np.ndarray, colormap: str, count: int = GALLERY_SIZE) -> list[tuple]:
     """Up to `count` maps, evenly spaced in time, coloured with `colormap`, with their frame and time.
 
     `maps` are (frames, height, width) uint8, as `maps.npz` stores them.
@@ -200,7 +203,8 @@ STATISTICS_COLUMNS = ("center_x", "center_y", "center_x_norm", "center_y_norm", 
 def write_download(outputs: dict, statistics: dict, times: np.ndarray) -> Path:
     """One zip of a run: the PNG maps, maps.npz and statistics.csv (one row per frame)."""
     folder = Path(outputs["folder"])
-    table = pd.DataFrame({"frame": np.arange(1, len(times) + 1), "time_s": times, **{k: statistics[k] for k in STATISTICS_COLUMNS}})
+    columns = {"frame": np.arange(1, len(times) + 1), "time_s": times, **{k: statistics[k] for k in STATISTICS_COLUMNS}}
+    table = pd.DataFrame(columns)
     csv = folder / "statistics.csv"
     csv.write_text(table.to_csv(index=False), encoding="utf-8")
     archive = folder / f"{folder.name}_saliency.zip"
