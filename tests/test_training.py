@@ -142,7 +142,9 @@ import torch
 from dtfsal_hf.training import TrainingConfig, train
 
 def record(trainer):
-    weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    # Parameters only: BatchNorm running statistics are each process's own until the next forward pass
+    # broadcasts rank 0's, as DistributedDataParallel does.
+    weights = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
     digest = hashlib.sha256(b"".join(weights[k].detach().cpu().numpy().tobytes() for k in sorted(weights))).hexdigest()
     rank = trainer.accelerator.process_index
     path = os.path.join(sys.argv[2], f"rank{rank}.json")

@@ -95,8 +95,9 @@ def apply_freezing(model: DTFSalModel, freeze_audio_trunk: bool, freeze_visual_e
         model.visual_encoder.requires_grad_(False)
 
 
-def _set_train_mode(model: DTFSalModel, settings) -> None:
-    model.train()
+def _set_train_mode(wrapped: torch.nn.Module, model: DTFSalModel, settings) -> None:
+    """`wrapped` is what Accelerate prepared (DDP, ...), `model` the DTFSalModel inside."""
+    wrapped.train()
     if settings.freeze_visual_encoder:
         model.visual_encoder.eval()
     if model.config.use_audio and settings.freeze_audio_trunk:
@@ -300,7 +301,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, restore_rng: bool) -> str:
         t, accelerator = self.config.training, self.accelerator
-        _set_train_mode(self.model, t)
+        _set_train_mode(self.model, self._unwrapped, t)
         steps_per_epoch = self._steps_per_epoch()
         steps_done = math.ceil(self.state.batches_in_epoch / t.gradient_accumulation_steps)
         bar = tqdm(total=steps_per_epoch, initial=steps_done, desc=f"epoch {epoch + 1}/{t.epochs}",
@@ -434,7 +435,7 @@ class Trainer:
                                          torch.from_numpy(fixations), metrics=metrics)
                 batch_rows.append([video, float(losses[i])] + [float(scores[name]) for name in metrics])
             rows.append(self.accelerator.gather_for_metrics(torch.tensor(batch_rows, dtype=torch.float64, device=self.accelerator.device)))
-        _set_train_mode(self.model, self.config.training)
+        _set_train_mode(self.model, self._unwrapped, self.config.training)
         overall, self._last_per_dataset = _video_means(torch.cat(rows).cpu(), ["loss"] + metrics, dataset)
         return overall
 
