@@ -160,6 +160,9 @@ class SaliencyPredictor:
         batch_size: clips per model call.
         stride: predict every `stride`-th frame (and the last); frames in between get maps interpolated in time.
         alignment: `"last"` (the clip predicts its last frame, the paper's choice) or `"center"`.
+        normalize: `"max"` (default) divides each predicted map by its maximum, so the peak is 1 in PNGs and
+            overlays (models trained with the KL loss give maps whose values are small; every saliency metric
+            ignores this scale); None keeps the model's sigmoid outputs.
         trained: False for an untrained model: a warning says its maps are meaningless.
         model_id: the name the model was loaded under (recorded in `done.json`).
     """
@@ -173,11 +176,15 @@ class SaliencyPredictor:
         batch_size: int = 4,
         stride: int = 1,
         alignment: str = "last",
+        normalize: str | None = "max",
         trained: bool = True,
         model_id: str | None = None,
     ):
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be 'last' or 'center', got {alignment!r}")
+        if normalize not in ("max", None):
+            raise ValueError(f"normalize must be 'max' or None, got {normalize!r}")
+        self.normalize = normalize
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.stride = _check_positive_int("stride", stride)
         self.alignment = alignment
@@ -201,12 +208,13 @@ class SaliencyPredictor:
         batch_size: int = 4,
         stride: int = 1,
         alignment: str = "last",
+        normalize: str | None = "max",
     ) -> "SaliencyPredictor":
         """Load a model folder or Hub id, `demo` (the bundled checkpoint), `random` (the paper's model, untrained)
         or `random-tiny` (the tiny test model, untrained)."""
         model, processor, trained = load_model_and_processor(model_id_or_path)
         return cls(model, processor, device=device, dtype=dtype, batch_size=batch_size, stride=stride,
-                   alignment=alignment, trained=trained, model_id=str(model_id_or_path))
+                   alignment=alignment, normalize=normalize, trained=trained, model_id=str(model_id_or_path))
 
     @property
     def uses_audio(self) -> bool:
@@ -220,6 +228,7 @@ class SaliencyPredictor:
             "dtype": str(self.dtype).removeprefix("torch."),
             "stride": self.stride if stride is None else stride,
             "alignment": self.alignment,
+            "normalize": self.normalize,
             "blur_sigma": float(blur_sigma),
             "max_frames": max_frames,
         }
@@ -254,7 +263,12 @@ class SaliencyPredictor:
             audio = [audio_window(track, window.end_time, num_samples) for window in batch] if track is not None else None
             maps = self.predict_clips([window.images for window in batch], audio)
             maps = self.processor.post_process_saliency(maps, target_sizes=size, blur_sigma=blur_sigma or None)
-            yield from zip(batch, (m.clamp_(0.0, 1.0).numpy() for m in maps))
+            yield from zip(batch, (self._normalized(m).numpy() for m in maps))
+
+    def _normalized(self, saliency_map: torch.Tensor) -> torch.Tensor:
+        saliency_map = saliency_map.clamp_(0.0, 1.0)
+        peak = float(saliency_map.max())
+        return saliency_map / peak if self.normalize == "max" and peak > 0 else saliency_map
 
     def iter_frames_and_maps(
         self,
@@ -714,6 +728,7 @@ def predict_job(
     batch_size: int = 4,
     stride: int = 1,
     alignment: str = "last",
+    normalize: str | None = "max",
     log: Callable[[str], None] = print,
     **options,
 ) -> list[VideoResult]:
@@ -732,7 +747,8 @@ def predict_job(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*randomly initialised, untrained.*")
         predictor = SaliencyPredictor.from_pretrained(model, device=device or _default_device(state), dtype=dtype,
-                                                      batch_size=batch_size, stride=stride, alignment=alignment)
+                                                      batch_size=batch_size, stride=stride, alignment=alignment,
+                                                      normalize=normalize)
     if not predictor.trained:
         log(f"{prefix} WARNING: {untrained_message(str(model))}")
     log(f"{prefix} {len(share)} of {len(videos)} videos on {predictor.device} ({count} process{'es' if count > 1 else ''})")

@@ -107,7 +107,8 @@ def written(predictor, video, tmp_path_factory):
 def test_maps_at_video_resolution(prediction):
     assert prediction.maps.shape == (12, *SIZE)
     assert prediction.maps.dtype == np.float32
-    assert 0.0 <= prediction.maps.min() and prediction.maps.max() <= 1.0
+    assert 0.0 <= prediction.maps.min()
+    np.testing.assert_allclose(prediction.maps.max(axis=(1, 2)), 1.0, atol=1e-6)  # every frame is a target here
     assert prediction.size == SIZE and prediction.fps == FPS and prediction.has_audio
     np.testing.assert_allclose(prediction.times, np.arange(12) / FPS, atol=1e-6)
 
@@ -129,7 +130,9 @@ def test_maps_follow_the_model_on_each_clip(predictor, video, prediction):
     track = media.load_audio(video)
     window = media.audio_window(track, 6 / FPS, predictor.processor.feature_extractor.num_samples)
     expected = predictor.processor.post_process_saliency(predictor.predict_clips([clip], [window]), target_sizes=SIZE)[0]
-    np.testing.assert_allclose(prediction.maps[5], expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(prediction.maps[5], expected.numpy() / expected.numpy().max(), atol=1e-5)
+    raw = SaliencyPredictor(predictor.model, predictor.processor, normalize=None)
+    np.testing.assert_allclose(raw.predict_video(video, max_frames=6, progress=False).maps[5], expected.numpy(), atol=1e-5)
 
 
 def test_stride_predicts_targets_and_interpolates_between(predictor, video, prediction):
@@ -346,3 +349,15 @@ def test_find_videos(tmp_path):
     (tmp_path / "b/002.mkv").write_bytes(b"")
     with pytest.raises(ValueError, match="would both write to '<output>/002/'"):
         inference.find_videos([tmp_path / "a", tmp_path / "b/002.mkv"])
+
+
+def test_demo_checkpoint_predicts_the_bundled_example():
+    example = inference.DEMO_CHECKPOINT.parent / "synthetic_example.mp4"
+    if not (inference.DEMO_CHECKPOINT / "config.json").is_file() or not example.is_file():
+        pytest.skip("the demo checkpoint or its example clip is not bundled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a trained checkpoint: no "untrained" warning
+        predictor = SaliencyPredictor.from_pretrained("demo")
+    result = predictor.predict_video(example, max_frames=9, stride=8, progress=False)
+    assert predictor.trained and result.has_audio and result.maps.shape[0] == 9
+    assert result.maps[8].max() == pytest.approx(1.0)
