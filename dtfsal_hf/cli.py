@@ -152,6 +152,8 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--alignment", default="last", choices=("last", "center"),
                         help="the frame a clip predicts: its last (default, as the paper) or its centre")
     parser.add_argument("--blur-sigma", type=float, default=0.0, help="Gaussian blur of the maps, pixels (default: 0)")
+    parser.add_argument("--no-normalize", action="store_true",
+                        help="keep the model's values instead of dividing each map by its maximum")
     parser.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each video")
     parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity in the overlay at map value 1")
     parser.add_argument("--colormap", default="jet", help="matplotlib colour map of the overlay (default: jet)")
@@ -168,7 +170,8 @@ def _run_predict(args) -> int:
 
     results = predict_job(
         args.videos, args.model, args.output, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        stride=args.stride, alignment=args.alignment, blur_sigma=args.blur_sigma, max_frames=args.max_frames,
+        stride=args.stride, alignment=args.alignment, normalize=None if args.no_normalize else "max",
+        blur_sigma=args.blur_sigma, max_frames=args.max_frames,
         overlay_alpha=args.alpha, colormap=args.colormap, write_pngs=not args.no_pngs, write_npz=not args.no_npz,
         write_overlay=not args.no_overlay, overwrite=args.overwrite, progress=False if args.no_progress else None,
     )
