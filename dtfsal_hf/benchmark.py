@@ -764,6 +764,7 @@ def benchmark(
     memory_video: str | None = None,
     memory_lengths: Sequence[float] = (60, 600),
     memory_model: str = "random-tiny",
+    memory_stride: int = 16,
     command: str = "",
     log: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
@@ -788,6 +789,6 @@ def benchmark(
         chosen = video_path or _fastest(result, network, 0.02).path
         result.video = measure_video_throughput(video, model, chosen, video_frames, strides, device=device, log=log)
     if memory_video:
-        result.memory = measure_video_memory(memory_video, memory_lengths, memory_model, log=log)
+        result.memory = measure_video_memory(memory_video, memory_lengths, memory_model, memory_stride, log=log)
     result.machine = machine_description(device)
     return result

@@ -203,6 +203,7 @@ def _add_benchmark(subparsers) -> None:
     parser.add_argument("--memory-video", default=None, help="a video looped to --memory-lengths for the peak-RSS check")
     parser.add_argument("--memory-lengths", nargs="+", type=float, default=[60, 600], metavar="SECONDS")
     parser.add_argument("--memory-model", default="random-tiny", help="model of the peak-RSS check (any predictor id)")
+    parser.add_argument("--memory-stride", type=int, default=16, help="frame stride of the peak-RSS check")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     parser.set_defaults(handler=_run_benchmark)
 
@@ -222,6 +223,7 @@ def _run_benchmark(args) -> int:
         repeats=args.repeats, device=args.device, include_backbone=not args.no_backbone, video=args.video,
         video_frames=args.video_frames, strides=args.strides, video_path=args.video_path,
         memory_video=args.memory_video, memory_lengths=args.memory_lengths, memory_model=args.memory_model,
+        memory_stride=args.memory_stride,
         command="dtfsal " + shlex.join(sys.argv[1:]), log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_report(result))
