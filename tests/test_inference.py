@@ -361,3 +361,18 @@ def test_demo_checkpoint_predicts_the_bundled_example():
     result = predictor.predict_video(example, max_frames=9, stride=8, progress=False)
     assert predictor.trained and result.has_audio and result.maps.shape[0] == 9
     assert result.maps[8].max() == pytest.approx(1.0)
+
+
+def test_sdpa_attention_by_default_gives_the_eager_maps(video):
+    from dtfsal_hf.encoders import MViTSDPAttention
+
+    def build(attention):
+        torch.manual_seed(0)
+        model = DTFSalModel(DTFSalConfig.tiny())
+        return SaliencyPredictor(model, attention=attention, normalize=None)
+
+    fast, eager = build("sdpa"), build("eager")
+    assert type(fast.model.visual_encoder.blocks[0].attn) is MViTSDPAttention
+    assert type(eager.model.visual_encoder.blocks[0].attn) is not MViTSDPAttention
+    difference = np.abs(fast.predict_video(video).maps - eager.predict_video(video).maps).max()
+    assert difference < 1e-4
