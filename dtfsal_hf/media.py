@@ -254,12 +254,64 @@ def resample_audio(waveform: np.ndarray, orig_sampling_rate: int, sampling_rate:
     return torchaudio.functional.resample(tensor, int(orig_sampling_rate), int(sampling_rate)).numpy()
 
 
+class _StreamingResampler:
+    """`resample_audio` over a waveform that arrives in pieces, holding only a block and its context.
+
+    torchaudio's windowed-sinc resampler maps every `orig / g` input samples onto `new / g` output samples
+    (g = gcd): blocks cut at multiples of `orig / g`, each resampled with enough input on both sides, give
+    the output of resampling the whole waveform at once (to float rounding), and memory no longer grows
+    with the length of the track before it is resampled.
+    """
+
+    def __init__(self, orig_sampling_rate: int, sampling_rate: int, block_periods: int = 4000, context_periods: int = 64):
+        gcd = math.gcd(orig_sampling_rate, sampling_rate)
+        self.orig, self.new = orig_sampling_rate, sampling_rate
+        self.period_in, self.period_out = orig_sampling_rate // gcd, sampling_rate // gcd
+        self.block = self.period_in * block_periods
+        self.context = self.period_in * context_periods
+        self.pending = np.zeros(self.context, dtype=np.float32)  # zeros before the start, as the full resampler pads
+        self.arrived: list[np.ndarray] = []  # decoded pieces not yet joined to `pending`
+        self.arrived_length = 0
+        self.outputs: list[np.ndarray] = []
+
+    def _resample_block(self, length: int, right_context: np.ndarray | None = None) -> None:
+        end = self.context + length
+        piece = self.pending[: end + self.context] if right_context is None else np.concatenate(
+            [self.pending[:end], right_context]
+        )
+        resampled = resample_audio(piece, self.orig, self.new)
+        first = self.context // self.period_in * self.period_out
+        count = -(-length * self.new // self.orig)  # ceil, as the full resampler's output length
+        self.outputs.append(resampled[first : first + count])
+        self.pending = self.pending[length:]
+
+    def add(self, samples: np.ndarray) -> None:
+        self.arrived.append(samples)
+        self.arrived_length += samples.shape[0]
+        if self.pending.shape[0] + self.arrived_length >= self.context + self.block + self.context:
+            self._gather()
+            while self.pending.shape[0] >= self.context + self.block + self.context:
+                self._resample_block(self.block)
+
+    def _gather(self) -> None:
+        self.pending = np.concatenate([self.pending, *self.arrived])
+        self.arrived, self.arrived_length = [], 0
+
+    def finish(self) -> np.ndarray:
+        self._gather()
+        remaining = self.pending.shape[0] - self.context
+        if remaining > 0:
+            self._resample_block(remaining, right_context=np.zeros(self.context, dtype=np.float32))
+        return np.concatenate(self.outputs) if self.outputs else np.zeros(0, dtype=np.float32)
+
+
 def load_audio(path: str | os.PathLike, sampling_rate: int = TARGET_SAMPLING_RATE) -> AudioTrack:
     """Decode the first sound track of a file as mono float32 at `sampling_rate` (16 kHz by default).
 
-    Channels are averaged (as VGGish does). The track's start time is on the same clock as `iter_frames`.
-    A file without a sound track gives one second of silence starting at 0 and a `UserWarning` saying so;
-    `audio_window` zero-pads beyond it, so every clip then gets silent audio.
+    Channels are averaged (as VGGish does) and the track is resampled block by block as it is decoded, so
+    only the result (about 4 MB per minute at 16 kHz) grows with the length. The track's start time is on
+    the same clock as `iter_frames`. A file without a sound track gives one second of silence starting at 0
+    and a `UserWarning` saying so; `audio_window` zero-pads beyond it, so every clip then gets silent audio.
     """
     with _open(path) as container:
         origin = _stream_start(_video_stream(container, path)) if container.streams.video else 0.0
@@ -267,18 +319,18 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = TARGET_SAMPLING_RAT
             warnings.warn(f"{path} has no sound track: using silent audio", UserWarning, stacklevel=2)
             return AudioTrack(np.zeros(sampling_rate, dtype=np.float32), sampling_rate, 0.0)
         stream = container.streams.audio[0]
-        chunks, start, rate = [], None, None
+        resampler, start, rate = None, None, None
         for time, samples, chunk_rate in _audio_chunks(container, stream, path):
             if rate is not None and chunk_rate != rate:
                 raise ValueError(f"{path}: the sampling rate changes inside the sound track ({rate} -> {chunk_rate} Hz)")
-            rate = chunk_rate
-            if start is None:
-                start = time if time is not None else _stream_start(stream)
-            chunks.append(samples.mean(axis=0, dtype=np.float32))
-    if not chunks:
+            if resampler is None:
+                rate, start = chunk_rate, time if time is not None else _stream_start(stream)
+                resampler = _StreamingResampler(int(rate), sampling_rate)
+            resampler.add(samples.mean(axis=0, dtype=np.float32))
+    waveform = resampler.finish() if resampler is not None else np.zeros(0, dtype=np.float32)
+    if waveform.shape[0] == 0:
         warnings.warn(f"{path}: the sound track holds no decodable samples: using silent audio", UserWarning, stacklevel=2)
         return AudioTrack(np.zeros(sampling_rate, dtype=np.float32), sampling_rate, 0.0)
-    waveform = resample_audio(np.concatenate(chunks), rate, sampling_rate)
     return AudioTrack(waveform.astype(np.float32, copy=False), sampling_rate, start - origin)
 
 

@@ -344,3 +344,17 @@ def test_write_overlay_video_checks_its_inputs(tmp_path):
         media.write_overlay_video(images, [np.zeros((8, 8))] * 2, None, tmp_path / "d.mp4", fps=10)
     with pytest.raises(ValueError):
         media.write_overlay_video([np.zeros((8, 8, 3), np.uint8)] * 2, [np.zeros((8, 8))], None, tmp_path / "c.mp4", fps=10)
+
+
+@pytest.mark.parametrize("rate,length", [(44100, 441 * 4000 * 2 + 12345), (48000, 100_003), (22050, 7), (8000, 441 * 4000)])
+def test_streaming_resampler_equals_resampling_at_once(rate, length):
+    from dtfsal_hf.media import _StreamingResampler, resample_audio
+
+    waveform = np.random.default_rng(rate).standard_normal(length).astype(np.float32)
+    streaming = _StreamingResampler(rate, 16000)
+    for start in range(0, length, 1152):  # one decoded AAC/MP3 frame at a time
+        streaming.add(waveform[start : start + 1152])
+    result = streaming.finish()
+    expected = resample_audio(waveform, rate, 16000)
+    assert result.shape == expected.shape
+    np.testing.assert_allclose(result, expected, atol=1e-5)
