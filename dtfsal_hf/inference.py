@@ -19,8 +19,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import shutil
 import socket
+import threading
 import time
 import warnings
 import zipfile
@@ -147,6 +149,51 @@ def load_model_and_processor(model_id_or_path: str | os.PathLike) -> tuple[DTFSa
     except (OSError, ValueError):
         processor = DTFSalProcessor.from_model_config(model.config)
     return model, processor, True
+
+
+def prefetch(items: Iterable, max_items: int = 16) -> Iterator:
+    """Yield `items` in order while a background thread produces up to `max_items` ahead.
+
+    Decoding a video (PyAV) and running the model (torch) both release the GIL, so frames for the next clips
+    are decoded while the model computes. Errors of the producer are raised in the consumer; closing the
+    generator stops the thread.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=max_items)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as error:  # handed to the consumer
+            buffer.put((done, error))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
 
 
 class SaliencyPredictor:
@@ -293,7 +340,7 @@ class SaliencyPredictor:
         info = probe_video(path)
         # load_audio gives silence, with a warning, for a file without sound.
         track = load_audio(path) if self.uses_audio else None
-        frames = itertools.islice(iter_frames(path), max_frames)
+        frames = prefetch(itertools.islice(iter_frames(path), max_frames), 2 * self.model.config.num_frames)
         windows = iter_clips(frames, self.model.config.num_frames, ALIGNMENTS[self.alignment], stride)
         predictions = self._predicted_windows(windows, track, (info.height, info.width), blur_sigma)
         total = min(info.num_frames, max_frames or info.num_frames) if info.num_frames else max_frames

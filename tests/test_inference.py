@@ -376,3 +376,51 @@ def test_sdpa_attention_by_default_gives_the_eager_maps(video):
     assert type(eager.model.visual_encoder.blocks[0].attn) is not MViTSDPAttention
     difference = np.abs(fast.predict_video(video).maps - eager.predict_video(video).maps).max()
     assert difference < 1e-4
+
+
+def test_prefetch_keeps_order_and_bounds_what_runs_ahead():
+    import threading
+    import time
+
+    produced = []
+
+    def items():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    consumed = []
+    for item in inference.prefetch(items(), max_items=4):
+        time.sleep(0.002)
+        # At most the queue's 4, one waiting to be put, and the one handed out run ahead of the consumer.
+        assert len(produced) - len(consumed) <= 6
+        consumed.append(item)
+    assert consumed == list(range(50))
+    assert not any("(produce)" in thread.name and thread.is_alive() for thread in threading.enumerate())
+
+
+def test_prefetch_raises_the_producers_error_and_stops_when_closed():
+    def failing():
+        yield 1
+        raise ValueError("corrupt frame")
+
+    with pytest.raises(ValueError, match="corrupt frame"):
+        list(inference.prefetch(failing(), max_items=2))
+
+    started = []
+
+    def endless():
+        i = 0
+        while True:
+            started.append(i)
+            yield i
+            i += 1
+
+    stream = inference.prefetch(endless(), max_items=3)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    count = len(started)
+    import time
+
+    time.sleep(0.3)
+    assert len(started) <= count + 1  # the producer stopped
