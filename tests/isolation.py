@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-_BLOCKER = textwrap.dedent(
+BLOCK_PACKAGE = textwrap.dedent(
     """
     import sys
 
@@ -33,7 +33,7 @@ _BLOCKER = textwrap.dedent(
 def run_without_package(code: str, cwd, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `code` with `dtfsal_hf` blocked; raise with the process's output if it fails."""
     result = subprocess.run(
-        [sys.executable, "-c", _BLOCKER + textwrap.dedent(code)],
+        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -30,6 +30,7 @@ from dtfsal_hf.remote_code import add_remote_code
 from dtfsal_hf.video_processing_dtfsal import DTFSalVideoProcessor
 
 from hub_server import HubServer
+from isolation import BLOCK_PACKAGE as _BLOCK_PACKAGE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "dtfsal-test/dtfsal-tiny"
@@ -144,23 +145,6 @@ _LOAD_AND_RUN = """
         "saliency_shape": list(saliency.shape), "package_importable": package_importable,
     }}))
 """
-# Makes `dtfsal_hf` unimportable even where it is installed, as on a machine without the package.
-_BLOCK_PACKAGE = """
-    import sys
-    class _NoDTFSal:
-        def find_spec(self, name, path=None, target=None):
-            if name == "dtfsal_hf" or name.startswith("dtfsal_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r}")
-    sys.meta_path.insert(0, _NoDTFSal())
-    try:
-        import dtfsal_hf
-    except ModuleNotFoundError:
-        pass
-    else:
-        raise SystemExit("dtfsal_hf is importable: the test would not show loading without it")
-"""
-
-
 def _load_script(prelude: str, model_dir: Path, trust_remote_code: bool) -> str:
     trust = ", trust_remote_code=True" if trust_remote_code else ""
     body = _LOAD_AND_RUN.format(repo_id=REPO_ID, trust=trust, weights=str(model_dir / "model.safetensors"))
