@@ -289,6 +289,10 @@ class DTFSalModel(DTFSalPreTrainedModel):
                 log-mel examples of the clip's audio. Required by the audio-visual model, ignored by DTFSal(V).
             labels (`torch.FloatTensor` of shape `(batch, height, width)`, *optional*): ground-truth saliency maps.
         """
+        if kwargs:
+            raise ValueError(
+                f"DTFSalModel.forward takes pixel_values_videos, input_features and labels; got also {sorted(kwargs)}"
+            )
         self._check_inputs(pixel_values_videos, input_features, labels)
         # (B, T, 3, H, W) -> (B, 3, T, H, W)
         stages = self.visual_encoder(pixel_values_videos.transpose(1, 2))

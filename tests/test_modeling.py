@@ -163,6 +163,7 @@ def test_full_size_level_shapes():
         (lambda i: i.update(input_features=i["input_features"][:, :5]), "(1, 9, 1, 32, 48)"),
         (lambda i: i.update(labels=torch.rand(1, 32, 48)), "`labels` must have shape (1, 64, 96)"),
         (lambda i: i.update(labels=torch.zeros(1, 64, 96)), "positive sum"),
+        (lambda i: i.update(input_feature=i["input_features"]), "takes pixel_values_videos, input_features and labels; got also"),
     ],
 )
 def test_bad_inputs_name_the_problem(change, message):
