@@ -12,18 +12,10 @@ import pytest
 import torch
 
 from dtfsal_hf import cli, inference
-from test_inference import FPS, SIZE, streams_of, write_test_video
+from test_inference import FPS, SIZE, one_thread, streams_of, write_test_video  # noqa: F401 (autouse fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "random-tiny", "--no-progress"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
