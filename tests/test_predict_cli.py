@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dtfsal_hf import cli, inference
 from test_inference import FPS, SIZE, one_thread, streams_of, write_test_video  # noqa: F401 (autouse fixture)
