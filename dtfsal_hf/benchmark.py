@@ -48,6 +48,8 @@ __all__ = [
     "BenchmarkResult",
     "torchvision_mvit_v2_s",
     "prepare_path",
+    "FLOAT32_ENDS",
+    "keep_float32",
     "run_benchmark",
     "measure_video_throughput",
     "measure_video_memory",
@@ -65,11 +67,14 @@ class InferencePath:
 
     Attributes:
         name: short name, e.g. `"sdpa-bf16"`.
-        attention: MViT attention, `"eager"` (torchvision's matmul + softmax) or `"sdpa"`.
+        attention: MViT attention kernel (`set_mvit_attention`): `"eager"` (torchvision's matmul + softmax),
+            `"sdpa"` (`scaled_dot_product_attention`) or `"blocked"` (matrix products by blocks of queries).
         precision: `"fp32"`, `"bf16"` or `"fp16"` (the last two under `torch.autocast`; deformable convolutions,
             which autocast leaves alone, run in fp32).
         compile: wrap the model in `torch.compile` (the first call compiles; its time is reported apart).
         channels_last: convolution weights and the input video in `torch.channels_last_3d`.
+        float32_ends: under autocast, keep the patch embedding and the layers that write the map in fp32
+            (`FLOAT32_ENDS`, `keep_float32`).
         devices: where the path applies (`"cpu"`, `"cuda"`).
     """
 
@@ -78,6 +83,7 @@ class InferencePath:
     precision: str = "fp32"
     compile: bool = False
     channels_last: bool = False
+    float32_ends: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
 
     @property
@@ -86,6 +92,8 @@ class InferencePath:
 
     def describe(self) -> str:
         parts = [f"{self.attention} attention", self.precision + (" autocast" if self.precision != "fp32" else "")]
+        if self.float32_ends:
+            parts.append("fp32 ends")
         if self.channels_last:
             parts.append("channels-last-3d")
         if self.compile:
@@ -98,16 +106,22 @@ PATHS = {
     for path in (
         InferencePath("eager-fp32", attention="eager"),
         InferencePath("sdpa-fp32"),
+        InferencePath("blocked-fp32", attention="blocked"),
         InferencePath("eager-bf16", attention="eager", precision="bf16"),
         InferencePath("sdpa-bf16", precision="bf16"),
         InferencePath("sdpa-bf16-cl", precision="bf16", channels_last=True),
+        InferencePath("blocked-bf16", attention="blocked", precision="bf16"),
+        InferencePath("blocked-bf16-cl", attention="blocked", precision="bf16", channels_last=True),
+        InferencePath("blocked-mixed", attention="blocked", precision="bf16", float32_ends=True),
+        InferencePath("blocked-mixed-cl", attention="blocked", precision="bf16", float32_ends=True, channels_last=True),
+        InferencePath("sdpa-mixed", precision="bf16", float32_ends=True),
         InferencePath("compiled-sdpa-bf16", precision="bf16", compile=True),
         InferencePath("sdpa-fp16", precision="fp16", devices=("cuda",)),
         InferencePath("compiled-sdpa-fp16", precision="fp16", compile=True, devices=("cuda",)),
     )
 }
 DEFAULT_PATHS = {
-    "cpu": ("eager-fp32", "sdpa-fp32", "sdpa-bf16", "compiled-sdpa-bf16"),
+    "cpu": ("eager-fp32", "sdpa-fp32", "blocked-fp32", "sdpa-bf16", "blocked-bf16"),
     "cuda": ("eager-fp32", "sdpa-fp32", "sdpa-bf16", "sdpa-fp16", "compiled-sdpa-bf16"),
 }
 # The path every other is compared with (maps) and the floor's path (time).
@@ -150,6 +164,42 @@ def _float32_deform_convs(module: nn.Module) -> None:
             child.register_forward_pre_hook(to_float)
 
 
+# What a `float32_ends` path keeps in fp32: the patch embedding, which reads the pixels (in bf16 they would
+# be rounded to 3 significant digits), and the layers that write the map: each level's decoder head (its
+# logits, upsampled to the frame and through a sigmoid) and the 3 x 3 fusion of the four level maps. Together
+# 2% of the FLOPs; in bf16 they set most of the maps' average rounding error (full model fitted by
+# scripts/precision_check.py: mean absolute difference from fp32 15-50x smaller with them in fp32; the
+# largest difference, set by the backbone, stays).
+FLOAT32_ENDS = ("visual_encoder.conv_proj", "decoder_heads", "fuse_maps")
+
+_FLOAT32_CLASSES: dict[type, type] = {}
+
+
+def _float32_class(cls: type) -> type:
+    """A subclass of `cls` whose forward runs with autocast off and its floating-point inputs in fp32."""
+    if cls not in _FLOAT32_CLASSES:
+
+        def forward(self, *args, **kwargs):
+            args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+            with torch.autocast(args[0].device.type, enabled=False):
+                return cls.forward(self, *args, **kwargs)
+
+        _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return _FLOAT32_CLASSES[cls]
+
+
+def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_ENDS) -> nn.Module:
+    """Run the named submodules of `model` (each module of a named `ModuleList`) in fp32 under autocast: their
+    inputs are cast to fp32 and autocast is off inside them; their outputs stay fp32. The class of each is
+    swapped for a subclass, so parameters, state-dict keys and deep copies are unchanged. Returns `model`."""
+    for name in names:
+        module = model.get_submodule(name)
+        for target in module if isinstance(module, nn.ModuleList) else [module]:
+            if type(target) not in _FLOAT32_CLASSES.values():
+                target.__class__ = _float32_class(type(target))
+    return model
+
+
 def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
     """A function running a copy of `module` (a `DTFSalModel` or a torchvision `MViT`) the way `path` says.
 
@@ -161,6 +211,8 @@ def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | 
     module = set_mvit_attention(copy.deepcopy(module), path.attention).to(device).eval()
     if path.autocast_dtype is not None:
         _float32_deform_convs(module)
+    if path.float32_ends and not isinstance(module, MViT):
+        keep_float32(module)
     if path.channels_last:
         for child in module.modules():
             if isinstance(child, nn.Conv3d):
@@ -516,7 +568,7 @@ def _video_predictor(model: DTFSalModel, path: InferencePath, device: torch.devi
 def measure_video_throughput(
     video: str | os.PathLike,
     model: DTFSalModel,
-    path: str = "sdpa-bf16",
+    path: str = "blocked-bf16",
     max_frames: int = 64,
     strides: Sequence[int] = (1, 4),
     batch_size: int = 1,
@@ -602,7 +654,7 @@ def _video_memory_probe(model_id: str, video: str, stride: int, batch_size: int)
 
     warnings.simplefilter("ignore")
     predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride)
-    set_mvit_attention(predictor.model, "sdpa")
+    set_mvit_attention(predictor.model, "auto")
     start = time.perf_counter()
     frames = sum(1 for _ in predictor.iter_video_maps(video, progress=False))
     return {"frames": frames, "seconds": time.perf_counter() - start,

@@ -187,8 +187,8 @@ def _add_benchmark(subparsers) -> None:
     parser.add_argument("--visual-only", action="store_true", help="DTFSal(V): no audio branch")
     parser.add_argument("--paths", nargs="+", default=None, metavar="PATH",
                         help="inference paths (default: per device; eager-fp32 is always timed), from: "
-                             "eager-fp32 sdpa-fp32 eager-bf16 sdpa-bf16 sdpa-bf16-cl compiled-sdpa-bf16 sdpa-fp16 "
-                             "compiled-sdpa-fp16")
+                             "eager-fp32 sdpa-fp32 blocked-fp32 eager-bf16 sdpa-bf16 sdpa-bf16-cl "
+                             "blocked-bf16 blocked-bf16-cl compiled-sdpa-bf16 sdpa-fp16 compiled-sdpa-fp16")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1], metavar="N", help="clips per call")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row, after one warm-up call")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

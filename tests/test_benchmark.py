@@ -48,12 +48,12 @@ def small_video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_result():
-    return run_benchmark(model=tiny_model(), paths=["sdpa-fp32", "sdpa-bf16"], repeats=2)
+    return run_benchmark(model=tiny_model(), paths=["sdpa-fp32", "blocked-bf16"], repeats=2)
 
 
 def test_every_network_and_path_is_measured(tiny_result):
     rows = {(r.network, r.path) for r in tiny_result.results}
-    assert rows == {(n, p) for n in ("DTFSal", "mvit_v2_s") for p in ("eager-fp32", "sdpa-fp32", "sdpa-bf16")}
+    assert rows == {(n, p) for n in ("DTFSal", "mvit_v2_s") for p in ("eager-fp32", "sdpa-fp32", "blocked-bf16")}
     for r in tiny_result.results:
         assert len(r.latencies_s) == 2 and r.latency_s > 0 and r.maps_per_second > 0
         assert r.flops_per_clip > 0 and r.peak_memory_bytes >= 0
@@ -64,7 +64,7 @@ def test_maps_are_compared_with_eager_fp32(tiny_result):
     by_path = {r.path: r for r in tiny_result.results if r.network == "DTFSal"}
     assert by_path["eager-fp32"].max_abs_diff == 0.0
     assert by_path["sdpa-fp32"].max_abs_diff < 1e-5
-    assert by_path["sdpa-bf16"].max_abs_diff < 0.1 and by_path["sdpa-bf16"].map_cc > 0.99
+    assert by_path["blocked-bf16"].max_abs_diff < 0.1 and by_path["blocked-bf16"].map_cc > 0.99
 
 
 def test_report_lists_rows_and_targets(tiny_result):
@@ -89,6 +89,39 @@ def test_channels_last_path_gives_the_same_maps():
     expected = prepare_path(model, PATHS["sdpa-fp32"])(inputs)
     actual = prepare_path(model, PATHS["sdpa-fp32"].__class__("cl", channels_last=True))(inputs)
     assert (actual - expected).abs().max() < 1e-5
+
+
+def test_float32_ends_run_in_float32_under_autocast():
+    import copy
+
+    from dtfsal_hf.benchmark import FLOAT32_ENDS, _float32_deform_convs, keep_float32
+
+    model = DTFSalModel.from_pretrained("dtfsal_hf/assets/demo-checkpoint").eval()
+    kept = keep_float32(copy.deepcopy(model))
+    _float32_deform_convs(kept)
+    assert list(kept.state_dict()) == list(model.state_dict())
+    assert isinstance(kept.fuse_maps, torch.nn.Conv3d) and type(kept.fuse_maps) is not torch.nn.Conv3d
+    seen = {}
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name] = output.dtype
+
+        return hook
+
+    for name in ("visual_encoder.conv_proj", "decoder_heads.0", "fuse_maps", "fusion_blocks.0"):
+        kept.get_submodule(name).register_forward_hook(record(name))
+    inputs = dummy_inputs(model.config, 1)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        kept(**inputs)
+    assert seen == {"visual_encoder.conv_proj": torch.float32, "decoder_heads.0": torch.float32,
+                    "fuse_maps": torch.float32, "fusion_blocks.0": torch.bfloat16}
+    assert set(FLOAT32_ENDS) == {"visual_encoder.conv_proj", "decoder_heads", "fuse_maps"}
+    # On trained weights both bf16 paths stay close to the fp32 maps.
+    reference = prepare_path(model, PATHS["eager-fp32"])(inputs)
+    errors = {name: (prepare_path(model, PATHS[name])(inputs) - reference).abs().max().item()
+              for name in ("blocked-bf16", "blocked-mixed")}
+    assert max(errors.values()) < 0.01 and min(errors.values()) > 0, errors
 
 
 def test_bad_arguments_are_refused():

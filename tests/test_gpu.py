@@ -35,7 +35,7 @@ def test_cuda_maps_equal_cpu_maps():
         try:
             with torch.no_grad():
                 expected = model(**inputs).saliency_map
-                for attention in ("eager", "sdpa"):
+                for attention in ("eager", "sdpa", "blocked", "auto"):
                     gpu = set_mvit_attention(copy.deepcopy(model), attention).cuda()
                     actual = gpu(**{k: v.cuda() for k, v in inputs.items()}).saliency_map.cpu()
                     difference = (actual - expected).abs().max().item()
@@ -49,10 +49,11 @@ def test_cuda_bf16_autocast_stays_close():
     inputs = dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         expected = model(**inputs).saliency_map
-        gpu = set_mvit_attention(copy.deepcopy(model), "sdpa").cuda()
-        with torch.autocast("cuda", torch.bfloat16):
-            actual = gpu(**{k: v.cuda() for k, v in inputs.items()}).saliency_map.float().cpu()
-    assert (actual - expected).abs().max() < 0.05
+        for attention in ("sdpa", "blocked"):
+            gpu = set_mvit_attention(copy.deepcopy(model), attention).cuda()
+            with torch.autocast("cuda", torch.bfloat16):
+                actual = gpu(**{k: v.cuda() for k, v in inputs.items()}).saliency_map.float().cpu()
+            assert (actual - expected).abs().max() < 0.05, attention
 
 
 def test_cuda_training_step_lowers_the_loss():

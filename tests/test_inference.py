@@ -363,17 +363,18 @@ def test_demo_checkpoint_predicts_the_bundled_example():
     assert result.maps[8].max() == pytest.approx(1.0)
 
 
-def test_sdpa_attention_by_default_gives_the_eager_maps(video):
-    from dtfsal_hf.encoders import MViTSDPAttention
+def test_fast_attention_by_default_gives_the_eager_maps(video):
+    from dtfsal_hf.encoders import MViTAutoAttention
 
-    def build(attention):
+    def build(attention=None):
         torch.manual_seed(0)
         model = DTFSalModel(DTFSalConfig.tiny())
-        return SaliencyPredictor(model, attention=attention, normalize=None)
+        options = {} if attention is None else {"attention": attention}
+        return SaliencyPredictor(model, normalize=None, **options)
 
-    fast, eager = build("sdpa"), build("eager")
-    assert type(fast.model.visual_encoder.blocks[0].attn) is MViTSDPAttention
-    assert type(eager.model.visual_encoder.blocks[0].attn) is not MViTSDPAttention
+    fast, eager = build(), build("eager")
+    assert type(fast.model.visual_encoder.blocks[0].attn) is MViTAutoAttention
+    assert type(eager.model.visual_encoder.blocks[0].attn) is not MViTAutoAttention
     difference = np.abs(fast.predict_video(video).maps - eager.predict_video(video).maps).max()
     assert difference < 1e-4
 

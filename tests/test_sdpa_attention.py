@@ -1,4 +1,4 @@
-"""The scaled-dot-product MViT attention computes torchvision's attention: outputs, gradients, keys."""
+"""The fast MViT attention kernels compute torchvision's attention: outputs, gradients, keys."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from torchvision.models.video.mvit import MultiscaleAttention, _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.complexity import dummy_inputs
-from dtfsal_hf.encoders import MViTSDPAttention, mvit_rel_pos_bias, set_mvit_attention
+from dtfsal_hf.encoders import (
+    MViTAutoAttention,
+    MViTBlockedAttention,
+    MViTSDPAttention,
+    blocked_attention,
+    fold_rel_pos,
+    set_mvit_attention,
+)
+
+FAST = {"sdpa": MViTSDPAttention, "blocked": MViTBlockedAttention, "auto": MViTAutoAttention}
 
 
 def tiny_model(use_audio: bool = True) -> DTFSalModel:
@@ -16,40 +25,77 @@ def tiny_model(use_audio: bool = True) -> DTFSalModel:
     return DTFSalModel(DTFSalConfig.tiny(use_audio=use_audio)).eval()
 
 
-def test_rel_pos_bias_is_torchvisions_logit_term():
+@pytest.mark.parametrize("q_thw, k_thw", [((4, 6, 10), (2, 3, 5)), ((2, 3, 5), (2, 3, 5)), ((1, 4, 2), (1, 2, 1))])
+def test_folded_product_is_torchvisions_logits(q_thw, k_thw):
     torch.manual_seed(0)
-    q_thw, k_thw, dim = (4, 6, 10), (2, 3, 5), 8
-    q = torch.randn(2, 3, 1 + 4 * 6 * 10, dim)
-    tables = [torch.randn(2 * 10 - 1, dim), torch.randn(2 * 10 - 1, dim), torch.randn(2 * 4 - 1, dim)]
-    expected = _add_rel_pos(torch.zeros(2, 3, q.shape[2], 1 + 2 * 3 * 5), q, q_thw, k_thw, *tables)
-    bias = mvit_rel_pos_bias(q, q_thw, k_thw, *tables)
-    assert bias.shape == (2, 3, 241, 31)
-    torch.testing.assert_close(bias, expected, rtol=1e-5, atol=1e-5)
-    assert not bias[:, :, 0].any() and not bias[:, :, :, 0].any()
+    dim, scale = 8, 8**-0.5
+    num_q, num_k = 1 + q_thw[0] * q_thw[1] * q_thw[2], 1 + k_thw[0] * k_thw[1] * k_thw[2]
+    q, k = torch.randn(2, 3, num_q, dim), torch.randn(2, 3, num_k, dim)
+    size = max(max(q_thw), max(k_thw))
+    tables = [torch.randn(2 * size - 1, dim), torch.randn(2 * size - 1, dim), torch.randn(2 * size - 1, dim)]
+    expected = _add_rel_pos(scale * q @ k.transpose(2, 3), q, q_thw, k_thw, *tables)
+    q_aug, k_aug = fold_rel_pos(q, k, q_thw, k_thw, *tables, scale=scale)
+    extra = sum(k_thw)
+    assert q_aug.shape[-1] == k_aug.shape[-1] == -(-(dim + extra) // 8) * 8
+    torch.testing.assert_close(q_aug @ k_aug.transpose(2, 3), expected, rtol=1e-5, atol=1e-5)
+    # One key per one-hot block: each patch key codes its (t, h, w), the class token nothing.
+    codes = k_aug[0, 0, :, dim:]
+    assert not codes[0].any() and (codes[1:].sum(dim=1) == 3).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_attention_matches_sdpa(dtype):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 37, 16, dtype=dtype), torch.randn(2, 3, 11, 16, dtype=dtype), torch.randn(2, 3, 11, 8, dtype=dtype)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=1.0)
+    # Blocks of 2 rows (66 logits / 66 per row): many blocks and a short last one
+    actual = blocked_attention(q, k, v, max_logits=2 * 2 * 3 * 11)
+    assert actual.dtype == dtype and actual.shape == (2, 3, 37, 8)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(actual.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "blocked", "auto"])
 @pytest.mark.parametrize("stride_q", [[1, 1, 1], [1, 2, 2]])
-def test_attention_block_matches_on_a_non_square_grid(stride_q):
+def test_attention_block_matches_on_a_non_square_grid(stride_q, attention):
+    kernel = attention
     torch.manual_seed(0)
     attention = MultiscaleAttention([4, 8, 12], 16, 32, 2, [3, 3, 3], [3, 3, 3], stride_q, [1, 2, 2],
                                     residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True).eval()
     tokens = torch.randn(2, 1 + 4 * 8 * 12, 16)
     with torch.no_grad():
         expected, expected_thw = attention(tokens, (4, 8, 12))
-        set_mvit_attention(attention, "sdpa")
+        set_mvit_attention(attention, kernel)
         actual, actual_thw = attention(tokens, (4, 8, 12))
-    assert type(attention) is MViTSDPAttention and actual_thw == expected_thw
+    assert type(attention) is FAST[kernel] and actual_thw == expected_thw
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "blocked", "auto"])
 @pytest.mark.parametrize("use_audio", [True, False])
-def test_model_maps_match(use_audio):
+def test_model_maps_match(use_audio, attention):
     model = tiny_model(use_audio)
     inputs = dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         expected = model(**inputs).saliency_map
-        actual = set_mvit_attention(model, "sdpa")(**inputs).saliency_map
+        actual = set_mvit_attention(model, attention)(**inputs).saliency_map
     assert (actual - expected).abs().max() < 1e-5
+
+
+def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
+    import dtfsal_hf.encoders as encoders
+
+    calls = []
+    monkeypatch.setattr(encoders, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
+    model = set_mvit_attention(tiny_model(), "auto")
+    inputs = dummy_inputs(model.config)
+    with torch.no_grad():
+        model(**inputs)
+    blocks = len(model.visual_encoder.blocks)
+    assert calls == ["blocked"] * blocks
+    calls.clear()
+    model.train()(**inputs, labels=torch.rand(1, *model.config.image_size)).loss.backward()
+    assert calls == []
 
 
 def test_gradients_match():
@@ -57,21 +103,23 @@ def test_gradients_match():
     inputs = dummy_inputs(model.config, batch_size=2)
     labels = torch.rand(2, *model.config.image_size)
     gradients = {}
-    for attention in ("eager", "sdpa"):
+    for attention in ("eager", "sdpa", "auto"):
         set_mvit_attention(model, attention).zero_grad()
         model(**inputs, labels=labels).loss.backward()
         gradients[attention] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    assert gradients["eager"].keys() == gradients["sdpa"].keys()
-    for name, expected in gradients["eager"].items():
-        torch.testing.assert_close(gradients["sdpa"][name], expected, rtol=1e-3, atol=1e-6, msg=name)
+    for attention in ("sdpa", "auto"):
+        assert gradients["eager"].keys() == gradients[attention].keys()
+        for name, expected in gradients["eager"].items():
+            torch.testing.assert_close(gradients[attention][name], expected, rtol=1e-3, atol=1e-6, msg=name)
 
 
 def test_switching_keeps_keys_and_round_trips():
     model = tiny_model()
     keys = list(model.state_dict())
-    set_mvit_attention(model, "sdpa")
-    assert list(model.state_dict()) == keys
-    assert all(type(m) is MViTSDPAttention for m in model.modules() if isinstance(m, MultiscaleAttention))
+    for attention, kind in FAST.items():
+        set_mvit_attention(model, attention)
+        assert list(model.state_dict()) == keys
+        assert all(type(m) is kind for m in model.modules() if isinstance(m, MultiscaleAttention))
     set_mvit_attention(model, "eager")
     assert all(type(m) is MultiscaleAttention for m in model.modules() if isinstance(m, MultiscaleAttention))
 
