@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dtfsal_hf import DTFSalConfig, DTFSalModel  # noqa: E402
 from dtfsal_hf.benchmark import PATHS, _float32_deform_convs, machine_description, prepare_path  # noqa: E402
 from dtfsal_hf.encoders import set_mvit_attention  # noqa: E402
+from dtfsal_hf.modeling_dtfsal import correlation_coefficient  # noqa: E402
 
 
 def make_batch(config: DTFSalConfig, batch_size: int, generator: torch.Generator, device) -> dict:
@@ -101,12 +102,6 @@ def train(model: DTFSalModel, seconds: float, batch_size: int, device: torch.dev
     return curve
 
 
-def _cc(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
-
-
 def compare(model: DTFSalModel, paths: list[str], batch: dict, device: torch.device) -> list[dict]:
     """Maps of each path against the eager fp32 model's on `device` (TF32 off), one call each."""
     inputs = {name: value for name, value in batch.items() if name != "labels"}
@@ -121,7 +116,7 @@ def compare(model: DTFSalModel, paths: list[str], batch: dict, device: torch.dev
             difference = (maps - reference).abs()
             rows.append({"device": device.type, "path": name, "clips": int(maps.shape[0]),
                          "max_abs_diff": difference.max().item(), "mean_abs_diff": difference.mean().item(),
-                         "cc": min(_cc(m, r) for m, r in zip(maps, reference)),
+                         "cc": correlation_coefficient(maps.double(), reference.double()).min().item(),
                          "reference_range": [reference.min().item(), reference.max().item()]})
         return rows
     finally:
@@ -144,6 +139,12 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help="save the fitted model here (save_pretrained)")
     args = parser.parse_args(argv)
 
+    if args.seconds <= 0 or args.batch_size < 1 or args.eval_clips < 1:
+        parser.error(f"--seconds must be > 0 and --batch-size, --eval-clips >= 1, got {args.seconds}, "
+                     f"{args.batch_size}, {args.eval_clips}")
+    unknown = sorted(name for name in {*(args.paths or []), *(args.cpu_paths or [])} if name not in PATHS)
+    if unknown:
+        parser.error(f"unknown paths {unknown}; known: {' '.join(PATHS)}")
     device = torch.device(args.device)
     paths = args.paths or (["sdpa-fp32", "sdpa-bf16", "blocked-bf16"] + (["sdpa-fp16"] if device.type == "cuda" else []))
     torch.manual_seed(args.seed)
