@@ -12,6 +12,12 @@ _MVIT_V2_S_DIMS = [96, 192, 384, 768]
 _MVIT_V2_S_HEADS = [1, 2, 4, 8]
 # VGGish convolutional trunk: each inner list is convolutions followed by one 2x2 max-pool.
 _VGGISH_CHANNELS = [[64], [128], [256, 256], [512, 512]]
+# VGGish framing (SPEC §2): examples of 64 log-mel frames, 11 frames apart; frames of 25 ms every 10 ms.
+VGGISH_EXAMPLE_FRAMES = 64
+VGGISH_EXAMPLE_HOP = 11
+LOG_MEL_HOP_S = 0.010
+LOG_MEL_FRAME_S = 0.025
+AUDIO_ALIGNMENTS = ("time", "stretch")
 
 
 class DTFSalConfig(PretrainedConfig):
@@ -36,6 +42,11 @@ class DTFSalConfig(PretrainedConfig):
             channels C_p and spatial size S.
         dltfb_shift_groups / dltfb_hidden_dim / dltfb_kernel_size (`int`): DLTFB token-mixing branch.
         amfb_audio_dim / amfb_stream_dim (`int`): AMFB audio projection width and the reduced stream width.
+        audio_alignment (`str`, defaults to `"time"`): how AMFB gives the sound to each visual time step: `"time"`,
+            the sound of the step's own time span and what came before it (from the frames' times); `"stretch"`,
+            the audio features resized trilinearly to the level's (T, H, W).
+        frame_rate (`float`, defaults to 30.0): frames per second assumed for the clip when the model is called
+            without `frame_times` (the clip's last frame ending where the audio window ends).
         decoder_dims (`list[int]`, defaults to `[96, 48, 24]`): channels of the three decoder convolutions.
     """
 
@@ -63,8 +74,10 @@ class DTFSalConfig(PretrainedConfig):
     dltfb_shift_groups: int = 5
     dltfb_hidden_dim: int = 384
     dltfb_kernel_size: int = 3
-    amfb_audio_dim: int = 128
-    amfb_stream_dim: int = 112
+    amfb_audio_dim: int = 88
+    amfb_stream_dim: int = 56
+    audio_alignment: str = "time"
+    frame_rate: float = 30.0
     decoder_dims: list[int] = field(default_factory=lambda: [96, 48, 24])
     initializer_range: float = 0.02
 
@@ -91,6 +104,10 @@ class DTFSalConfig(PretrainedConfig):
                 f"`audio_input_size` must be [height, width], each a multiple of {downsampling} "
                 f"(one 2x2 pool per trunk group), got {self.audio_input_size}"
             )
+        if self.audio_alignment not in AUDIO_ALIGNMENTS:
+            raise ValueError(f"`audio_alignment` must be one of {list(AUDIO_ALIGNMENTS)}, got {self.audio_alignment!r}")
+        if not self.frame_rate > 0:
+            raise ValueError(f"`frame_rate` must be a positive number of frames per second, got {self.frame_rate}")
         if len(self.decoder_dims) != 3:
             raise ValueError(f"`decoder_dims` needs three widths, got {self.decoder_dims}")
 
@@ -105,10 +122,18 @@ class DTFSalConfig(PretrainedConfig):
         downsampling = 2 ** len(self.audio_trunk_channels)
         return self.audio_input_size[0] // downsampling, self.audio_input_size[1] // downsampling
 
+    @property
+    def audio_window_s(self) -> float:
+        """Seconds of sound one clip's log-mel examples cover (1.535 s for 9 examples)."""
+        frames = VGGISH_EXAMPLE_FRAMES + (self.num_audio_examples - 1) * VGGISH_EXAMPLE_HOP
+        return (frames - 1) * LOG_MEL_HOP_S + LOG_MEL_FRAME_S
+
     @classmethod
     def tiny(cls, use_audio: bool = True, **kwargs) -> "DTFSalConfig":
-        """A configuration of about 0.6M parameters for tests and CPU training: 8 frames of 64x96,
-        audio examples of 32x48, every block present. Keyword arguments override its fields."""
+        """A configuration of about 0.6M parameters for tests and CPU training: 8 frames of 64x96 at 25 fps
+        (0.32 s), one audio example of 0.64 s (the clip and as much before it) kept at its 64 x 64 log-mel
+        resolution, so the trunk gives 4 token rows of 0.16 s, one per visual time step of 4 frames, and
+        4 mel-band columns; every block present. Keyword arguments override its fields."""
         sizes = dict(
             num_frames=8,
             image_size=[64, 96],
@@ -118,7 +143,9 @@ class DTFSalConfig(PretrainedConfig):
             backbone_heads=[1, 1, 2, 2],
             backbone_kv_stride=[1, 4, 4],
             backbone_stochastic_depth=0.0,
-            audio_input_size=[32, 48],
+            num_audio_examples=1,
+            audio_input_size=[64, 64],
+            frame_rate=25.0,
             audio_trunk_channels=[[8], [16], [32], [64]],
             audio_num_heads=2,
             audio_head_dim=16,

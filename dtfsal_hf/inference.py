@@ -288,13 +288,15 @@ class SaliencyPredictor:
         }
 
     @torch.no_grad()
-    def predict_clips(self, clips: Sequence, audio: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+    def predict_clips(self, clips: Sequence, audio: Sequence[np.ndarray] | None = None, frame_times: Sequence | None = None) -> torch.Tensor:
         """Maps of a batch of clips at the model's resolution.
 
         Args:
             clips: each `(num_frames, height, width, 3)` uint8 RGB.
             audio: each clip's 16 kHz mono waveform ending with its last frame; None gives silence to an
                 audio-visual model (with a warning).
+            frame_times: each clip's frames' `(start, end)` times in seconds, `(num_frames, 2)`, on the clock where
+                its audio ends at the end of its last frame; None assumes the model's nominal frame rate.
 
         Returns:
             `(batch, model height, model width)` float32 in [0, 1], on the CPU.
@@ -302,20 +304,30 @@ class SaliencyPredictor:
         kwargs = {}
         if self.uses_audio:
             kwargs = dict(audio=list(audio), sampling_rate=16000) if audio is not None else dict(silent_audio=True)
+            if frame_times is not None:
+                kwargs["frame_times"] = list(frame_times)
         inputs = self.processor(videos=list(clips), return_tensors="pt", **kwargs)
         features = inputs.get("input_features") if self.uses_audio else None
+        times = {"frame_times": inputs["frame_times"].to(self.device)} if "frame_times" in inputs else {}
         output = self.model(
             pixel_values_videos=inputs["pixel_values_videos"].to(self.device, self.dtype),
             input_features=None if features is None else features.to(self.device, self.dtype),
+            **times,
         )
         return output.saliency_map.float().cpu()
 
+    def predict_windows(self, windows: Sequence, track: AudioTrack | None) -> torch.Tensor:
+        """Maps of a batch of `clips.ClipWindow`s at the model's resolution: each with the sound ending at the end
+        of its last frame (None: silence) and its frames' decoded times (variable frame rate kept)."""
+        num_samples = self.processor.feature_extractor.num_samples
+        audio = [audio_window(track, window.end_time, num_samples) for window in windows] if track is not None else None
+        times = [[(frame.time, frame.end_time) for frame in window.frames] for window in windows]
+        return self.predict_clips([window.images for window in windows], audio, frame_times=times)
+
     def _predicted_windows(self, windows: Iterable, track: AudioTrack | None, size: tuple[int, int], blur_sigma: float):
         """(window, map at the video's resolution) for each clip window, predicted `batch_size` at a time."""
-        num_samples = self.processor.feature_extractor.num_samples
         for batch in iter_batches(windows, self.batch_size):
-            audio = [audio_window(track, window.end_time, num_samples) for window in batch] if track is not None else None
-            maps = self.predict_clips([window.images for window in batch], audio)
+            maps = self.predict_windows(batch, track)
             maps = self.processor.post_process_saliency(maps, target_sizes=size, blur_sigma=blur_sigma or None)
             yield from zip(batch, (self._normalized(m).numpy() for m in maps))
 

@@ -1,8 +1,12 @@
-"""DTFSal's fusion layers: LTEB, DLTFB and AMFB.
+"""DTFSal's fusion layers: LTEB, DLTFB and AMFB, and the time alignment of audio to video.
 
 Each layer takes plain arguments (channels, token counts, kernel sizes), works on features of shape
 `(batch, channels, time, height, width)` with any T >= 1, H and W, and imports nothing from
 transformers, so it can be dropped into another architecture.
+
+Times are in seconds relative to the end of the clip's audio window (so they are mostly negative): an
+audio token's time span comes from the log-mel layout (`audio_token_times`), a visual time step's span
+from its frames' times.
 """
 
 from __future__ import annotations
@@ -12,7 +16,21 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d
 
-__all__ = ["LearnableTokens", "LTEB", "DLTFB", "AMFB", "ConvStream", "DeformableStream", "axial_shift"]
+__all__ = [
+    "AUDIO_ALIGNMENTS",
+    "AMFB",
+    "ConvStream",
+    "DLTFB",
+    "DeformableStream",
+    "LTEB",
+    "LearnableTokens",
+    "TimeAlignedAudio",
+    "audio_token_times",
+    "axial_shift",
+    "time_pooling_weights",
+]
+
+AUDIO_ALIGNMENTS = ("time", "stretch")
 
 
 def _check_5d(x: torch.Tensor, channels: int, name: str) -> None:
@@ -138,41 +156,154 @@ class DLTFB(nn.Module):
         return features * self.token_path(features) + shifted
 
 
-class ConvStream(nn.Module):
-    """Reduce channels, a per-frame k x k convolution with BatchNorm and ReLU, expand back."""
+def audio_token_times(
+    num_examples: int,
+    rows: int,
+    example_frames: int = 64,
+    example_hop: int = 11,
+    hop_s: float = 0.010,
+    frame_s: float = 0.025,
+) -> torch.Tensor:
+    """Time span of every audio token, `(num_examples * rows, 2)` (start, end) in seconds relative to the end
+    of the audio window; tokens in the audio encoder's order (example-major, then row).
 
-    def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int):
+    The window holds `example_frames + (num_examples - 1) * example_hop` log-mel frames of `frame_s` every
+    `hop_s` (VGGish: 64 frames of 25 ms every 10 ms, examples 11 frames apart); example k starts at frame
+    k * example_hop, and its time axis is cut into `rows` equal token rows (the trunk's output height). Each
+    log-mel frame stands for the `hop_s` around its centre, so one example's rows tile it without gaps.
+    """
+    if num_examples < 1 or rows < 1:
+        raise ValueError(f"audio_token_times needs num_examples >= 1 and rows >= 1, got {num_examples} and {rows}")
+    total_frames = example_frames + (num_examples - 1) * example_hop
+    window_s = (total_frames - 1) * hop_s + frame_s
+    frames_per_row = example_frames / rows
+    example = torch.arange(num_examples, dtype=torch.float64)[:, None] * example_hop
+    first = (example + torch.arange(rows, dtype=torch.float64)[None, :] * frames_per_row).flatten()
+    # Frame f is centred at f * hop + frame / 2 and stands for [centre - hop / 2, centre + hop / 2).
+    offset = frame_s / 2 - hop_s / 2 - window_s
+    start = first * hop_s + offset
+    return torch.stack([start, start + frames_per_row * hop_s], dim=1).float()
+
+
+def _check_times(times: torch.Tensor, name: str, shape: tuple) -> None:
+    """`shape` with None for any size; the last axis is (start, end)."""
+    if not torch.is_tensor(times) or times.ndim != len(shape) or any(
+        want is not None and have != want for have, want in zip(times.shape, shape)
+    ):
+        expected = ", ".join("?" if s is None else str(s) for s in shape)
+        got = tuple(times.shape) if torch.is_tensor(times) else type(times).__name__
+        raise ValueError(f"{name} must have shape ({expected}) of (start, end) seconds, got {got}")
+
+
+def time_pooling_weights(token_times: torch.Tensor, step_times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much each audio token counts for each visual time step: its present and its context.
+
+    Args:
+        token_times: `(tokens, 2)` or `(batch, tokens, 2)` token spans.
+        step_times: `(batch, steps, 2)` spans of the visual time steps, on the same clock.
+
+    Returns:
+        `present` and `context`, each `(batch, steps, tokens)` with rows summing to 1 (or 0). `present`
+        weights each token by the overlap of its span with the step's; a step that overlaps no token (its
+        frames lie outside the audio window) takes the token nearest in time. `context` weights each token
+        by how much of its span lies before the step starts (all zeros when nothing does).
+    """
+    if token_times.ndim == 2:
+        token_times = token_times.unsqueeze(0)
+    token_start, token_end = token_times[..., None, :, 0], token_times[..., None, :, 1]  # (B|1, 1, N)
+    step_start, step_end = step_times[..., :, None, 0], step_times[..., :, None, 1]  # (B, T, 1)
+    overlap = (torch.minimum(token_end, step_end) - torch.maximum(token_start, step_start)).clamp(min=0)
+    distance = ((token_start + token_end) - (step_start + step_end)).abs()
+    nearest = (distance == distance.amin(dim=-1, keepdim=True)).to(overlap.dtype)
+    present = torch.where(overlap.sum(dim=-1, keepdim=True) > 0, overlap, nearest)
+    earlier = (torch.minimum(token_end, step_start) - token_start).clamp(min=0)
+    return _normalise_rows(present), _normalise_rows(earlier)
+
+
+def _normalise_rows(weights: torch.Tensor) -> torch.Tensor:
+    total = weights.sum(dim=-1, keepdim=True)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
+
+
+class TimeAlignedAudio(nn.Module):
+    """The sound of each visual time step: audio tokens projected with their mel bands kept apart, then pooled
+    over the step's own time span (present) and over what came before it (context).
+
+    Args:
+        audio_dim: C_a, channels of the audio features.
+        audio_bands: w, mel-frequency columns of the audio features; the projection sees all of them, so
+            which band a channel fires in (the pitch) survives.
+        proj_dim: D, width of the projected tokens; the output has 2 D channels (present, context).
+
+    Shapes: audio `(batch, audio_dim, examples, rows, audio_bands)`, token times `(examples * rows, 2)` (or
+    batched), step times `(batch, steps, 2)` -> `(batch, steps, 2 * proj_dim)`.
+    """
+
+    def __init__(self, audio_dim: int, audio_bands: int, proj_dim: int):
+        super().__init__()
+        self.audio_dim = audio_dim
+        self.audio_bands = audio_bands
+        self.band_proj = nn.Linear(audio_dim * audio_bands, proj_dim)
+
+    def forward(self, audio: torch.Tensor, token_times: torch.Tensor, step_times: torch.Tensor) -> torch.Tensor:
+        batch, channels, examples, rows, bands = audio.shape
+        if channels != self.audio_dim or bands != self.audio_bands:
+            raise ValueError(
+                f"TimeAlignedAudio expects audio of shape (batch, {self.audio_dim}, examples, rows, {self.audio_bands}), "
+                f"got {tuple(audio.shape)}"
+            )
+        _check_times(token_times, "audio token times", (examples * rows, 2) if token_times.ndim == 2 else (batch, examples * rows, 2))
+        _check_times(step_times, "visual step times", (batch, None, 2))
+        # (B, C, A, h, w) -> (B, A*h, C*w): one token per example row, its bands side by side
+        tokens = self.band_proj(audio.permute(0, 2, 3, 1, 4).reshape(batch, examples * rows, channels * bands))
+        present, context = time_pooling_weights(token_times.to(tokens.dtype), step_times.to(tokens.dtype))
+        return torch.cat([present @ tokens, context @ tokens], dim=-1)
+
+
+class ConvStream(nn.Module):
+    """Reduce channels, a per-frame k x k convolution with BatchNorm and ReLU, expand back.
+
+    With `step_dim`, a per-time-step vector (the time-aligned sound) joins the point-wise reduction: it is
+    reduced once per time step and broadcast over H x W, which equals reducing its copy at every pixel.
+    """
+
+    def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int, step_dim: int = 0):
         super().__init__()
         self.reduce = nn.Conv3d(in_channels, stream_dim, 1)
+        self.step_reduce = nn.Linear(step_dim, stream_dim, bias=False) if step_dim else None
         self.conv = _spatial_conv(stream_dim, stream_dim, kernel_size, bias=False)
         self.norm = nn.BatchNorm3d(stream_dim)
         self.act = nn.ReLU(inplace=True)
         self.expand = nn.Conv3d(stream_dim, out_channels, 1)
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        return self.expand(self.act(self.norm(self.conv(self.reduce(fused)))))
+    def reduced(self, features: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        """`features` (B, C, T, H, W) and `steps` (B, T, step_dim) -> (B, stream_dim, T, H, W)."""
+        reduced = self.reduce(features)
+        if self.step_reduce is not None:
+            # (B, T, S) -> (B, S, T, 1, 1), broadcast over H and W
+            reduced = reduced + self.step_reduce(steps).transpose(1, 2)[..., None, None]
+        return reduced
+
+    def forward(self, features: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        return self.expand(self.act(self.norm(self.conv(self.reduced(features, steps)))))
 
 
-class DeformableStream(nn.Module):
+class DeformableStream(ConvStream):
     """Reduce channels, a per-frame 3 x 3 deformable convolution whose offsets are predicted from the
     audio-visual features (so the sound steers where the kernel samples), BatchNorm, ReLU, expand back."""
 
-    def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int = 3):
-        super().__init__()
+    def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int = 3, step_dim: int = 0):
+        super().__init__(in_channels, stream_dim, out_channels, kernel_size, step_dim)
         padding = kernel_size // 2
-        self.reduce = nn.Conv3d(in_channels, stream_dim, 1)
         self.offsets = nn.Conv2d(stream_dim, 2 * kernel_size * kernel_size, kernel_size, padding=padding)
         self.conv = DeformConv2d(stream_dim, stream_dim, kernel_size, padding=padding, bias=False)
-        self.norm = nn.BatchNorm3d(stream_dim)
-        self.act = nn.ReLU(inplace=True)
-        self.expand = nn.Conv3d(stream_dim, out_channels, 1)
         # Zero offsets at start: the stream begins as a plain 3 x 3 convolution.
         self.offsets.zero_init = True
         nn.init.zeros_(self.offsets.weight)
         nn.init.zeros_(self.offsets.bias)
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        reduced = self.reduce(fused)
+    def forward(self, features: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
+        reduced = self.reduced(features, steps)
         batch, channels, time, height, width = reduced.shape
         # Deformable convolution runs per frame: (B, C, T, H, W) -> (B*T, C, H, W)
         frames = reduced.transpose(1, 2).reshape(batch * time, channels, height, width)
@@ -184,38 +315,79 @@ class DeformableStream(nn.Module):
 
 class AMFB(nn.Module):
     """Adaptive Multimodal Fusion Block: local (3 x 3), global (5 x 5) and adaptive (deformable)
-    streams over the concatenated audio-visual features, mixed by per-sample tri-stream scores
+    streams over the audio-visual features, mixed by per-sample tri-stream scores
     W = sigmoid(Linear(GAP([F_local, F_global, F_adaptive]))).
+
+    How the audio reaches each visual time step (`alignment`):
+    - `"time"` (default): each step hears its own time span (present) and what came before it (context),
+      from the tokens' and the steps' times (`TimeAlignedAudio`); that vector joins every stream's point-wise
+      reduction once per time step, broadcast over H x W.
+    - `"stretch"`: the audio is projected to `audio_proj_dim` channels at its own resolution and resized
+      trilinearly to (T, H, W), so the audio window is stretched over the clip and the token grid over the
+      image; then concatenated with the visual features.
 
     Args:
         visual_dim: C, channels of the visual features (kept).
         audio_dim: channels of the audio features.
-        audio_proj_dim: the audio is projected to this width at its own resolution, then resampled.
+        audio_proj_dim: width the audio tokens are projected to.
         stream_dim: the reduced width inside each stream.
+        alignment: `"time"` or `"stretch"`.
+        audio_bands: mel-frequency columns of the audio features (`"time"` only).
 
-    Shapes: visual `(batch, visual_dim, T, H, W)`, audio `(batch, audio_dim, Ta, Ha, Wa)` (any Ta, Ha,
-    Wa; trilinearly resampled to T, H, W) -> `(batch, visual_dim, T, H, W)`.
+    Shapes: visual `(batch, visual_dim, T, H, W)`; audio `(batch, audio_dim, examples, rows, audio_bands)`
+    (`"stretch"`: any last three sizes); `audio_times` `(examples * rows, 2)` and `visual_times`
+    `(batch, T, 2)` seconds (`"time"` only) -> `(batch, visual_dim, T, H, W)`.
     """
 
-    def __init__(self, visual_dim: int, audio_dim: int, audio_proj_dim: int = 128, stream_dim: int = 96):
+    def __init__(
+        self,
+        visual_dim: int,
+        audio_dim: int,
+        audio_proj_dim: int = 128,
+        stream_dim: int = 96,
+        alignment: str = "time",
+        audio_bands: int = 1,
+    ):
         super().__init__()
+        if alignment not in AUDIO_ALIGNMENTS:
+            raise ValueError(f"AMFB alignment must be one of {AUDIO_ALIGNMENTS}, got {alignment!r}")
         self.visual_dim = visual_dim
         self.audio_dim = audio_dim
-        fused_dim = visual_dim + audio_proj_dim
-        self.audio_proj = nn.Conv3d(audio_dim, audio_proj_dim, 1)
-        self.local_stream = ConvStream(fused_dim, stream_dim, visual_dim, kernel_size=3)
-        self.global_stream = ConvStream(fused_dim, stream_dim, visual_dim, kernel_size=5)
-        self.adaptive_stream = DeformableStream(fused_dim, stream_dim, visual_dim)
+        self.alignment = alignment
+        if alignment == "time":
+            self.audio_steps = TimeAlignedAudio(audio_dim, audio_bands, audio_proj_dim)
+            in_dim, step_dim = visual_dim, 2 * audio_proj_dim
+        else:
+            self.audio_proj = nn.Conv3d(audio_dim, audio_proj_dim, 1)
+            in_dim, step_dim = visual_dim + audio_proj_dim, 0
+        self.local_stream = ConvStream(in_dim, stream_dim, visual_dim, kernel_size=3, step_dim=step_dim)
+        self.global_stream = ConvStream(in_dim, stream_dim, visual_dim, kernel_size=5, step_dim=step_dim)
+        self.adaptive_stream = DeformableStream(in_dim, stream_dim, visual_dim, step_dim=step_dim)
         self.stream_scores = nn.Linear(3 * visual_dim, 3)
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, visual, audio, audio_times, visual_times) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the streams take: the features to reduce per pixel, and the per-step audio (or None)."""
+        if self.alignment == "stretch":
+            audio = F.interpolate(self.audio_proj(audio), size=visual.shape[2:], mode="trilinear", align_corners=False)
+            return torch.cat([visual, audio], dim=1), None
+        if audio_times is None or visual_times is None:
+            raise ValueError("AMFB with alignment='time' needs audio_times and visual_times (seconds, see audio_token_times)")
+        _check_times(visual_times, "visual_times", (visual.shape[0], visual.shape[2], 2))
+        return visual, self.audio_steps(audio, audio_times, visual_times)
+
+    def forward(
+        self,
+        visual: torch.Tensor,
+        audio: torch.Tensor,
+        audio_times: torch.Tensor | None = None,
+        visual_times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         _check_5d(visual, self.visual_dim, "AMFB (visual)")
         _check_5d(audio, self.audio_dim, "AMFB (audio)")
         if audio.shape[0] != visual.shape[0]:
             raise ValueError(f"AMFB needs audio and visual batches of one size, got {audio.shape[0]} and {visual.shape[0]}")
-        audio = F.interpolate(self.audio_proj(audio), size=visual.shape[2:], mode="trilinear", align_corners=False)
-        fused = torch.cat([visual, audio], dim=1)
-        streams = [self.local_stream(fused), self.global_stream(fused), self.adaptive_stream(fused)]
+        features, steps = self._inputs(visual, audio, audio_times, visual_times)
+        streams = [stream(features, steps) for stream in (self.local_stream, self.global_stream, self.adaptive_stream)]
         # Global average pooling over (T, H, W) of the concatenated streams: (B, 3C)
         pooled = torch.cat(streams, dim=1).mean(dim=(2, 3, 4))
         scores = torch.sigmoid(self.stream_scores(pooled))  # (B, 3)

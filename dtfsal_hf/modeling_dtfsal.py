@@ -13,7 +13,13 @@ from transformers.utils import ModelOutput
 from torchvision.models.video.mvit import MultiscaleAttention, PositionalEncoding
 from torchvision.ops import DeformConv2d
 
-from .configuration_dtfsal import DTFSalConfig
+from .configuration_dtfsal import (
+    LOG_MEL_FRAME_S,
+    LOG_MEL_HOP_S,
+    VGGISH_EXAMPLE_FRAMES,
+    VGGISH_EXAMPLE_HOP,
+    DTFSalConfig,
+)
 from .encoders import (
     AudioTemporalEnhancement,
     MViTStageEncoder,
@@ -21,7 +27,7 @@ from .encoders import (
     load_audioset_vggish_weights,
     load_kinetics_mvit_weights,
 )
-from .layers import AMFB, DLTFB, LTEB, LearnableTokens
+from .layers import AMFB, DLTFB, LTEB, LearnableTokens, audio_token_times
 
 # Sum-normalisation and log guard of the MIT saliency benchmark (MATLAB's eps).
 _EPS = 2.2204e-16
@@ -224,9 +230,12 @@ class DTFSalModel(DTFSalPreTrainedModel):
         if c.use_audio:
             self.audio_encoder = DTFSalAudioEncoder(c)
             self.fusion_blocks = nn.ModuleList(
-                AMFB(c.feature_dim, c.audio_dim, c.amfb_audio_dim, c.amfb_stream_dim) for _ in range(4)
+                AMFB(c.feature_dim, c.audio_dim, c.amfb_audio_dim, c.amfb_stream_dim, alignment=c.audio_alignment,
+                     audio_bands=c.audio_grid[1])
+                for _ in range(4)
             )
         fused_frames = c.num_frames // 4  # patch embedding and feature enhancement each halve time
+        self.fused_frames = fused_frames
         self.decoder_heads = nn.ModuleList(
             DTFSalDecoderHead(c.feature_dim, c.decoder_dims, fused_frames, c.image_size) for _ in range(4)
         )
@@ -241,7 +250,7 @@ class DTFSalModel(DTFSalPreTrainedModel):
         if self.config.use_audio:
             load_audioset_vggish_weights(self.audio_encoder.trunk, *(x for x in [vggish_source] if x is not None))
 
-    def _check_inputs(self, pixel_values_videos: torch.Tensor, input_features: torch.Tensor | None, labels) -> None:
+    def _check_inputs(self, pixel_values_videos: torch.Tensor, input_features: torch.Tensor | None, labels, frame_times=None) -> None:
         c = self.config
         expected = (c.num_frames, 3, *c.image_size)
         if not torch.is_tensor(pixel_values_videos) or not pixel_values_videos.is_floating_point():
@@ -266,6 +275,8 @@ class DTFSalModel(DTFSalPreTrainedModel):
                     f"`input_features` must have shape {expected_audio} = (batch, examples, 1, height, width), "
                     f"got {tuple(input_features.shape)}"
                 )
+        if frame_times is not None:
+            _check_frame_times(frame_times, (batch, c.num_frames, 2))
         if labels is not None:
             expected_labels = (batch, *c.image_size)
             if not torch.is_tensor(labels) or tuple(labels.shape) != expected_labels:
@@ -279,6 +290,7 @@ class DTFSalModel(DTFSalPreTrainedModel):
         input_features: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        frame_times: torch.Tensor | None = None,
         **kwargs,
     ) -> DTFSalOutput | tuple:
         r"""
@@ -288,19 +300,25 @@ class DTFSalModel(DTFSalPreTrainedModel):
             input_features (`torch.FloatTensor` of shape `(batch, examples, 1, mel_height, mel_width)`): VGGish
                 log-mel examples of the clip's audio. Required by the audio-visual model, ignored by DTFSal(V).
             labels (`torch.FloatTensor` of shape `(batch, height, width)`, *optional*): ground-truth saliency maps.
+            frame_times (`torch.FloatTensor` of shape `(batch, frames, 2)`, *optional*): each frame's start and end
+                time in seconds, relative to the end of the clip's audio window (the processor computes them).
+                Without them the frames are taken as `config.frame_rate` frames per second, the last one ending
+                where the audio does. Used by the audio-visual model's time-aligned fusion only.
         """
         if kwargs:
             raise ValueError(
-                f"DTFSalModel.forward takes pixel_values_videos, input_features and labels; got also {sorted(kwargs)}"
+                "DTFSalModel.forward takes pixel_values_videos, input_features, frame_times and labels; "
+                f"got also {sorted(kwargs)}"
             )
-        self._check_inputs(pixel_values_videos, input_features, labels)
+        self._check_inputs(pixel_values_videos, input_features, labels, frame_times)
         # (B, T, 3, H, W) -> (B, 3, T, H, W)
         stages = self.visual_encoder(pixel_values_videos.transpose(1, 2))
         levels = self.feature_enhancement(stages)
         levels = [block(level) for block, level in zip(self.token_blocks, levels)]
         if self.config.use_audio:
             audio = self.audio_encoder(input_features.to(pixel_values_videos.dtype))
-            levels = [fusion(level, audio) for fusion, level in zip(self.fusion_blocks, levels)]
+            token_times, step_times = self._audio_visual_times(frame_times, pixel_values_videos)
+            levels = [fusion(level, audio, token_times, step_times) for fusion, level in zip(self.fusion_blocks, levels)]
         level_maps = torch.cat([head(level) for head, level in zip(self.decoder_heads, levels)], dim=1)  # (B, 4, 1, H, W)
         saliency_map = torch.sigmoid(self.fuse_maps(level_maps))[:, 0, 0]  # (B, H, W)
         level_maps = level_maps[:, :, 0]
@@ -308,6 +326,43 @@ class DTFSalModel(DTFSalPreTrainedModel):
         if return_dict is False:
             return tuple(v for v in (loss, saliency_map, level_maps) if v is not None)
         return DTFSalOutput(loss=loss, saliency_map=saliency_map, level_maps=level_maps)
+
+
+    def _audio_visual_times(self, frame_times: torch.Tensor | None, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time spans of the audio tokens `(A * rows, 2)` and of the fused visual time steps `(B, T', 2)`, in
+        seconds relative to the end of the audio window."""
+        c = self.config
+        token_times = audio_token_times(
+            c.num_audio_examples, c.audio_grid[0], VGGISH_EXAMPLE_FRAMES, VGGISH_EXAMPLE_HOP, LOG_MEL_HOP_S, LOG_MEL_FRAME_S
+        ).to(videos.device)
+        if frame_times is None:
+            frame_times = nominal_frame_times(c.num_frames, c.frame_rate, device=videos.device).expand(videos.shape[0], -1, -1)
+        return token_times, frame_step_times(frame_times.float(), self.fused_frames)
+
+
+def nominal_frame_times(num_frames: int, frame_rate: float, device=None) -> torch.Tensor:
+    """`(1, num_frames, 2)` start and end times of evenly spaced frames whose last one ends at 0."""
+    starts = (torch.arange(num_frames, dtype=torch.float32, device=device) - num_frames) / frame_rate
+    return torch.stack([starts, starts + 1.0 / frame_rate], dim=-1)[None]
+
+
+def frame_step_times(frame_times: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Frames' spans `(B, F, 2)` -> spans of `num_steps` time steps of F / num_steps consecutive frames each
+    (the patch embedding and the feature enhancement each fold two time steps into one), `(B, num_steps, 2)`:
+    from the earliest start to the latest end of the step's frames."""
+    # (B, F, 2) -> (B, steps, F / steps, 2)
+    grouped = frame_times.unflatten(1, (num_steps, -1))
+    return torch.stack([grouped[..., 0].amin(dim=2), grouped[..., 1].amax(dim=2)], dim=-1)
+
+
+def _check_frame_times(frame_times, expected: tuple[int, int, int]) -> None:
+    if not torch.is_tensor(frame_times) or not frame_times.is_floating_point() or tuple(frame_times.shape) != expected:
+        raise ValueError(
+            f"`frame_times` must be a floating-point tensor of shape {expected} = (batch, frames, (start, end)) in "
+            f"seconds, got {_describe(frame_times)}"
+        )
+    if not bool(torch.isfinite(frame_times).all()) or bool((frame_times[..., 1] < frame_times[..., 0]).any()):
+        raise ValueError("`frame_times` must be finite, each frame ending no earlier than it starts")
 
 
 def _raise_on_loading_problems(info: dict, source) -> None:
@@ -326,4 +381,13 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-__all__ = ["DTFSalOutput", "DTFSalPreTrainedModel", "DTFSalModel", "saliency_loss", "kl_divergence", "correlation_coefficient"]
+__all__ = [
+    "DTFSalOutput",
+    "DTFSalPreTrainedModel",
+    "DTFSalModel",
+    "correlation_coefficient",
+    "frame_step_times",
+    "kl_divergence",
+    "nominal_frame_times",
+    "saliency_loss",
+]

@@ -79,10 +79,11 @@ def test_torch_dataset_raw_samples(tmp_path):
     assert sample["video_key"] == "SumMe/fold1/v1" and sample["target_frame"] == 5
 
 
-def fake_processor(videos, audio=None, sampling_rate=None, return_tensors=None):
+def fake_processor(videos, audio=None, sampling_rate=None, frame_times=None, audio_end_times=None, return_tensors=None):
     frames = torch.from_numpy(np.asarray(videos)).permute(0, 3, 1, 2).float() / 255
     # (T, 3, H, W) -> (1, T, 3, 12, 16)
     result = {"pixel_values_videos": torch.nn.functional.interpolate(frames, size=(12, 16))[None]}
+    result["frame_times"] = torch.from_numpy(np.asarray(frame_times) - audio_end_times[0])[None]
     if audio is not None:
         assert sampling_rate == 16000 and audio.shape == (24560,)
         result["input_features"] = torch.zeros(1, 9, 1, 8, 8)
@@ -96,6 +97,11 @@ def test_torch_dataset_with_processor_collates(tmp_path):
     assert with_audio["pixel_values_videos"].shape == (3, 3, 12, 16)
     assert with_audio["input_features"].shape == (9, 1, 8, 8)
     assert with_audio["labels"].shape == (12, 16) and with_audio["fixation_labels"].sum() == 1
+    # Target 2's clip is frames 0, 1, 2 at the video's frame rate; its audio ends at the end of frame 2.
+    fps = records[0].fps
+    np.testing.assert_allclose(with_audio["frame_times"].numpy(), (np.array([[0, 1], [1, 2], [2, 3]]) - 3) / fps)
+    # At the start the first frame repeats, with its own time.
+    np.testing.assert_allclose(dataset[0]["frame_times"].numpy(), (np.array([[0, 1], [0, 1], [0, 1]]) - 1) / fps)
     assert "input_features" not in dataset[8]  # video 0002 has extracted frames only
     batch = next(iter(torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [0, 1]), batch_size=2)))
     assert batch["pixel_values_videos"].shape == (2, 3, 3, 12, 16) and batch["labels"].shape == (2, 12, 16)

@@ -141,7 +141,7 @@ def test_loaders_refuse_wrong_checkpoints(torchvision_checkpoint, tmp_path):
 def test_encoder_gradient_checkpointing_matches():
     torch.manual_seed(0)
     model = DTFSalModel(DTFSalConfig.tiny()).train()
-    inputs = dict(pixel_values_videos=torch.randn(1, 8, 3, 64, 96), input_features=torch.randn(1, 9, 1, 32, 48))
+    inputs = dict(pixel_values_videos=torch.randn(1, 8, 3, 64, 96), input_features=torch.randn(1, 1, 1, 64, 64))
     labels = torch.rand(1, 64, 96)
     torch.manual_seed(1)
     model(**inputs, labels=labels).loss.backward()

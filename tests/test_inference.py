@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel, DTFSalProcessor, inference, media
+from dtfsal_hf.clips import iter_clips
 from dtfsal_hf.inference import SaliencyPredictor, predict_to_folder, saliency_statistics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -126,13 +127,49 @@ def test_maps_follow_the_model_on_each_clip(predictor, video, prediction):
     """Frame 5's map is the model's output on the causal clip of frames 0..5 (first frame repeated)."""
     frames = [frame.image for frame in media.iter_frames(video)]
     num_frames = predictor.model.config.num_frames
-    clip = np.stack([frames[max(index, 0)] for index in range(5 - num_frames + 1, 6)])
+    indices = [max(index, 0) for index in range(5 - num_frames + 1, 6)]
+    clip = np.stack([frames[index] for index in indices])
+    # Each frame at its own time, the repeated first frame included; the audio ends with frame 5.
+    times = [(index / FPS, (index + 1) / FPS) for index in indices]
     track = media.load_audio(video)
     window = media.audio_window(track, 6 / FPS, predictor.processor.feature_extractor.num_samples)
-    expected = predictor.processor.post_process_saliency(predictor.predict_clips([clip], [window]), target_sizes=SIZE)[0]
+    expected = predictor.processor.post_process_saliency(predictor.predict_clips([clip], [window], [times]), target_sizes=SIZE)[0]
     np.testing.assert_allclose(prediction.maps[5], expected.numpy() / expected.numpy().max(), atol=1e-5)
     raw = SaliencyPredictor(predictor.model, predictor.processor, normalize=None)
     np.testing.assert_allclose(raw.predict_video(video, max_frames=6, progress=False).maps[5], expected.numpy(), atol=1e-5)
+
+
+def test_the_model_gets_each_frames_decoded_time(predictor, tmp_path, monkeypatch):
+    """Variable frame rate, stride and centre alignment: the frame times the model sees are the decoded ones,
+    relative to the end of the clip's audio window (the end of its last frame)."""
+    path = tmp_path / "vfr.mkv"
+    pts = [0, 1, 2, 4, 5, 9, 10, 11, 12, 14]  # in 1/25 s: gaps of 2 and 4 frame periods
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 25)
+        for value in pts:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * value, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = value, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    decoded = list(media.iter_frames(path))
+    seen = []
+    forward = predictor.model.forward
+    monkeypatch.setattr(predictor.model, "forward", lambda **kw: seen.append(kw["frame_times"]) or forward(**kw))
+    for alignment, stride in (("last", 1), ("center", 3)):
+        seen.clear()
+        runner = SaliencyPredictor(predictor.model, predictor.processor, alignment=alignment, stride=stride, batch_size=2)
+        windows = list(iter_clips(media.iter_frames(path), 8, "causal" if alignment == "last" else "centre", stride))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no sound: silent features
+            runner.predict_video(path, progress=False)
+        times = torch.cat(seen)
+        assert times.shape == (len(windows), 8, 2)
+        for window, got in zip(windows, times):
+            expected = [(f.time - window.end_time, f.end_time - window.end_time) for f in window.frames]
+            np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    assert decoded[5].time == pytest.approx(9 / 25) and decoded[4].end_time == pytest.approx(9 / 25)
 
 
 def test_stride_predicts_targets_and_interpolates_between(predictor, video, prediction):

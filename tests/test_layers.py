@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtfsal_hf.layers import AMFB, DLTFB, LTEB, axial_shift
+from dtfsal_hf.layers import AMFB, DLTFB, LTEB, ConvStream, TimeAlignedAudio, audio_token_times, axial_shift, time_pooling_weights
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 1, 5, 7), (1, 12, 3, 16, 9), (3, 4, 2, 1, 1)])
@@ -70,20 +70,97 @@ def test_dltfb_with_silent_branches_is_identity():
     assert torch.equal(block(x), x)
 
 
+def times_for(batch: int, steps: int, examples: int, rows: int, step_s: float = 0.16):
+    """Token times of the VGGish layout and `steps` visual steps of `step_s` ending where the audio ends."""
+    step_starts = (torch.arange(steps) - steps) * step_s
+    visual_times = torch.stack([step_starts, step_starts + step_s], dim=-1).expand(batch, -1, -1)
+    return audio_token_times(examples, rows), visual_times
+
+
 @pytest.mark.parametrize("visual_shape,audio_shape", [((2, 8, 4, 6, 10), (2, 16, 9, 2, 3)), ((1, 8, 1, 3, 3), (1, 16, 1, 1, 1))])
-def test_amfb_shapes_and_gradients(visual_shape, audio_shape):
-    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6).train()
+@pytest.mark.parametrize("alignment", ["time", "stretch"])
+def test_amfb_shapes_and_gradients(visual_shape, audio_shape, alignment):
+    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6, alignment=alignment, audio_bands=audio_shape[-1]).train()
     visual = torch.randn(visual_shape, requires_grad=True)
     audio = torch.randn(audio_shape, requires_grad=True)
-    out = block(visual, audio)
+    out = block(visual, audio, *times_for(visual_shape[0], visual_shape[2], audio_shape[2], audio_shape[3]))
     assert out.shape == visual.shape
     out.square().mean().backward()
     assert visual.grad.abs().sum() > 0 and audio.grad.abs().sum() > 0
     assert all(p.grad is not None for p in block.parameters())
 
 
-def test_amfb_is_score_weighted_sum_of_streams():
-    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6).eval()
+def test_audio_token_times_follow_the_vggish_layout():
+    times = audio_token_times(9, 7)  # the paper's size: 9 examples, 7 rows of 64 / 7 log-mel frames
+    assert times.shape == (63, 2)
+    # 152 frames of 25 ms every 10 ms: 1.535 s; frame f stands for the 10 ms around its centre f * 10 + 12.5 ms.
+    torch.testing.assert_close(times[0, 0], torch.tensor(0.0075 - 1.535))
+    torch.testing.assert_close(times[-1, 1], torch.tensor(-0.0075))
+    # One example's rows tile its 0.64 s; consecutive examples start 0.11 s apart.
+    example = times[:7]
+    torch.testing.assert_close(example[1:, 0], example[:-1, 1])
+    torch.testing.assert_close(example[-1, 1] - example[0, 0], torch.tensor(0.64))
+    torch.testing.assert_close(times[7:14] - times[:7], torch.full((7, 2), 0.11))
+
+
+def test_time_pooling_takes_the_step_span_and_what_came_before():
+    tokens = torch.tensor([[-0.4, -0.3], [-0.3, -0.2], [-0.2, -0.1], [-0.1, 0.0]])
+    steps = torch.tensor([[[-0.2, 0.0], [-0.35, -0.3], [0.5, 0.6]]])
+    present, context = time_pooling_weights(tokens, steps)
+    torch.testing.assert_close(present[0, 0], torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    torch.testing.assert_close(present[0, 1], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    # A step after the audio window hears the token nearest in time.
+    torch.testing.assert_close(present[0, 2], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    torch.testing.assert_close(context[0, 0], torch.tensor([0.5, 0.5, 0.0, 0.0]))
+    torch.testing.assert_close(context[0, 1], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    # Nothing comes before the window's first token: no context.
+    _, first = time_pooling_weights(tokens, torch.tensor([[[-0.5, -0.35]]]))
+    assert torch.equal(first, torch.zeros(1, 1, 4))
+
+
+def test_amfb_time_step_hears_its_present_and_past_not_its_future():
+    torch.manual_seed(0)
+    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6, audio_bands=4).eval()
+    with torch.no_grad():
+        block.stream_scores.weight.zero_()  # scores from the global pooling would mix every step into each
+    # One 0.64 s example, 4 rows of 0.16 s; 2 visual steps spanning the last two rows.
+    audio_times = audio_token_times(1, 4)
+    visual_times = audio_times[None, 2:]
+    visual, audio = torch.randn(1, 8, 2, 5, 5), torch.randn(1, 16, 1, 4, 4)
+    changed_last = audio.clone()
+    changed_last[:, :, :, 3] = torch.randn(1, 16, 1, 4)  # the last 0.16 s: the second step's present only
+    changed_first = audio.clone()
+    changed_first[:, :, :, 0] = torch.randn(1, 16, 1, 4)  # the oldest 0.16 s: context of both steps
+    with torch.no_grad():
+        reference, last, first = (block(visual, a, audio_times, visual_times) for a in (audio, changed_last, changed_first))
+    assert torch.equal(last[:, :, 0], reference[:, :, 0])
+    assert (last[:, :, 1] - reference[:, :, 1]).abs().max() > 1e-3
+    assert (first[:, :, 0] - reference[:, :, 0]).abs().max() > 1e-3
+
+
+def test_time_aligned_projection_keeps_the_mel_bands_apart():
+    block = TimeAlignedAudio(audio_dim=2, audio_bands=3, proj_dim=1)
+    with torch.no_grad():
+        block.band_proj.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]))  # channel 0, band 0 only
+        block.band_proj.bias.zero_()
+    low, high = torch.zeros(1, 2, 1, 1, 3), torch.zeros(1, 2, 1, 1, 3)
+    low[0, 0, 0, 0, 0], high[0, 0, 0, 0, 2] = 1.0, 1.0  # the same energy in the lowest and in the highest band
+    token_times, step_times = torch.tensor([[-1.0, 0.0]]), torch.tensor([[[-1.0, 0.0]]])
+    assert block(low, token_times, step_times)[0, 0, 0] == 1.0 and block(high, token_times, step_times)[0, 0, 0] == 0.0
+
+
+def test_step_audio_in_the_reduction_equals_reducing_its_copy_at_every_pixel():
+    stream = ConvStream(8, 6, 8, kernel_size=3, step_dim=5)
+    visual, steps = torch.randn(2, 8, 3, 4, 4), torch.randn(2, 3, 5)
+    # (B, T, S) -> (B, S, T, H, W): the step vector copied to every pixel, concatenated to the visual channels
+    copied = steps.transpose(1, 2)[..., None, None].expand(-1, -1, -1, 4, 4)
+    weight = torch.cat([stream.reduce.weight, stream.step_reduce.weight[..., None, None, None]], dim=1)
+    expected = torch.nn.functional.conv3d(torch.cat([visual, copied], dim=1), weight, stream.reduce.bias)
+    torch.testing.assert_close(stream.reduced(visual, steps), expected)
+
+
+def test_amfb_stretch_is_score_weighted_sum_of_streams():
+    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6, alignment="stretch").eval()
     visual, audio = torch.randn(2, 8, 2, 5, 5), torch.randn(2, 16, 9, 2, 3)
     with torch.no_grad():
         projected = torch.nn.functional.interpolate(block.audio_proj(audio), size=(2, 5, 5), mode="trilinear")
@@ -94,13 +171,28 @@ def test_amfb_is_score_weighted_sum_of_streams():
         assert torch.allclose(block(visual, audio), expected, atol=1e-6)
 
 
-def test_amfb_audio_steers_the_output():
-    torch.manual_seed(0)
-    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6).eval()
-    visual = torch.randn(1, 8, 2, 5, 5)
+def test_amfb_time_is_score_weighted_sum_of_streams():
+    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6, audio_bands=3).eval()
+    visual, audio = torch.randn(2, 8, 2, 5, 5), torch.randn(2, 16, 9, 2, 3)
+    audio_times, visual_times = times_for(2, 2, 9, 2)
     with torch.no_grad():
-        a = block(visual, torch.randn(1, 16, 9, 2, 3))
-        b = block(visual, torch.randn(1, 16, 9, 2, 3))
+        steps = block.audio_steps(audio, audio_times, visual_times)  # (B, T, 2 D)
+        streams = [block.local_stream(visual, steps), block.global_stream(visual, steps), block.adaptive_stream(visual, steps)]
+        scores = torch.sigmoid(block.stream_scores(torch.cat(streams, 1).mean(dim=(2, 3, 4))))
+        expected = sum(scores[:, i].view(2, 1, 1, 1, 1) * s for i, s in enumerate(streams))
+        assert torch.allclose(block(visual, audio, audio_times, visual_times), expected, atol=1e-6)
+    assert steps.shape == (2, 2, 8)
+
+
+@pytest.mark.parametrize("alignment", ["time", "stretch"])
+def test_amfb_audio_steers_the_output(alignment):
+    torch.manual_seed(0)
+    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6, alignment=alignment, audio_bands=3).eval()
+    visual = torch.randn(1, 8, 2, 5, 5)
+    times = times_for(1, 2, 9, 2)
+    with torch.no_grad():
+        a = block(visual, torch.randn(1, 16, 9, 2, 3), *times)
+        b = block(visual, torch.randn(1, 16, 9, 2, 3), *times)
     assert (a - b).abs().max() > 1e-3
 
 
@@ -109,11 +201,20 @@ def test_layers_reject_wrong_shapes():
         LTEB(6)(torch.randn(2, 5, 3, 4))
     with pytest.raises(ValueError, match="DLTFB expects"):
         DLTFB(6)(torch.randn(1, 4, 2, 3, 3))
-    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6)
+    block = AMFB(8, 16, audio_proj_dim=4, stream_dim=6, audio_bands=3)
+    times = times_for(1, 2, 9, 2)
     with pytest.raises(ValueError, match="AMFB \\(audio\\) expects features of shape \\(batch, 16"):
-        block(torch.randn(1, 8, 2, 3, 3), torch.randn(1, 9, 16, 2, 3))
+        block(torch.randn(1, 8, 2, 3, 3), torch.randn(1, 9, 16, 2, 3), *times)
     with pytest.raises(ValueError, match="batches of one size"):
-        block(torch.randn(2, 8, 2, 3, 3), torch.randn(1, 16, 9, 2, 3))
+        block(torch.randn(2, 8, 2, 3, 3), torch.randn(1, 16, 9, 2, 3), *times)
+    with pytest.raises(ValueError, match="needs audio_times and visual_times"):
+        block(torch.randn(1, 8, 2, 3, 3), torch.randn(1, 16, 9, 2, 3))
+    with pytest.raises(ValueError, match=r"visual_times must have shape \(1, 2, 2\)"):
+        block(torch.randn(1, 8, 2, 3, 3), torch.randn(1, 16, 9, 2, 3), times[0], times[1][:, :1])
+    with pytest.raises(ValueError, match=r"expects audio of shape \(batch, 16, examples, rows, 3\)"):
+        block(torch.randn(1, 8, 2, 3, 3), torch.randn(1, 16, 9, 2, 4), *times)
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        AMFB(8, 16, alignment="trilinear")
 
 
 def test_layers_module_needs_no_transformers():

@@ -10,7 +10,13 @@ from transformers import AutoConfig, AutoModel
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.complexity import PAPER_TOTALS, count_conv_linear_macs, count_parameters, dummy_inputs
-from dtfsal_hf.modeling_dtfsal import correlation_coefficient, kl_divergence, saliency_loss
+from dtfsal_hf.modeling_dtfsal import (
+    correlation_coefficient,
+    frame_step_times,
+    kl_divergence,
+    nominal_frame_times,
+    saliency_loss,
+)
 
 from isolation import run_without_package
 
@@ -140,6 +146,60 @@ def test_full_size_counts_match_the_paper(name, use_audio):
     assert abs(gmacs - paper_gmacs) / paper_gmacs <= 0.10, gmacs
 
 
+def test_full_size_audio_compute_is_the_papers_split():
+    """The paper's two totals differ by 38.3 G MACs: the audio encoder (VGGish on 9 examples and the temporal
+    enhancement, 25.68 G) and four AMFBs."""
+    totals = {}
+    for use_audio in (True, False):
+        config = DTFSalConfig(use_audio=use_audio)
+        with torch.device("meta"):
+            model = DTFSalModel(config).eval()
+        totals[use_audio] = count_conv_linear_macs(model, dummy_inputs(config, device="meta"), per_module=True)
+    paper_split = PAPER_TOTALS["DTFSal"][1] - PAPER_TOTALS["DTFSal(V)"][1]
+    split = (sum(totals[True].values()) - sum(totals[False].values())) / 1e9
+    assert abs(split - paper_split) / paper_split <= 0.10, split
+    assert totals[True]["fusion_blocks"] / 1e9 < 15.0, totals[True]["fusion_blocks"]
+
+
+@pytest.mark.parametrize("config", [DTFSalConfig(), DTFSalConfig.tiny()], ids=["paper", "tiny"])
+def test_audio_window_covers_the_clip_and_as_much_context(config):
+    clip_s = config.num_frames / config.frame_rate
+    assert clip_s <= config.audio_window_s <= 2.5 * clip_s, (clip_s, config.audio_window_s)
+    # One token row per visual time step or finer: the present of a step is not blurred by its neighbours.
+    token_s = 0.64 / config.audio_grid[0]
+    assert token_s <= 4 / config.frame_rate
+
+
+def test_without_frame_times_the_frames_are_at_the_nominal_rate():
+    model = tiny_model()
+    inputs = dummy_inputs(model.config)
+    nominal = nominal_frame_times(8, model.config.frame_rate)
+    assert nominal[0, -1, 1] == 0.0 and torch.allclose(nominal[0, 1:, 0] - nominal[0, :-1, 0], torch.tensor(1 / 25))
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).saliency_map, model(**inputs, frame_times=nominal).saliency_map)
+        # The same pictures shown 0.16 s earlier hear other sound; the visual-only model ignores times.
+        earlier = model(**inputs, frame_times=nominal - 0.16).saliency_map
+    assert (earlier - model(**inputs).saliency_map).abs().max() > 1e-4
+    visual = tiny_model(use_audio=False)
+    with torch.no_grad():
+        pixels = {"pixel_values_videos": inputs["pixel_values_videos"]}
+        assert torch.equal(visual(**pixels).saliency_map, visual(**pixels, frame_times=nominal - 0.16).saliency_map)
+
+
+def test_stretch_alignment_is_the_trilinear_resampling_and_ignores_times():
+    model = tiny_model(audio_alignment="stretch")
+    assert not hasattr(model.fusion_blocks[0], "audio_steps") and model.fusion_blocks[0].audio_proj.in_channels == 64
+    inputs = dummy_inputs(model.config)
+    nominal = nominal_frame_times(8, model.config.frame_rate)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).saliency_map, model(**inputs, frame_times=nominal - 0.16).saliency_map)
+
+
+def test_frame_step_times_span_each_steps_frames():
+    frames = torch.tensor([[[0.0, 0.1], [0.1, 0.2], [0.2, 0.25], [0.25, 0.4]]]) - 0.4
+    torch.testing.assert_close(frame_step_times(frames, 2), torch.tensor([[[-0.4, -0.2], [-0.2, 0.0]]]))
+
+
 def test_full_size_level_shapes():
     config = DTFSalConfig()
     with torch.device("meta"):
@@ -160,10 +220,13 @@ def test_full_size_level_shapes():
         (lambda i: i.update(pixel_values_videos=i["pixel_values_videos"][..., :32]), "got (1, 8, 3, 64, 32)"),
         (lambda i: i.update(pixel_values_videos=(i["pixel_values_videos"] * 255).to(torch.uint8)), "floating-point"),
         (lambda i: i.pop("input_features"), "needs `input_features`"),
-        (lambda i: i.update(input_features=i["input_features"][:, :5]), "(1, 9, 1, 32, 48)"),
+        (lambda i: i.update(input_features=i["input_features"][:, :, :, :32]), "(1, 1, 1, 64, 64)"),
+        (lambda i: i.update(frame_times=torch.zeros(1, 4, 2)), "`frame_times` must be a floating-point tensor of shape (1, 8, 2)"),
+        (lambda i: i.update(frame_times=torch.tensor([[[0.0, -1.0]] * 8])), "each frame ending no earlier than it starts"),
+        (lambda i: i.update(frame_times=torch.full((1, 8, 2), float("nan"))), "must be finite"),
         (lambda i: i.update(labels=torch.rand(1, 32, 48)), "`labels` must have shape (1, 64, 96)"),
         (lambda i: i.update(labels=torch.zeros(1, 64, 96)), "positive sum"),
-        (lambda i: i.update(input_feature=i["input_features"]), "takes pixel_values_videos, input_features and labels; got also"),
+        (lambda i: i.update(input_feature=i["input_features"]), "takes pixel_values_videos, input_features, frame_times and labels; got also"),
     ],
 )
 def test_bad_inputs_name_the_problem(change, message):
@@ -181,6 +244,8 @@ def test_bad_inputs_name_the_problem(change, message):
         (dict(image_size=[64, 100]), "image_size"),
         (dict(audio_input_size=[30, 48]), "audio_input_size"),
         (dict(backbone_depths=[1, 1, 1]), "backbone_depths"),
+        (dict(audio_alignment="trilinear"), "audio_alignment"),
+        (dict(frame_rate=0), "frame_rate"),
     ],
 )
 def test_bad_configurations(kwargs, message):

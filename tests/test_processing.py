@@ -52,7 +52,7 @@ def test_videos_and_audio():
     inputs = tiny_processor()(videos=clips, audio=waveforms, sampling_rate=16000)
     assert set(inputs) == {"pixel_values_videos", "input_features"}
     assert inputs["pixel_values_videos"].shape == (2, 8, 3, 64, 96)
-    assert inputs["input_features"].shape == (2, 9, 1, 32, 48)
+    assert inputs["input_features"].shape == (2, 1, 1, 64, 64)
     assert inputs["pixel_values_videos"].dtype == inputs["input_features"].dtype == torch.float32
 
 
@@ -75,7 +75,7 @@ def test_silent_audio_only_when_asked_and_with_a_warning():
     clips, _ = sample_inputs(3)
     with pytest.warns(UserWarning, match="silent audio"):
         inputs = tiny_processor()(videos=clips, silent_audio=True)
-    assert inputs["input_features"].shape == (3, 9, 1, 32, 48)
+    assert inputs["input_features"].shape == (3, 1, 1, 64, 64)
     torch.testing.assert_close(inputs["input_features"], torch.full_like(inputs["input_features"], float(np.log(0.01))))
 
 
@@ -106,11 +106,11 @@ def test_real_video_clips_and_their_audio():
         sampling_rate=track.sampling_rate,
     )
     assert inputs["pixel_values_videos"].shape == (4, 8, 3, 64, 96)
-    assert inputs["input_features"].shape == (4, 9, 1, 32, 48)
-    # The first clip's audio starts before the file: its early examples are padding, its last one is sound.
-    first = inputs["input_features"][0, :, 0]
-    assert torch.allclose(first[0], torch.tensor(float(np.log(0.01))))
-    assert first[-1].std() > 0.1
+    assert inputs["input_features"].shape == (4, 1, 1, 64, 64)
+    # The first clip's audio starts before the file: the example's early rows are padding, its last ones sound.
+    first = inputs["input_features"][0, 0, 0]
+    assert torch.allclose(first[:20], torch.tensor(float(np.log(0.01))))
+    assert first[-20:].std() > 0.1
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -120,7 +120,7 @@ def test_save_and_load_round_trip(tmp_path):
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["processor_class"] == "DTFSalProcessor"
     assert saved["video_processor"]["num_frames"] == 8
-    assert saved["feature_extractor"]["audio_input_size"] == [32, 48]
+    assert saved["feature_extractor"]["audio_input_size"] == [64, 64]
     clips, waveforms = sample_inputs()
     expected = processor(videos=clips, audio=waveforms, sampling_rate=16000)
     for loaded in (DTFSalProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
@@ -128,6 +128,42 @@ def test_save_and_load_round_trip(tmp_path):
         outputs = loaded(videos=clips, audio=waveforms, sampling_rate=16000)
         for key in expected:
             torch.testing.assert_close(outputs[key], expected[key])
+
+
+def test_frame_times_relative_to_the_end_of_each_clips_audio():
+    clips, waveforms = sample_inputs()
+    starts = np.arange(8) / 25
+    times = [np.stack([starts, starts + 0.04], axis=1), np.stack([starts, starts + 0.04], axis=1) + 10.0]
+    inputs = tiny_processor()(videos=clips, audio=waveforms, sampling_rate=16000, frame_times=times)
+    assert inputs["frame_times"].shape == (2, 8, 2) and inputs["frame_times"].dtype == torch.float32
+    # By default the audio ends where the last frame does: that frame ends at 0, the first starts 0.32 s before.
+    for clip in range(2):
+        torch.testing.assert_close(inputs["frame_times"][clip, -1], torch.tensor([-0.04, 0.0]))
+        torch.testing.assert_close(inputs["frame_times"][clip, 0, 0], torch.tensor(-0.32))
+    later = tiny_processor()(videos=clips, frame_times=times, audio_end_times=[0.5, 10.5])["frame_times"]
+    torch.testing.assert_close(later, inputs["frame_times"] - 0.18)
+    # Repeated frames (the start of a video) keep their own times.
+    repeated = np.array([[0.0, 0.04]] * 5 + [[0.04, 0.08], [0.08, 0.12], [0.12, 0.16]])
+    single = tiny_processor()(videos=clips[0], frame_times=repeated)["frame_times"]
+    torch.testing.assert_close(single[0, :5], torch.tensor([[-0.16, -0.12]] * 5))
+    assert "frame_times" not in tiny_processor()(videos=clips, audio=waveforms, sampling_rate=16000)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(frame_times=np.zeros((2, 4, 2))), r"frame_times of clip 0 must have shape \(8, 2\)"),
+        (dict(frame_times=np.full((2, 8, 2), np.inf)), "must be finite"),
+        (dict(frame_times=np.stack([np.zeros((8, 2)), np.tile([[1.0, 0.0]], (8, 1))])), "clip 1 .* ending no earlier"),
+        (dict(frame_times=np.zeros((3, 8, 2))), "got 2 clips and 3 sets of times"),
+        (dict(frame_times=np.zeros((2, 8, 2)), audio_end_times=[1.0]), "one finite audio end time per clip: got 1 for 2"),
+        (dict(audio_end_times=[1.0, 2.0]), "audio_end_times needs frame_times"),
+    ],
+)
+def test_bad_frame_times_name_the_problem(kwargs, message):
+    clips, _ = sample_inputs()
+    with pytest.raises(ValueError, match=message):
+        tiny_processor()(videos=clips, **kwargs)
 
 
 def test_remote_code_files_are_the_three_processor_files():

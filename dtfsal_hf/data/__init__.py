@@ -32,11 +32,24 @@ from .readers import (
     read_stavis,
     read_ucf_sports,
 )
-from .synthetic import PALETTE, SyntheticConfig, generate_synthetic_dataset
+from .synthetic import (
+    ALIKE_FAMILIES,
+    FAST_SEGMENTS_S,
+    PALETTE,
+    SLOW_SEGMENTS_S,
+    SyntheticConfig,
+    colour_table,
+    generate_synthetic_dataset,
+    read_sources,
+    visual_only_oracle,
+)
 
 __all__ = [
+    "ALIKE_FAMILIES",
     "AUDIO_WINDOW_SAMPLES",
+    "FAST_SEGMENTS_S",
     "PALETTE",
+    "SLOW_SEGMENTS_S",
     "SAMPLING_RATE",
     "STAVIS_DATABASES",
     "ClipPolicy",
@@ -45,6 +58,7 @@ __all__ = [
     "VideoRecord",
     "audio_window",
     "clip_index",
+    "colour_table",
     "continuous_map",
     "fixation_map",
     "fwhm_to_sigma",
@@ -60,6 +74,7 @@ __all__ = [
     "read_hollywood2",
     "read_saliency_map",
     "read_smi_gaze",
+    "read_sources",
     "read_stavis",
     "read_ucf_sports",
     "read_video_frames",
@@ -67,5 +82,6 @@ __all__ = [
     "recording_fixations",
     "screen_to_video",
     "video_index",
+    "visual_only_oracle",
     "write_dhf1k_annotation",
 ]

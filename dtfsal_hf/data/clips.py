@@ -148,9 +148,11 @@ class SaliencyClipDataset(torch.utils.data.Dataset):
     `fixation_map` bool `(H, W)`, `video_key` and `target_frame`.
 
     With `processor` (called as `processor(videos=frames, audio=waveform, sampling_rate=sr,
-    return_tensors="pt")`), a sample holds `pixel_values_videos` `(T, 3, h, w)`, `input_features`
-    `(A, 1, h_a, w_a)` when there is sound, `labels` float32 `(h, w)` (the target map resized to the
-    processed frames), `fixation_labels` bool `(h, w)`, `video_key` and `target_frame`; with
+    frame_times=times, audio_end_times=[audio_end_s], return_tensors="pt")`, where `times` `(T, 2)` are the
+    clip's frames' start and end at the video's frame rate, repeated frames keeping their own), a sample holds
+    `pixel_values_videos` `(T, 3, h, w)`, `input_features` `(A, 1, h_a, w_a)` when there is sound,
+    `frame_times` `(T, 2)` when the processor returns them, `labels` float32 `(h, w)` (the target map
+    resized to the processed frames), `fixation_labels` bool `(h, w)`, `video_key` and `target_frame`; with
     `keep_ground_truth=True` also the full-size `saliency_map` and `fixation_map`.
     """
 
@@ -205,10 +207,12 @@ class SaliencyClipDataset(torch.utils.data.Dataset):
             if window is not None:
                 sample["waveform"] = window
             return sample
-        return self._process(sample, frames, window, saliency_map, fixation_map)
+        indices = np.asarray(row["frame_indices"], dtype=np.float64)
+        times = np.stack([indices, indices + 1], axis=1) / record.fps
+        return self._process(sample, frames, window, saliency_map, fixation_map, times, row["audio_end_s"])
 
-    def _process(self, sample, frames, window, saliency_map, fixation_map) -> dict:
-        kwargs = {"videos": frames, "return_tensors": "pt"}
+    def _process(self, sample, frames, window, saliency_map, fixation_map, frame_times, audio_end) -> dict:
+        kwargs = {"videos": frames, "frame_times": frame_times, "audio_end_times": [audio_end], "return_tensors": "pt"}
         if window is not None:
             kwargs.update(audio=window, sampling_rate=self.sampling_rate)
         processed = self.processor(**kwargs)
@@ -222,8 +226,9 @@ class SaliencyClipDataset(torch.utils.data.Dataset):
             labels=_resize_map(saliency_map, size),
             fixation_labels=_resize_fixations(fixation_map, size),
         )
-        if processed.get("input_features") is not None:
-            sample["input_features"] = processed["input_features"][0]
+        for key in ("input_features", "frame_times"):
+            if processed.get(key) is not None:
+                sample[key] = processed[key][0]
         return sample
 
 

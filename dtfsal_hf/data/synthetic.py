@@ -2,11 +2,19 @@
 
 Each video shows a few discs that look alike apart from their colour, moving smoothly over a static
 textured background. Every colour has its own pure tone (a fixed colour → pitch table shared by all
-videos). At any time exactly one disc sounds; which one is drawn at random for each segment of
-1.5–3 s (never the same disc twice in a row), independently of colour, position and motion. The
-observers' fixations sit on the sounding disc. A visual-only model sees nothing that tells the
-sounding disc apart, so it can at best spread its prediction over all discs; an audio-visual model
-can hear the pitch and pick the disc of that colour.
+videos). At any time exactly one disc sounds; which one is drawn at random for each segment
+(`segment_s`: 1.5–3 s by default, `FAST_SEGMENTS_S` = 0.3–1 s, shorter than the model's audio window;
+never the same disc twice in a row), independently of colour, position and motion. The observers'
+fixations sit on the sounding disc. A visual-only model sees nothing that tells the sounding disc apart,
+so it can at best spread its prediction over all discs — `visual_only_oracle` is that map, a Gaussian
+on every disc, and its score is the ceiling of any model that does not hear; an audio-visual model can
+hear the pitch and pick the disc of that colour.
+
+What makes hearing necessary is that the one visual attribute bound to the tone (the colour) is the only
+thing that differs between the discs, and it says nothing about which disc sounds. With
+`distractors="alike"` the discs of a video are moreover shades of one colour family at one luminance
+(`ALIKE_FAMILIES`): no disc stands out by brightness or hue contrast, so even a prior for conspicuous
+discs is useless, and the model has to tell close shades apart to match them to their tones.
 
 Written as the STAViS audio-visual layout (SPEC §13), so the ordinary reader loads it:
 `video_frames/<DB>/<video>/img_%05d.jpg`, `video_audio/<DB>/<video>/<video>.wav` (16 kHz mono),
@@ -38,6 +46,21 @@ PALETTE = (
 )
 """Disc colours (RGB) and their tones (Hz): a fixed colour → pitch table, about √3 apart in pitch."""
 
+ALIKE_FAMILIES = (
+    (((226, 92, 72), 300.0), ((205, 112, 28), 900.0), ((207, 87, 150), 2700.0)),
+    (((56, 175, 96), 520.0), ((36, 168, 184), 1560.0), ((96, 130, 220), 4680.0)),
+)
+"""Look-alike distractors: two families (warm, cool) of three shades of equal luminance (about 130 of 255),
+each shade with its own tone; with `distractors="alike"` all discs of a video come from one family."""
+
+SLOW_SEGMENTS_S = (1.5, 3.0)
+"""Sounding segments longer than the model's 1.535 s audio window (the default)."""
+
+FAST_SEGMENTS_S = (0.3, 1.0)
+"""Sounding segments shorter than the audio window: the sound of 1.5 s ago names another disc."""
+
+DISTRACTORS = ("distinct", "alike")
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -50,7 +73,8 @@ class SyntheticConfig:
     width: int = 160
     fps: float = 25.0
     duration_s: float = 6.0
-    segment_s: tuple[float, float] = (1.5, 3.0)
+    segment_s: tuple[float, float] = SLOW_SEGMENTS_S
+    distractors: str = "distinct"
     radius: float = 10.0
     speed_px_s: tuple[float, float] = (15.0, 45.0)
     num_observers: int = 8
@@ -70,6 +94,11 @@ class SyntheticConfig:
             )
         if self.segment_s[0] <= 0 or self.segment_s[1] < self.segment_s[0]:
             raise ValueError(f"segment_s must be (shortest, longest) with 0 < shortest <= longest, got {self.segment_s}")
+        if self.distractors not in DISTRACTORS:
+            raise ValueError(f"distractors must be one of {list(DISTRACTORS)}, got {self.distractors!r}")
+        if self.distractors == "alike" and self.num_objects > len(ALIKE_FAMILIES[0]):
+            raise ValueError(f"distractors='alike' draws every disc from one family of {len(ALIKE_FAMILIES[0])} shades, "
+                             f"got num_objects={self.num_objects}")
         if self.num_videos < self.num_folds:
             raise ValueError(f"num_videos must be at least num_folds ({self.num_folds}), got {self.num_videos}")
 
@@ -164,13 +193,28 @@ def _fixations(config: SyntheticConfig, centre: np.ndarray, offsets: np.ndarray,
     return points
 
 
+def colour_table(distractors: str = "distinct") -> tuple:
+    """The colour → tone table of a setting: `PALETTE`, or the families of `ALIKE_FAMILIES` one after the other."""
+    return PALETTE if distractors == "distinct" else tuple(entry for family in ALIKE_FAMILIES for entry in family)
+
+
+def _draw_colours(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """Indices into `colour_table(config.distractors)` of the video's discs."""
+    if config.distractors == "distinct":
+        return rng.choice(config.palette_size, size=config.num_objects, replace=False)
+    family = int(rng.integers(len(ALIKE_FAMILIES)))
+    shades = rng.choice(len(ALIKE_FAMILIES[family]), size=config.num_objects, replace=False)
+    return family * len(ALIKE_FAMILIES[0]) + shades
+
+
 def _write_video(root: Path, config: SyntheticConfig, name: str, index: int) -> dict:
     from scipy.io import savemat, wavfile
 
     rng = np.random.default_rng([config.seed, index])
-    palette = rng.choice(config.palette_size, size=config.num_objects, replace=False)
-    colours = np.array([PALETTE[p][0] for p in palette], dtype=np.float32)
-    frequencies = np.array([PALETTE[p][1] for p in palette])
+    palette = _draw_colours(config, rng)
+    table = colour_table(config.distractors)
+    colours = np.array([table[p][0] for p in palette], dtype=np.float32)
+    frequencies = np.array([table[p][1] for p in palette])
     background = _background(rng, config.height, config.width)
     centres = _trajectories(config, rng)
     segments = _schedule(config, rng)
@@ -228,9 +272,50 @@ def generate_synthetic_dataset(root: str | Path, config: SyntheticConfig = Synth
     for index, name in enumerate(tqdm(names, desc="synthetic videos", disable=not progress)):
         _write_video(root, config, name, index)
     _write_fold_lists(root, config, names)
-    settings = asdict(config) | {"palette": [[list(colour), frequency] for colour, frequency in PALETTE]}
+    table = colour_table(config.distractors)
+    settings = asdict(config) | {"palette": [[list(colour), frequency] for colour, frequency in table]}
     (root / "config.json").write_text(json.dumps(settings, indent=2))
     return root
 
 
-__all__ = ["PALETTE", "SyntheticConfig", "generate_synthetic_dataset"]
+def read_sources(record) -> dict:
+    """The `sources.json` of a synthetic video (`VideoRecord` of a set written by `generate_synthetic_dataset`):
+    its discs' colours, tones and centres per frame, and the sounding disc per frame."""
+    path = Path(record.map_paths[0]).parents[1] / "sources.json"
+    if not path.is_file():
+        raise ValueError(f"{record.key} is not a synthetic video: no {path}")
+    return json.loads(path.read_text())
+
+
+def _settings_of(record) -> dict:
+    path = Path(record.map_paths[0]).parents[4] / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{record.key}: no synthetic config.json at {path}")
+    return json.loads(path.read_text())
+
+
+def visual_only_oracle(record) -> np.ndarray:
+    """The best a model that does not hear can do: for every frame, the map of the observers looking at every
+    disc alike (a Gaussian of the ground truth's width on each disc's centre), `(frames, height, width)`
+    float32 at the ground truth's size. Its score is the ceiling of sound-blind prediction: beating it takes
+    telling the sounding disc apart, which only the sound can do. A `predict_video` for
+    `dtfsal_hf.evaluation.evaluate`."""
+    centres = np.asarray(read_sources(record)["centres"])
+    settings = _settings_of(record)
+    size = (int(settings["height"]), int(settings["width"]))
+    points = np.clip(np.floor(centres).astype(np.int64), 0, np.array(size) - 1)
+    return np.stack([continuous_map(points[frame], size, float(settings["map_fwhm"])) for frame in range(record.num_frames)])
+
+
+__all__ = [
+    "ALIKE_FAMILIES",
+    "DISTRACTORS",
+    "FAST_SEGMENTS_S",
+    "PALETTE",
+    "SLOW_SEGMENTS_S",
+    "SyntheticConfig",
+    "colour_table",
+    "generate_synthetic_dataset",
+    "read_sources",
+    "visual_only_oracle",
+]

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..data import ClipPolicy, SaliencyClipDataset, SyntheticConfig, VideoRecord, generate_synthetic_dataset, load_records
 from .config import DataSettings, DataSource
 
-MODEL_INPUTS = ("pixel_values_videos", "input_features", "labels")
+MODEL_INPUTS = ("pixel_values_videos", "input_features", "frame_times", "labels")
 GROUND_TRUTH = ("saliency_map", "fixation_map")
 
 

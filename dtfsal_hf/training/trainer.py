@@ -347,6 +347,8 @@ class Trainer:
         inputs = {"pixel_values_videos": batch["pixel_values_videos"]}
         if self._unwrapped.config.use_audio:
             inputs["input_features"] = batch["input_features"]
+            if "frame_times" in batch:
+                inputs["frame_times"] = batch["frame_times"]
         return inputs
 
     @property
