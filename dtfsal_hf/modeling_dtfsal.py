@@ -130,6 +130,9 @@ class DTFSalDecoderHead(nn.Module):
         self.frames_left = frames
         self.blocks = nn.Sequential(*layers)
         self.to_map = nn.Conv3d(in_dim, 1, (1, 3, 3), padding=(0, 1, 1))
+        # Small logits at start: a He-initialised last layer saturates the sigmoid (logits of tens) on most
+        # pixels, where no gradient passes.
+        self.to_map.logit_init = True
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         decoded = self.blocks(features)
@@ -184,6 +187,9 @@ class DTFSalPreTrainedModel(PreTrainedModel):
         if getattr(module, "zero_init", False):
             # Offset predictors start at zero: a deformable stream begins as a plain convolution.
             init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif getattr(module, "logit_init", False):
+            init.trunc_normal_(module.weight, std=std)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)

@@ -1,11 +1,24 @@
 """The synthetic audio-visual set: STAViS layout, and only the sound tells which disc is looked at."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+import torch
 
-from dtfsal_hf.data import PALETTE, SyntheticConfig, generate_synthetic_dataset, load_records, read_fixation_map
+from dtfsal_hf import DTFSalConfig, metrics
+from dtfsal_hf.data import (
+    FAST_SEGMENTS_S,
+    PALETTE,
+    SLOW_SEGMENTS_S,
+    SyntheticConfig,
+    colour_table,
+    generate_synthetic_dataset,
+    load_records,
+    read_fixation_map,
+    visual_only_oracle,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +103,59 @@ def test_generation_is_reproducible_and_checked(tmp_path):
         SyntheticConfig(num_objects=4, palette_size=3)
     with pytest.raises(ValueError, match="segment_s"):
         SyntheticConfig(segment_s=(2.0, 1.0))
+
+
+def test_fast_switching_segments_are_shorter_than_the_audio_window(tmp_path):
+    config = SyntheticConfig(num_videos=3, duration_s=4.0, segment_s=FAST_SEGMENTS_S)
+    root = generate_synthetic_dataset(tmp_path, config, progress=False)
+    window_s = DTFSalConfig().audio_window_s
+    for record in load_records("SyntheticAV", root, "test", fold="all"):
+        segments = sources(root, record)["segments"]
+        lengths = [end - start for start, end, _ in segments[:-1]]
+        assert len(segments) >= 5 and all(0.3 <= length <= 1.0 < window_s for length in lengths)
+    assert SLOW_SEGMENTS_S[0] > 1.0 and SyntheticConfig().segment_s == SLOW_SEGMENTS_S
+
+
+def luma(colour) -> float:
+    return 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+
+
+def test_alike_distractors_are_shades_of_one_family_at_one_luminance(tmp_path):
+    config = SyntheticConfig(num_videos=8, duration_s=1.0, distractors="alike")
+    root = generate_synthetic_dataset(tmp_path, config, progress=False)
+    table = colour_table("alike")
+    families = set()
+    for record in load_records("SyntheticAV", root, "test", fold="all"):
+        info = sources(root, record)
+        family = {index // 3 for index in info["palette_indices"]}
+        assert len(family) == 1 and len(set(info["palette_indices"])) == 3  # three different shades of one family
+        families |= family
+        for index, colour, frequency in zip(info["palette_indices"], info["colours"], info["frequencies_hz"]):
+            assert tuple(colour) == table[index][0] and frequency == table[index][1]
+    assert families == {0, 1}
+    lumas = [luma(colour) for colour, _ in table]
+    assert max(lumas) - min(lumas) < 2.0  # no shade stands out by brightness
+    assert len({frequency for _, frequency in table}) == 6  # every shade has its own tone
+    with pytest.raises(ValueError, match="distractors"):
+        SyntheticConfig(distractors="similar")
+    with pytest.raises(ValueError, match="one family of 3 shades"):
+        SyntheticConfig(distractors="alike", num_objects=4, palette_size=4)
+
+
+def test_visual_only_oracle_lights_every_disc_and_scores_below_the_sounding_one(synthetic):
+    root, config = synthetic
+    record = load_records("SyntheticAV", root, "test", fold="all")[0]
+    info = sources(root, record)
+    oracle = visual_only_oracle(record)
+    assert oracle.shape == (record.num_frames, config.height, config.width) and oracle.max() == pytest.approx(1.0)
+    centres = np.floor(np.array(info["centres"])).astype(int)
+    frames = range(0, record.num_frames, 10)
+    for frame in frames:
+        for row, column in centres[frame]:
+            # A peak on every disc, sounding or not (at least 1/3 of the maximum where discs overlap).
+            assert oracle[frame, row, column] > 0.3
+    # Against the observers, the oracle is far from a map on the sounding disc alone (the ground truth itself).
+    scores = [metrics.cc(torch.from_numpy(oracle[f]), torch.from_numpy(record.saliency_map(f))).item() for f in frames]
+    assert 0.3 < np.mean(scores) < 0.75
+    with pytest.raises(ValueError, match="not a synthetic video"):
+        visual_only_oracle(dataclasses.replace(record, map_paths=[str(root / "elsewhere" / "maps" / "eyeMap_00001.jpg")]))

@@ -47,11 +47,12 @@ PALETTE = (
 """Disc colours (RGB) and their tones (Hz): a fixed colour → pitch table, about √3 apart in pitch."""
 
 ALIKE_FAMILIES = (
-    (((226, 92, 72), 300.0), ((205, 112, 28), 900.0), ((207, 87, 150), 2700.0)),
-    (((56, 175, 96), 520.0), ((36, 168, 184), 1560.0), ((96, 130, 220), 4680.0)),
+    (((170, 32, 24), 300.0), ((145, 50, 0), 900.0), ((146, 28, 108), 2700.0)),
+    (((24, 103, 42), 520.0), ((0, 98, 128), 1560.0), ((44, 60, 210), 4680.0)),
 )
-"""Look-alike distractors: two families (warm, cool) of three shades of equal luminance (about 130 of 255),
-each shade with its own tone; with `distractors="alike"` all discs of a video come from one family."""
+"""Look-alike distractors: two families (warm, cool) of three dark shades of equal luminance (72 of 255, below
+every background grey, so each disc is as easy to find as the others), each shade with its own tone; with
+`distractors="alike"` all discs of a video come from one family."""
 
 SLOW_SEGMENTS_S = (1.5, 3.0)
 """Sounding segments longer than the model's 1.535 s audio window (the default)."""
