@@ -73,7 +73,15 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--metrics", default="cc,nss,auc_judd,sim,kld,sauc", help="comma-separated metric names")
     parser.add_argument("--max-videos", type=int, default=None, help="score only the first N videos")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of skipping videos already scored")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sAUC's other maps and of AUC jitter")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of sAUC's other maps, of AUC jitter and of the shuffled-sound pairs")
+    parser.add_argument("--audio", default="own", choices=("own", "shuffled", "silent"),
+                        help="the sound the model hears: each video's own (default), another test video's "
+                        "(shuffled: pictures and gaze unchanged), or silence; a hearing test, with --model only")
+    parser.add_argument("--sauc-other", default="auto", choices=("auto", "videos", "same-video"),
+                        help="sAUC's other map: fixations of other videos' frames (videos, the DHF1K protocol's), "
+                        "or of the same video's other frames less the frame's own (same-video, the STAViS "
+                        "protocol's); auto (default): the protocol's")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call")
     parser.add_argument("--device", default=None, help="device for the model (default: cuda if available)")
     parser.set_defaults(handler=_run_evaluate)
@@ -87,6 +95,7 @@ def _run_evaluate(args) -> int:
         predictions=args.predictions, model=args.model, protocol=args.protocol,
         metrics=[name.strip() for name in args.metrics.split(",") if name.strip()], max_videos=args.max_videos,
         resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        audio=args.audio, sauc_other=args.sauc_other,
     )
     print(format_table(summary))
     return 0
