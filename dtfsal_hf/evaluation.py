@@ -1,8 +1,10 @@
 """Evaluation of predicted saliency maps under the DHF1K and STAViS protocols (SPEC §11).
 
 Predictions come from a `predict_video(record) -> (N, h, w)` callable: a folder of saved maps
-(`PredictionFolder`), a model (`model_predictor`), or a baseline (`center_bias_predictor`,
-`uniform_predictor`).
+(`PredictionFolder`), a model (`model_predictor`, a `ModelPredictor`), or a baseline
+(`center_bias_predictor`, `uniform_predictor`). A model can be made to hear another sound, the
+hearing test (`AUDIO_MODES`): each video's own, another evaluated video's (`sound_partners`), or
+silence; `evaluate_audio_controls` scores all three side by side.
 
 - `"dhf1k"` protocol (DHF1K, UCF-Sports, Hollywood-2): the prediction is resized (bilinear) to the
   ground truth's size; metrics per frame, mean per video, mean over videos.
@@ -269,22 +271,25 @@ def sound_partners(records: Sequence[VideoRecord], seed: int = 0) -> dict[str, V
     """Whose sound each video hears under `audio="shuffled"`: `{record.key: partner record}`.
 
     A derangement of the distinct sounds of `records` (a sound is an audio file; a video without one
-    is a sound of its own), drawn uniformly among derangements with a seed from `seed` and the sounds
-    themselves: it depends neither on the order of `records` nor on which of them are already scored.
-    No video gets its own sound, not even one listed twice (an AVAD video in two test folds).
+    is a sound of its own), drawn uniformly among derangements with a seed from `seed` and the videos'
+    keys: it depends neither on the order of `records`, nor on which of them are already scored, nor
+    on where the data lie. No video gets its own sound, not even one listed twice (an AVAD video in
+    two test folds).
     """
     sources = {record.key: record.audio_path or record.key for record in records}
-    sounds = sorted(set(sources.values()))
+    # Each distinct sound goes by the first key that has it (keys do not depend on where the data lie).
+    donors: dict[str, VideoRecord] = {}
+    for record in sorted(records, key=lambda r: r.key):
+        donors.setdefault(sources[record.key], record)
+    sounds = list(donors)  # in key order
     if len(sounds) < 2:
-        raise ValueError(f"shuffled sound needs at least two videos with different sounds, got {len(sounds)} ({sounds})")
-    rng = np.random.default_rng(_stable_seed(seed, "sound", *sounds))
+        raise ValueError(f"shuffled sound needs at least two videos with different sounds, got {len(sounds)}")
+    rng = np.random.default_rng(_stable_seed(seed, "sound", *(donors[source].key for source in sounds)))
     order = rng.permutation(len(sounds))
     while np.any(order == np.arange(len(sounds))):
         order = rng.permutation(len(sounds))
-    donors = {}
-    for record in sorted(records, key=lambda r: r.key):
-        donors.setdefault(sources[record.key], record)
-    return {key: donors[sounds[order[sounds.index(source)]]] for key, source in sources.items()}
+    partner = {source: donors[sounds[order[index]]] for index, source in enumerate(sounds)}
+    return {key: partner[source] for key, source in sources.items()}
 
 
 def _looped(track: AudioTrack, duration: float) -> AudioTrack:

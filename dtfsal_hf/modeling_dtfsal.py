@@ -317,7 +317,13 @@ def _raise_on_loading_problems(info: dict, source) -> None:
         if keys:
             problems.append(f"{kind.replace('_', ' ')}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
     if problems:
-        raise ValueError(f"The checkpoint at {source} does not match the configuration: " + "; ".join(problems))
+        hint = ""
+        mismatched = [str(key[0] if isinstance(key, tuple) else key) for key in info.get("mismatched_keys") or []]
+        if mismatched and all(key.endswith((".rel_pos_h", ".rel_pos_w")) for key in mismatched):
+            # Spatial tables at 2 * max(H, W) - 1 rows: saved before each table was sized to its own axis.
+            hint = (f". Its relative-position tables have the older layout: convert it once with "
+                    f"`python -m dtfsal_hf.convert_rel_pos_tables {source}`, which keeps its maps")
+        raise ValueError(f"The checkpoint at {source} does not match the configuration: " + "; ".join(problems) + hint)
 
 
 def _describe(value) -> str:

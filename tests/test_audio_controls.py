@@ -84,9 +84,11 @@ def windows_of(calls) -> list[np.ndarray]:
     return [window for call in calls for window in call]
 
 
-def test_sound_partners_are_a_seeded_derangement(avad):
+def test_sound_partners_are_a_seeded_derangement(avad, tmp_path):
     records = load_records("AVAD", avad, "test", fold="all")
     partners = sound_partners(records, seed=0)
+    elsewhere = load_records("AVAD", write_stavis(tmp_path / "copy", "AVAD", list(SOUNDS), num_frames=5), "test", fold="all")
+    assert {k: p.key for k, p in sound_partners(elsewhere, seed=0).items()} == {k: p.key for k, p in partners.items()}
     assert sorted(partners) == sorted(r.key for r in records)
     assert all(partners[r.key].audio_path != r.audio_path for r in records)
     # Every sound is given to exactly one other video, whatever the order the records come in.
