@@ -291,3 +291,8 @@ def test_real_dhf1k_002_baselines(tmp_path, one_thread):
     for name in names:
         assert centre["metrics"][name] == pytest.approx(REAL_CENTER_BIAS[name], abs=1e-3), name
         assert uniform["metrics"][name] == pytest.approx(REAL_UNIFORM[name], abs=1e-3), name
+    # sAUC with STAViS's other map (the video's own other frames): centre bias, which AUC-J rewards, is
+    # near chance, because the video's own fixations are centred too; the ground-truth maps stay well above.
+    same_video = dict(metrics=("sauc",), sauc_other="same-video", progress=False)
+    assert evaluate([record], center_bias_predictor(), tmp_path / "centre-s", **same_video)["metrics"]["sauc"] == pytest.approx(0.5117, abs=1e-3)
+    assert evaluate([record], ground_truth_predictor, tmp_path / "truth-s", **same_video)["metrics"]["sauc"] == pytest.approx(0.7785, abs=1e-3)
