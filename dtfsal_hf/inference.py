@@ -132,7 +132,8 @@ def load_model_and_processor(model_id_or_path: str | os.PathLike) -> tuple[DTFSa
         if Path(source).is_dir():
             raise
         raise FileNotFoundError(
-            f"no model folder at {model_id}, and no model {model_id!r} could be loaded from the Hub: {_first_line(error)}"
+            f"no model folder at {model_id}, and no model {model_id!r} could be loaded from the Hub: "
+            f"{_first_line(error)}"
         ) from error
     try:
         processor = DTFSalProcessor.from_pretrained(source)
@@ -147,7 +148,8 @@ def _model_source(model_id: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"{model_id} holds no config.json: not a model folder written by save_pretrained (or `dtfsal train`'s best/)"
+                f"{model_id} holds no config.json: not a model folder written by save_pretrained "
+                "(or `dtfsal train`'s best/)"
             )
         return str(path)
     if path.exists():

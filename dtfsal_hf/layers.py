@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, deform_conv2d
 
-__all__ = ["LearnableTokens", "LTEB", "DLTFB", "AMFB", "ConvStream", "DeformableStream", "Float32DeformConv2d", "axial_shift"]
+__all__ = [
+    "LearnableTokens", "LTEB", "DLTFB", "AMFB", "ConvStream", "DeformableStream", "Float32DeformConv2d", "axial_shift",
+]
 
 
 def _check_5d(x: torch.Tensor, channels: int, name: str) -> None:

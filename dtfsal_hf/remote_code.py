@@ -146,7 +146,12 @@ def add_remote_code(folder: str | os.PathLike, auto_map: Mapping[str, type]) -> 
 # What `AutoConfig`/`AutoModel` and `AutoProcessor` need, with `trust_remote_code=True`, to build a saved
 # DTFSal model and processor without the package.
 MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
-PROCESSOR_AUTO_CLASSES = {"": "AutoProcessor", "video_processor": "AutoVideoProcessor", "feature_extractor": "AutoFeatureExtractor"}
+# Section of processor_config.json ("" for the top level) -> the auto class its `auto_map` must name.
+PROCESSOR_AUTO_CLASSES = {
+    "": "AutoProcessor",
+    "video_processor": "AutoVideoProcessor",
+    "feature_extractor": "AutoFeatureExtractor",
+}
 
 
 def _entry_problem(folder: Path, file_name: str, section: str, auto_class: str) -> str | None:

@@ -54,7 +54,7 @@ def test_expected_errors_are_one_line(case, tmp_path, capsys):
     assert "Traceback" not in captured.err + captured.out
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_the_command_prints_one_line_and_debug_shows_the_traceback(tmp_path):
     command = [sys.executable, "-m", "dtfsal_hf.cli", "info", "--model", "./nowhere"]
     plain = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
@@ -62,10 +62,11 @@ def test_debug_shows_the_traceback(tmp_path):
         "dtfsal info: error: no model folder at ./nowhere (nor is it a Hub id 'namespace/name'; other ids: demo, "
         "random, random-tiny)"
     )
-    for argv in (["--debug", "info", "--model", "./nowhere"], ["info", "--model", "./nowhere", "--debug"]):
-        debug = subprocess.run([sys.executable, "-m", "dtfsal_hf.cli", *argv], capture_output=True, text=True,
-                               timeout=120, cwd=tmp_path)
-        assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+    debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+    # Before the command too: the error is raised as it is.
+    with pytest.raises(FileNotFoundError, match="no model folder at ./nowhere"):
+        cli.main(["--debug", "info", "--model", "./nowhere"])
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
