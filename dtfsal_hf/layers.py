@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
 __all__ = [
     "AUDIO_ALIGNMENTS",
@@ -22,6 +22,7 @@ __all__ = [
     "ConvStream",
     "DLTFB",
     "DeformableStream",
+    "Float32DeformConv2d",
     "LTEB",
     "LearnableTokens",
     "TimeAlignedAudio",
@@ -288,15 +289,41 @@ class ConvStream(nn.Module):
         return self.expand(self.act(self.norm(self.conv(self.reduced(features, steps)))))
 
 
+class Float32DeformConv2d(DeformConv2d):
+    """torchvision's `DeformConv2d` computed in float32 whatever the dtype of its weights and inputs (torchvision
+    has no bfloat16 CPU kernel for it, and no CPU autocast rule); the output has the input's dtype.
+
+    Same arguments, parameters and state-dict keys as `DeformConv2d`.
+    """
+
+    def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out)."""
+        output = deform_conv2d(
+            input.float(),
+            offset.float(),
+            self.weight.float(),
+            None if self.bias is None else self.bias.float(),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            mask=None if mask is None else mask.float(),
+        )
+        return output.to(input.dtype)
+
+
 class DeformableStream(ConvStream):
     """Reduce channels, a per-frame 3 x 3 deformable convolution whose offsets are predicted from the
-    audio-visual features (so the sound steers where the kernel samples), BatchNorm, ReLU, expand back."""
+    audio-visual features (so the sound steers where the kernel samples), BatchNorm, ReLU, expand back.
+
+    The deformable convolution runs in float32 whatever the model's dtype (`Float32DeformConv2d`), so the
+    stream works in a model moved to bfloat16 / float16 and under `torch.autocast`.
+    """
 
     def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int = 3, step_dim: int = 0):
         super().__init__(in_channels, stream_dim, out_channels, kernel_size, step_dim)
         padding = kernel_size // 2
         self.offsets = nn.Conv2d(stream_dim, 2 * kernel_size * kernel_size, kernel_size, padding=padding)
-        self.conv = DeformConv2d(stream_dim, stream_dim, kernel_size, padding=padding, bias=False)
+        self.conv = Float32DeformConv2d(stream_dim, stream_dim, kernel_size, padding=padding, bias=False)
         # Zero offsets at start: the stream begins as a plain 3 x 3 convolution.
         self.offsets.zero_init = True
         nn.init.zeros_(self.offsets.weight)
