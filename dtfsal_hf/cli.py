@@ -81,9 +81,11 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over instead of skipping videos already scored")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of sAUC's other maps, of AUC jitter and of the shuffled-sound pairs")
-    parser.add_argument("--audio", default="own", choices=("own", "shuffled", "silent"),
+    parser.add_argument("--audio", default="own", choices=("own", "shuffled", "silent", "controls"),
                         help="the sound the model hears: each video's own (default), another test video's "
-                        "(shuffled: pictures and gaze unchanged), or silence; a hearing test, with --model only")
+                        "(shuffled: pictures and gaze unchanged), or silence; controls: all three side by side "
+                        "(into OUTPUT/own, OUTPUT/shuffled, OUTPUT/silent); a hearing test, with --model only. "
+                        "On a synthetic set the visual-only oracle is scored and printed too")
     parser.add_argument("--sauc-other", default="auto", choices=("auto", "videos", "same-video"),
                         help="sAUC's other map: fixations of other videos' frames (videos, the DHF1K protocol's), "
                         "or of the same video's other frames less the frame's own (same-video, the STAViS "
@@ -94,12 +96,25 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluation import format_table, run_evaluation
+    from .evaluation import format_audio_controls, format_table, run_audio_controls, run_evaluation
 
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    if args.audio == "controls":
+        if args.model is None:
+            raise ValueError("--audio controls re-runs a model with other sounds; saved predictions were made with the "
+                             "sound they were made with: give --model instead of --predictions")
+        summaries = run_audio_controls(
+            args.dataset, args.root, args.output, args.model, split=args.split, fold=args.fold,
+            fold_lists=args.fold_lists, protocol=args.protocol, metrics=metrics, max_videos=args.max_videos,
+            resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
+            sauc_other=args.sauc_other,
+        )
+        print(format_audio_controls(summaries))
+        return 0
     summary = run_evaluation(
         args.dataset, args.root, args.output, split=args.split, fold=args.fold, fold_lists=args.fold_lists,
         predictions=args.predictions, model=args.model, protocol=args.protocol,
-        metrics=[name.strip() for name in args.metrics.split(",") if name.strip()], max_videos=args.max_videos,
+        metrics=metrics, max_videos=args.max_videos,
         resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
         audio=args.audio, sauc_other=args.sauc_other,
     )

@@ -586,21 +586,72 @@ def run_evaluation(
     is replaced by each video's fold, so each fold's test videos are scored by that fold's model.
     `audio` and `sauc_other` are `evaluate`'s; `audio` other than `"own"` needs a `model`.
     """
-    from .data.readers import load_records
-
     if (predictions is None) == (model is None):
         raise ValueError("give exactly one of predictions (a folder of saved maps) or model (a saved model), got "
                          f"predictions={predictions!r}, model={model!r}")
     if predictions is not None and audio != "own":
         raise ValueError(f"audio={audio!r} re-runs a model with another sound; saved predictions were made with the "
                          "sound they were made with: give a model instead of predictions")
+    records = _split_records(dataset, root, split, fold, fold_lists, max_videos)
+    predict = PredictionFolder(predictions) if predictions is not None else load_model_predictor(model, batch_size, device)
+    options = dict(protocol=protocol, metrics=metrics, resume=resume, seed=seed, progress=progress, sauc_other=sauc_other)
+    summary = evaluate(records, predict, output_dir, audio=audio, **options)
+    oracle = synthetic_oracle(records, Path(output_dir) / "visual_only_oracle", **options)
+    if oracle is not None:
+        summary["visual_only_oracle"] = {"num_videos": oracle["num_videos"], "metrics": oracle["metrics"]}
+    return summary
+
+
+def _split_records(dataset: str, root, split: str | None, fold, fold_lists, max_videos: int | None) -> list[VideoRecord]:
+    from .data.readers import load_records
+
     split = split or ("val" if dataset.lower() == "dhf1k" else "test")
     records = load_records(dataset, root, split, fold, fold_lists)
-    if max_videos is not None:
-        records = records[:max_videos]
-    predict = PredictionFolder(predictions) if predictions is not None else load_model_predictor(model, batch_size, device)
-    return evaluate(records, predict, output_dir, protocol, metrics, resume, seed, progress=progress, audio=audio,
-                    sauc_other=sauc_other)
+    return records if max_videos is None else records[:max_videos]
+
+
+def synthetic_oracle(records: Sequence[VideoRecord], output_dir: str | Path, **evaluate_options) -> dict | None:
+    """The visual-only oracle's summary on `records` when they are all synthetic videos
+    (`dtfsal_hf.data.is_synthetic`), else None: `dtfsal_hf.data.visual_only_oracle` (a Gaussian on every
+    candidate disc) scored by `evaluate` with `evaluate_options` into `output_dir`. No model that does not
+    hear can beat it, so a score at or below it may mean "found every candidate", not "heard"."""
+    from .data.synthetic import is_synthetic, visual_only_oracle
+
+    if not records or not all(is_synthetic(record) for record in records):
+        return None
+    return evaluate(records, visual_only_oracle, output_dir, **{**evaluate_options, "progress": False})
+
+
+def run_audio_controls(
+    dataset: str,
+    root: str | Path,
+    output_dir: str | Path,
+    model: str,
+    split: str | None = None,
+    fold: int | str | None = "all",
+    fold_lists: str | Path | None = None,
+    protocol: str = "auto",
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    max_videos: int | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    batch_size: int = 4,
+    device: str | None = None,
+    progress: bool = True,
+    sauc_other: str = "auto",
+    modes: Sequence[str] = AUDIO_MODES,
+) -> dict[str, dict]:
+    """`run_evaluation`'s data loading with `evaluate_audio_controls`: a saved `model` scored on a dataset's
+    split with each sound of `modes` into `output_dir/<mode>/`, plus, on a synthetic set, the visual-only
+    oracle (`synthetic_oracle`, key `"oracle"`, in `output_dir/visual_only_oracle/`). Returns
+    `{mode: summary}` for `format_audio_controls`."""
+    records = _split_records(dataset, root, split, fold, fold_lists, max_videos)
+    options = dict(protocol=protocol, metrics=metrics, resume=resume, seed=seed, progress=progress, sauc_other=sauc_other)
+    summaries = evaluate_audio_controls(model, records, output_dir, modes, batch_size, device, **options)
+    oracle = synthetic_oracle(records, Path(output_dir) / "visual_only_oracle", **options)
+    if oracle is not None:
+        summaries["oracle"] = oracle
+    return summaries
 
 
 def evaluate_audio_controls(
@@ -645,6 +696,7 @@ AUDIO_TITLES = {
     "own": "own sound",
     "shuffled": "shuffled sound (another test video's)",
     "silent": "silence",
+    "oracle": "visual-only oracle (a map on every candidate: the best without hearing)",
 }
 
 
@@ -684,12 +736,17 @@ def format_table(summary: dict) -> str:
     settings = _settings_line(summary)
     if settings:
         lines += ["", settings]
+    oracle = summary.get("visual_only_oracle")
+    if oracle:
+        values = ", ".join(f"{METRIC_TITLES[n]} {_format_value(n, oracle['metrics'][n])}" for n in names if n in oracle["metrics"])
+        lines += ["", f"{AUDIO_TITLES['oracle']}, {oracle['num_videos']} videos: {values}"]
     return "\n".join(lines)
 
 
 def format_audio_controls(summaries: Mapping[str, dict]) -> str:
-    """One Markdown table, a row per sound (`evaluate_audio_controls`'s result), over all videos, and the
-    margins of the own sound over each control: what the model gains from hearing the right sound."""
+    """One Markdown table, a row per sound (`evaluate_audio_controls`'s result; `run_audio_controls` adds the
+    visual-only oracle's row on a synthetic set, key `"oracle"`), over all videos, and the margins of the own
+    sound over each control: what the model gains from hearing the right sound."""
     names = list(next(iter(summaries.values()))["metrics"])
     lines = [
         "| sound | videos | " + " | ".join(METRIC_TITLES[n] for n in names) + " |",
@@ -728,8 +785,10 @@ __all__ = [
     "model_predictor",
     "prepare_prediction",
     "protocol_for",
+    "run_audio_controls",
     "run_evaluation",
     "sauc_other_maps",
     "sound_partners",
+    "synthetic_oracle",
     "uniform_predictor",
 ]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dtfsal_hf import DTFSalConfig, metrics
+from dtfsal_hf import DTFSalConfig, DTFSalModel, metrics
+from dtfsal_hf.cli import main
+from dtfsal_hf.evaluation import evaluate, synthetic_oracle
 from dtfsal_hf.data import (
     FAST_SEGMENTS_S,
     PALETTE,
@@ -159,3 +161,31 @@ def test_visual_only_oracle_lights_every_disc_and_scores_below_the_sounding_one(
     assert 0.3 < np.mean(scores) < 0.75
     with pytest.raises(ValueError, match="not a synthetic video"):
         visual_only_oracle(dataclasses.replace(record, map_paths=[str(root / "elsewhere" / "maps" / "eyeMap_00001.jpg")]))
+
+
+def test_evaluate_prints_the_visual_only_oracle_beside_the_sound_controls(synthetic, tmp_path, capsys):
+    """`dtfsal evaluate --audio controls` on a synthetic set: own, shuffled and silent rows, and the oracle's row
+    (the same scores as `evaluate` gives `visual_only_oracle`), so "found every disc" is not read as hearing; a
+    plain evaluation prints the oracle's line too; a set that is not synthetic gets no oracle."""
+    root, _ = synthetic
+    torch.manual_seed(0)
+    DTFSalModel(DTFSalConfig.tiny(use_audio=True)).save_pretrained(tmp_path / "model")
+    arguments = ["evaluate", "--dataset", "SyntheticAV", "--root", str(root), "--fold", "1", "--model",
+                 str(tmp_path / "model"), "--metrics", "cc,nss", "--batch-size", "8", "--max-videos", "2"]
+    assert main(arguments + ["--output", str(tmp_path / "controls"), "--audio", "controls"]) == 0
+    table = capsys.readouterr().out
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "videos" not in line]
+    assert rows == ["| own sound", "| shuffled sound (another test video's)", "| silence",
+                    "| visual-only oracle (a map on every candidate: the best without hearing)"]
+    records = load_records("SyntheticAV", root, "test", fold=1)[:2]
+    expected = evaluate(records, visual_only_oracle, tmp_path / "direct", metrics=("cc", "nss"), progress=False)
+    oracle = json.loads((tmp_path / "controls" / "visual_only_oracle" / "summary.json").read_text())
+    assert oracle["metrics"]["cc"] == pytest.approx(expected["metrics"]["cc"])
+    assert f"| 2 | {expected['metrics']['cc']:.3f} |" in table
+    own = json.loads((tmp_path / "controls" / "own" / "summary.json").read_text())
+    assert f"own − oracle: CC {own['metrics']['cc'] - expected['metrics']['cc']:+.3f}" in table
+    assert main(arguments + ["--output", str(tmp_path / "own")]) == 0
+    assert f"visual-only oracle (a map on every candidate: the best without hearing), 2 videos: CC " \
+           f"{expected['metrics']['cc']:.3f}" in capsys.readouterr().out
+    assert synthetic_oracle([dataclasses.replace(records[0], map_paths=[str(tmp_path / "x" / "maps" / "a.jpg")])],
+                            tmp_path / "none") is None

@@ -40,6 +40,7 @@ from .synthetic import (
     SyntheticConfig,
     colour_table,
     generate_synthetic_dataset,
+    is_synthetic,
     read_sources,
     visual_only_oracle,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "gaze_fixations",
     "gaze_to_ground_truth",
     "generate_synthetic_dataset",
+    "is_synthetic",
     "load_audio",
     "load_records",
     "read_dhf1k",

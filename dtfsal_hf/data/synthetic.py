@@ -288,6 +288,11 @@ def read_sources(record) -> dict:
     return json.loads(path.read_text())
 
 
+def is_synthetic(record) -> bool:
+    """Whether `record` is a video of a set written by `generate_synthetic_dataset` (it has a `sources.json`)."""
+    return bool(record.map_paths) and (Path(record.map_paths[0]).parents[1] / "sources.json").is_file()
+
+
 def _settings_of(record) -> dict:
     path = Path(record.map_paths[0]).parents[4] / "config.json"
     if not path.is_file():
@@ -317,6 +322,7 @@ __all__ = [
     "SyntheticConfig",
     "colour_table",
     "generate_synthetic_dataset",
+    "is_synthetic",
     "read_sources",
     "visual_only_oracle",
 ]
