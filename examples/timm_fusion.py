@@ -31,7 +31,8 @@ class TimmAudioVisualSaliency(nn.Module):
         self.backbone = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
         self.project = nn.ModuleList(nn.Conv2d(c, width, 1) for c in self.backbone.feature_info.channels())
         self.refine = nn.ModuleList([LTEB(width, token_dim=16, token_size=4) for _ in range(3)] + [DLTFB(width, token_dim=16, token_size=4)])
-        self.fuse = nn.ModuleList(AMFB(width, audio_dim, audio_proj_dim=16, stream_dim=16) for _ in range(4))
+        # Any audio features without known time spans: stretched over the clip ("time" needs VGGish-layout times).
+        self.fuse = nn.ModuleList(AMFB(width, audio_dim, audio_proj_dim=16, stream_dim=16, alignment="stretch") for _ in range(4))
         self.head = nn.Conv2d(width, 1, 3, padding=1)
 
     def forward(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
