@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Reproduces the bundled demo checkpoint (dtfsal_hf/assets/demo-checkpoint) and the example clip
 # (dtfsal_hf/assets/synthetic_example.mp4). The tiny audio-visual DTFSal, trained from scratch on the
-# synthetic audio-visual task (examples/configs/synthetic_av.yaml) for 10 epochs. About 2 minutes on one
-# GPU, about 10-15 minutes on a 2-core CPU; weights match the bundled ones in quality, not bit for bit
-# (the order of floating-point sums differs between devices and thread counts).
+# fast-switching synthetic audio-visual task with its recipe (examples/configs/synthetic_fast_av.yaml:
+# 250 steps of 8 clips). 73 minutes on 2 CPU threads of a loaded machine (docs/benchmarks.md);
+# weights match the bundled ones in quality, not bit for bit (the order of floating-point sums differs
+# between devices and thread counts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-"$PYTHON" -m dtfsal_hf.cli train --config examples/configs/synthetic_av.yaml --output-dir runs/demo \
-  --set training.epochs=10 --set training.lr_step_epochs=6 --set training.early_stopping_patience=10
+"$PYTHON" -m dtfsal_hf.cli train --config examples/configs/synthetic_fast_av.yaml --output-dir runs/demo
 
 ASSETS=dtfsal_hf/assets
 mkdir -p "$ASSETS/demo-checkpoint"

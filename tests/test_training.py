@@ -213,35 +213,26 @@ def test_two_cpu_processes_train_one_model(synthetic_root, cache_dir, tmp_path):
 # ------------------------------------------------------------------------- what the paper claims to learn
 def test_demo_checkpoint_uses_the_sound(tmp_path):
     """What the paper claims the audio branch learns, on a trained model: the bundled demo checkpoint (the
-    audio-visual model trained on the synthetic task, scripts/train_demo.sh) on the 8 held-out videos of its
-    test fold. The discs differ only in colour and the fixations follow the one that sounds, so with each
-    clip's own sound the maps must match the fixations better than with the same pictures and the sound of
-    other clips. (Measured: CC 0.608 with its own sound, 0.413 with another clip's, 0.477 with the average.)"""
-    import dataclasses
+    audio-visual model trained with examples/configs/synthetic_fast_av.yaml, scripts/train_demo.sh) on held-out
+    videos of the fast-switching task (the sounding disc changes every 0.3-1 s). The discs differ only in colour
+    and the fixations follow the one that sounds, so with each video's own sound the maps must match the
+    fixations better than with the same pictures and another test video's sound (`dtfsal evaluate --audio
+    shuffled`, the sound-swap control), and better than the visual-only oracle (a map on every disc), the best
+    a model that does not hear can do. Figures on these 4 videos are in the checkpoint's README."""
+    from dtfsal_hf.data import load_records
+    from dtfsal_hf.evaluation import evaluate_audio_controls, synthetic_oracle
+    from dtfsal_hf.training.data import prepare_synthetic
 
-    from dtfsal_hf.modeling_dtfsal import correlation_coefficient
-    from dtfsal_hf.training.data import build_clip_dataset, collate_clips, load_sources, prepare_synthetic
-
-    config = TrainingConfig.from_yaml(Path(__file__).parents[1] / "examples/configs/synthetic_av.yaml")
+    config = TrainingConfig.from_yaml(Path(__file__).parents[1] / "examples/configs/synthetic_fast_av.yaml")
     root = tmp_path / "synthetic"
-    prepare_synthetic({**config.data.synthetic, "root": str(root)}, progress=False)
-    test_sources = [dataclasses.replace(source, root=str(root)) for source in config.data.test]
-    data = dataclasses.replace(config.data, cache="none", test=test_sources)
+    # Video i depends only on the seed and i: the first 12 videos of the recipe's set, of which fold 1 tests 4
+    # (never trained on).
+    prepare_synthetic({**config.data.synthetic, "root": str(root), "num_videos": 12}, progress=False)
+    records = load_records("SyntheticAV", root, "test", fold=1)
+    assert [r.name for r in records] == ["synth_0000", "synth_0003", "synth_0006", "synth_0009"]
     model = DTFSalModel.from_pretrained(Path(__file__).parents[1] / "dtfsal_hf/assets/demo-checkpoint").eval()
-    processor = DTFSalProcessor.from_model_config(model.config)
-    clips = build_clip_dataset(load_sources(test_sources), data, processor, model.config.num_frames,
-                               data.test_target_stride, False, "test", progress=False)
-    batch = collate_clips([clips[i] for i in range(len(clips))])
-    assert len(batch["video_index"].unique()) == 8 and len(clips) == 400
-
-    def cc(features):
-        with torch.no_grad():
-            maps = model(pixel_values_videos=batch["pixel_values_videos"], input_features=features).saliency_map
-        return correlation_coefficient(maps, batch["labels"]).mean().item()
-
-    own = cc(batch["input_features"])
-    # The clips in reverse order: each one gets the sound of another clip (of another video but for the middle).
-    others = cc(torch.flip(batch["input_features"], [0]))
-    average = cc(batch["input_features"].mean(0, keepdim=True).expand_as(batch["input_features"]))
-    assert own > 0.5, own
-    assert own - others >= 0.1 and own - average >= 0.05, (own, others, average)
+    summaries = evaluate_audio_controls(model, records, tmp_path / "controls", modes=("own", "shuffled"),
+                                        batch_size=16, metrics=("cc",), progress=False)
+    own, shuffled = (summaries[mode]["metrics"]["cc"] for mode in ("own", "shuffled"))
+    oracle = synthetic_oracle(records, tmp_path / "oracle", metrics=("cc",))["metrics"]["cc"]
+    assert own >= 0.6 and own - shuffled >= 0.15 and own > oracle, (own, shuffled, oracle)
