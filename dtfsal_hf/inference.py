@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import queue
-import shutil
 import socket
 import threading
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from .configuration_dtfsal import DTFSalConfig
 from .encoders import set_mvit_attention
 from .media import AudioTrack, Frame, audio_window, iter_frames, load_audio, probe_video, write_overlay_video
 from .modeling_dtfsal import DTFSalModel
+from .npz_stream import NpzMapWriter, iter_npz_maps
 from .processing_dtfsal import DTFSalProcessor
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo-checkpoint"
@@ -311,18 +311,68 @@ class SaliencyPredictor:
         return output.saliency_map.float().cpu()
 
     def _predicted_windows(self, windows: Iterable, track: AudioTrack | None, size: tuple[int, int], blur_sigma: float):
-        """(window, map at the video's resolution) for each clip window, predicted `batch_size` at a time."""
+        """(window, map at the video's resolution) for each clip window, predicted `batch_size` at a time and brought
+        to the video's size one at a time (a 4K map is 33 MB in float32)."""
         num_samples = self.processor.feature_extractor.num_samples
         for batch in iter_batches(windows, self.batch_size):
             audio = [audio_window(track, window.end_time, num_samples) for window in batch] if track is not None else None
             maps = self.predict_clips([window.images for window in batch], audio)
-            maps = self.processor.post_process_saliency(maps, target_sizes=size, blur_sigma=blur_sigma or None)
-            yield from zip(batch, (self._normalized(m).numpy() for m in maps))
+            for window, saliency_map in zip(batch, maps):
+                resized = self.processor.post_process_saliency(saliency_map[None], target_sizes=size,
+                                                               blur_sigma=blur_sigma or None)[0]
+                yield window, self._normalized(resized).numpy()
+
+    def _model_sized(self, image: np.ndarray) -> np.ndarray:
+        """`image` (H, W, 3) uint8 resized to the model's input size by the processor's own resize, once per frame:
+        the processor then finds clips at its size and leaves them as they are, so the maps are those of the
+        full-size frames, and a clip holds small frames whatever the video's resolution."""
+        video_processor = self.processor.video_processor
+        if not video_processor.do_resize:
+            return image
+        # (H, W, 3) -> (1, 3, H, W), as the processor hands frames to its resize
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        resized = video_processor.resize(tensor, size=video_processor.size, resample=video_processor.resample)
+        return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
+
+    def _model_frames(self, path, max_frames: int | None) -> Iterator[Frame]:
+        for frame in itertools.islice(iter_frames(path), max_frames):
+            yield Frame(index=frame.index, time=frame.time, end_time=frame.end_time, image=self._model_sized(frame.image))
 
     def _normalized(self, saliency_map: torch.Tensor) -> torch.Tensor:
         saliency_map = saliency_map.clamp_(0.0, 1.0)
         peak = float(saliency_map.max())
         return saliency_map / peak if self.normalize == "max" and peak > 0 else saliency_map
+
+    def iter_maps(
+        self,
+        path: str | os.PathLike,
+        stride: int | None = None,
+        blur_sigma: float = 0.0,
+        max_frames: int | None = None,
+        progress: ProgressCallback | bool | None = None,
+    ) -> Iterator[tuple[Frame, np.ndarray]]:
+        """`(frame, map)` for every frame, the map at the video's resolution; the `Frame` carries the index and the
+        timestamps, and its image is the frame at the model's input size (the video is decoded once).
+
+        Frames are resized as they are decoded and maps are brought to the video's size one at a time, so memory
+        holds the clips at the model's size and two maps at the video's, whatever its resolution and length.
+        """
+        stride = self.stride if stride is None else _check_positive_int("stride", stride)
+        if max_frames is not None:
+            max_frames = _check_positive_int("max_frames", max_frames)
+        if blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be >= 0 (pixels), got {blur_sigma}")
+        info = probe_video(path)
+        # load_audio gives silence, with a warning, for a file without sound.
+        track = load_audio(path) if self.uses_audio else None
+        frames = prefetch(self._model_frames(path, max_frames), 2 * self.model.config.num_frames)
+        windows = iter_clips(frames, self.model.config.num_frames, ALIGNMENTS[self.alignment], stride)
+        predictions = self._predicted_windows(windows, track, (info.height, info.width), blur_sigma)
+        total = min(info.num_frames, max_frames or info.num_frames) if info.num_frames else max_frames
+        with _Progress(progress, total, Path(path).name) as report:
+            for done, (frame, saliency_map) in enumerate(iter_frame_maps(predictions), start=1):
+                yield frame, saliency_map
+                report(done, total)
 
     def iter_frames_and_maps(
         self,
@@ -332,23 +382,23 @@ class SaliencyPredictor:
         max_frames: int | None = None,
         progress: ProgressCallback | bool | None = None,
     ) -> Iterator[tuple[Frame, np.ndarray]]:
-        """As `iter_video_maps`, yielding `(media.Frame, map)`: the frame keeps its timestamps."""
-        stride = self.stride if stride is None else _check_positive_int("stride", stride)
-        if max_frames is not None:
-            max_frames = _check_positive_int("max_frames", max_frames)
-        if blur_sigma < 0:
-            raise ValueError(f"blur_sigma must be >= 0 (pixels), got {blur_sigma}")
-        info = probe_video(path)
-        # load_audio gives silence, with a warning, for a file without sound.
-        track = load_audio(path) if self.uses_audio else None
-        frames = prefetch(itertools.islice(iter_frames(path), max_frames), 2 * self.model.config.num_frames)
-        windows = iter_clips(frames, self.model.config.num_frames, ALIGNMENTS[self.alignment], stride)
-        predictions = self._predicted_windows(windows, track, (info.height, info.width), blur_sigma)
-        total = min(info.num_frames, max_frames or info.num_frames) if info.num_frames else max_frames
-        with _Progress(progress, total, Path(path).name) as report:
-            for done, (frame, saliency_map) in enumerate(iter_frame_maps(predictions), start=1):
+        """As `iter_maps`, the `Frame` holding the full-size picture with its timestamps.
+
+        The pictures come from a second decoding of the file, in step with the maps: only a few full-size frames
+        are held at once, whatever the stride (the frames between two targets wait for the second target's map)
+        or the batch size.
+        """
+        maps = self.iter_maps(path, stride, blur_sigma, max_frames, progress)
+        pictures = prefetch(itertools.islice(iter_frames(path), max_frames), 2)
+        try:
+            for small, saliency_map in maps:
+                frame = next(pictures, None)
+                if frame is None or frame.index != small.index or frame.time != small.time:
+                    raise RuntimeError(f"{path}: decoding the file twice gave different frames (at frame {small.index})")
                 yield frame, saliency_map
-                report(done, total)
+        finally:
+            maps.close()
+            pictures.close()
 
     def iter_video_maps(
         self,
@@ -390,7 +440,7 @@ class SaliencyPredictor:
             raise ValueError(f"map_dtype must be 'float32' or 'uint8', got {map_dtype!r}")
         info = probe_video(path)
         maps, times = [], []
-        for frame, saliency_map in self.iter_frames_and_maps(path, stride, blur_sigma, max_frames, progress):
+        for frame, saliency_map in self.iter_maps(path, stride, blur_sigma, max_frames, progress):
             maps.append(to_uint8(saliency_map) if map_dtype == "uint8" else saliency_map.astype(np.float32))
             times.append(frame.time)
         return VideoSaliency(
@@ -425,8 +475,45 @@ def to_uint8(saliency_map: np.ndarray) -> np.ndarray:
     return np.round(np.clip(saliency_map, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def saliency_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame statistics of maps `(frames, height, width)` (or one `(height, width)` map), float or uint8.
+STATISTICS = ("center_x", "center_y", "center_x_norm", "center_y_norm", "entropy", "peak_x", "peak_y", "mean")
+# Elements of a map converted to float64 at once by `saliency_statistics` (8 MB).
+_STATISTICS_BLOCK = 1 << 20
+
+
+def _map_statistics(saliency_map: np.ndarray) -> tuple[float, ...]:
+    """`STATISTICS` of one (height, width) map, reading it by blocks of rows so float64 copies stay small.
+
+    With the total T, the entropy of p = m / T is log2 T - sum(m log2 m) / T; the centre of mass comes from the
+    row and column sums.
+    """
+    if saliency_map.ndim != 2 or 0 in saliency_map.shape:
+        raise ValueError(f"each map must be (height, width), got shape {saliency_map.shape}")
+    if np.issubdtype(saliency_map.dtype, np.floating) and (saliency_map < 0).any():
+        raise ValueError("saliency maps must be non-negative")
+    height, width = saliency_map.shape
+    rows, columns, weighted_logs = np.zeros(height), np.zeros(width), 0.0
+    step = max(1, _STATISTICS_BLOCK // width)
+    for first in range(0, height, step):
+        block = saliency_map[first : first + step].astype(np.float64)
+        rows[first : first + step] = block.sum(axis=1)
+        columns += block.sum(axis=0)
+        positive = block[block > 0]
+        weighted_logs += float((positive * np.log2(positive)).sum())
+    total = float(rows.sum())
+    peak_y, peak_x = divmod(int(np.argmax(saliency_map)), width)
+    if total > 0:
+        center_x = float((columns * np.arange(width)).sum()) / total
+        center_y = float((rows * np.arange(height)).sum()) / total
+        entropy = max(math.log2(total) - weighted_logs / total, 0.0)
+    else:
+        center_x = center_y = entropy = math.nan
+    return center_x, center_y, center_x / width, center_y / height, entropy, peak_x, peak_y, total / (height * width)
+
+
+def saliency_statistics(maps: np.ndarray | Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-frame statistics of maps `(frames, height, width)` (or one `(height, width)` map, or any iterable of
+    maps, e.g. `iter_npz_maps("maps.npz")`), float or uint8, computed one map at a time: memory holds one map and
+    a few megabytes, whatever the resolution and the number of frames.
 
     Returns arrays of shape `(frames,)`:
         center_x, center_y: the centre of mass in pixels (column, row), 0 at the top-left pixel's centre;
@@ -435,74 +522,39 @@ def saliency_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
         peak_x, peak_y: position of the maximum; mean: the mean value (in the maps' own scale).
     A map that sums to zero has NaN centre and entropy.
     """
-    maps = np.asarray(maps)
-    if maps.ndim == 2:
-        maps = maps[None]
-    if maps.ndim != 3 or maps.shape[0] == 0:
-        raise ValueError(f"maps must be (frames, height, width) with at least one frame, got shape {maps.shape}")
-    if np.issubdtype(maps.dtype, np.floating) and (maps < 0).any():
-        raise ValueError("saliency maps must be non-negative")
-    weights = maps.astype(np.float64)
-    frames, height, width = weights.shape
-    total = weights.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        probability = weights / total[:, None, None]
-        center_y = (probability.sum(axis=2) * np.arange(height)).sum(axis=1)
-        center_x = (probability.sum(axis=1) * np.arange(width)).sum(axis=1)
-        logs = np.where(probability > 0, np.log2(np.where(probability > 0, probability, 1.0)), 0.0)
-        entropy = -(probability * logs).sum(axis=(1, 2))
-    empty = total <= 0
-    center_x[empty], center_y[empty], entropy[empty] = np.nan, np.nan, np.nan
-    peak = weights.reshape(frames, -1).argmax(axis=1)
-    return {
-        "center_x": center_x,
-        "center_y": center_y,
-        "center_x_norm": center_x / width,
-        "center_y_norm": center_y / height,
-        "entropy": entropy,
-        "peak_x": (peak % width).astype(np.int64),
-        "peak_y": (peak // width).astype(np.int64),
-        "mean": weights.mean(axis=(1, 2)),
-    }
+    if isinstance(maps, np.ndarray):
+        if maps.ndim == 2:
+            maps = maps[None]
+        if maps.ndim != 3 or maps.shape[0] == 0:
+            raise ValueError(f"maps must be (frames, height, width) with at least one frame, got shape {maps.shape}")
+    rows = [_map_statistics(np.asarray(saliency_map)) for saliency_map in maps]
+    if not rows:
+        raise ValueError("maps must hold at least one frame, got none")
+    columns = list(zip(*rows))
+    result = {name: np.asarray(values, dtype=np.float64) for name, values in zip(STATISTICS, columns)}
+    result["peak_x"], result["peak_y"] = result["peak_x"].astype(np.int64), result["peak_y"].astype(np.int64)
+    return result
 
 
-class _NpzMapWriter:
-    """Builds `maps.npz` (uint8 `maps` (N, H, W) and float64 `times` (N,)) without holding the maps in memory:
-    they go to a raw temporary file first, then are deflated into the archive once N is known."""
-
-    def __init__(self, path: Path):
-        self.path, self.raw_path = path, path.with_name(path.name + ".raw.tmp")
-        self.raw = open(self.raw_path, "wb")
-        self.shape, self.times = None, []
-
-    def add(self, saliency_map: np.ndarray, time_s: float) -> None:
-        if self.shape is None:
-            self.shape = saliency_map.shape
-        self.raw.write(np.ascontiguousarray(saliency_map, dtype=np.uint8).tobytes())
-        self.times.append(time_s)
-
-    def close(self) -> None:
-        self.raw.close()
-        partial = self.path.with_name(self.path.name + ".tmp")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                  "shape": (len(self.times), *self.shape)}
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            with archive.open("maps.npy", "w", force_zip64=True) as entry, open(self.raw_path, "rb") as raw:
-                np.lib.format.write_array_header_1_0(entry, header)
-                shutil.copyfileobj(raw, entry, length=1 << 22)
-            with archive.open("times.npy", "w") as entry:
-                np.lib.format.write_array(entry, np.asarray(self.times, dtype=np.float64))
-        os.replace(partial, self.path)
-        self.raw_path.unlink()
-
-    def discard(self) -> None:
-        self.raw.close()
-        self.raw_path.unlink(missing_ok=True)
+def output_name(video_path: str | os.PathLike) -> str:
+    """The name of a video's output folder: its file name without extension, made safe to join to the output
+    folder. A name of dots only (`...mp4` has the stem `..`, `..mp4` the stem `.`) would name the output folder's
+    parent or the output folder itself: its dots become `_`. Characters that do not print (newlines...) become `_`."""
+    name = "".join(character if character.isprintable() else "_" for character in Path(video_path).stem)
+    if not name.strip("."):
+        name = "_" * max(len(name), 1)
+    return name
 
 
 def output_paths(video_path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Where `predict_to_folder` writes a video's outputs: `<output_dir>/<video stem>/...`."""
-    folder = Path(output_dir) / Path(video_path).stem
+    """Where `predict_to_folder` writes a video's outputs: `<output_dir>/<output_name(video)>/...`.
+
+    Raises `ValueError` when that folder would not lie directly inside `output_dir` (a link pointing elsewhere).
+    """
+    output_dir = Path(output_dir)
+    folder = output_dir / output_name(video_path)
+    if folder.resolve().parent != output_dir.resolve():
+        raise ValueError(f"the output folder of {video_path}, {folder}, leads outside {output_dir} (to {folder.resolve()})")
     return {
         "folder": folder,
         "maps": folder / "maps",
@@ -512,17 +564,40 @@ def output_paths(video_path: str | os.PathLike, output_dir: str | os.PathLike) -
     }
 
 
+def source_identity(video_path: str | os.PathLike) -> dict | None:
+    """What identifies the file a marker was written for: its absolute path, size and modification time (ns).
+    None for a path that is not a file."""
+    path = Path(video_path).resolve()
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return {"path": str(path), "size": status.st_size, "mtime_ns": status.st_mtime_ns} if path.is_file() else None
+
+
 def _requested(write_pngs: bool, write_npz: bool, write_overlay: bool) -> dict[str, bool]:
     return {"pngs": bool(write_pngs), "npz": bool(write_npz), "overlay": bool(write_overlay)}
 
 
-def finished_marker(paths: dict[str, Path], settings: dict, outputs: dict[str, bool]) -> dict | None:
-    """The `done.json` content when the video was finished with these settings and its outputs are all there."""
+def _read_marker(paths: dict[str, Path]) -> dict | None:
     try:
         marker = json.loads(paths["done"].read_text())
     except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) else None
+
+
+def finished_marker(paths: dict[str, Path], settings: dict, outputs: dict[str, bool],
+                    video_path: str | os.PathLike | None = None) -> dict | None:
+    """The `done.json` content when the video was finished with these settings and its outputs are all there; with
+    `video_path`, also only when the marker was written for that very file (`source_identity`: path, size and
+    modification time), so another file of the same name, or the same file changed, is predicted again."""
+    marker = _read_marker(paths)
+    if marker is None:
+        return None
     if marker.get("settings") != settings or any(want and not marker.get("outputs", {}).get(name) for name, want in outputs.items()):
+        return None
+    if video_path is not None and (marker.get("source") is None or marker.get("source") != source_identity(video_path)):
         return None
     frames = marker.get("num_frames")
     if outputs["pngs"] and len(list(paths["maps"].glob("*.png"))) != frames:
@@ -542,6 +617,19 @@ def _clear_outputs(paths: dict[str, Path]) -> None:
             png.unlink()
     for name in ("npz", "overlay"):
         paths[name].unlink(missing_ok=True)
+
+
+def _remove_failed(paths: dict[str, Path]) -> None:
+    """After a failure: the temporary files and every output of the run go, and the folder if nothing else is in it."""
+    _clear_outputs(paths)
+    for temporary in (_overlay_partial(paths["overlay"]), paths["npz"].with_name(paths["npz"].name + ".tmp"),
+                      paths["done"].with_name(MARKER_NAME + ".tmp")):
+        temporary.unlink(missing_ok=True)
+    for folder in (paths["maps"], paths["folder"]):
+        try:
+            folder.rmdir()
+        except OSError:  # absent, or holding files of the user's
+            pass
 
 
 def _write_png(path: Path, saliency_map: np.ndarray) -> None:
@@ -585,43 +673,22 @@ def predict_to_folder(
     paths = output_paths(video_path, output_dir)
     settings = predictor.settings(stride, blur_sigma, max_frames)
     outputs = _requested(write_pngs, write_npz, write_overlay)
-    if not overwrite and finished_marker(paths, settings, outputs) is not None:
+    if not overwrite and finished_marker(paths, settings, outputs, video_path) is not None:
         return paths
     started = time.perf_counter()
     info = probe_video(video_path)  # an unreadable file fails here, before anything is written
+    source = source_identity(video_path)
     _clear_outputs(paths)
     paths["folder"].mkdir(parents=True, exist_ok=True)
-    if write_pngs:
-        paths["maps"].mkdir(exist_ok=True)
-    npz = _NpzMapWriter(paths["npz"]) if write_npz else None
-    count = 0
     try:
-        pairs = predictor.iter_frames_and_maps(video_path, stride, blur_sigma, max_frames, progress)
-
-        def saved(items):
-            nonlocal count
-            for frame, saliency_map in items:
-                grey = to_uint8(saliency_map)
-                if write_pngs:
-                    _write_png(paths["maps"] / f"{frame.index + 1:06d}.png", grey)
-                if npz is not None:
-                    npz.add(grey, frame.time)
-                count += 1
-                yield frame, saliency_map
-
-        if write_overlay:
-            _write_overlay(saved(pairs), video_path, paths["overlay"], info, overlay_alpha, colormap)
-        else:
-            for _ in saved(pairs):
-                pass
-        if npz is not None:
-            npz.close()
+        count = _write_outputs(predictor, video_path, paths, info, outputs, overlay_alpha, colormap,
+                               (stride, blur_sigma, max_frames, progress))
     except BaseException:
-        if npz is not None:
-            npz.discard()
+        _remove_failed(paths)
         raise
     marker = {
         "video": str(Path(video_path).resolve()),
+        "source": source,
         "num_frames": count,
         "fps": info.fps,
         "size": [info.height, info.width],
@@ -639,14 +706,71 @@ def predict_to_folder(
     return paths
 
 
+def _write_outputs(predictor, video_path, paths: dict, info, outputs: dict, alpha: float, colormap: str, options) -> int:
+    """Stream the maps of a video into its PNGs, `maps.npz` and overlay; returns the number of frames."""
+    if outputs["pngs"]:
+        paths["maps"].mkdir(exist_ok=True)
+    npz = NpzMapWriter(paths["npz"]) if outputs["npz"] else None
+    count = 0
+
+    def saved(pairs):
+        nonlocal count
+        for frame, saliency_map in pairs:
+            grey = to_uint8(saliency_map)
+            if outputs["pngs"]:
+                _write_png(paths["maps"] / f"{frame.index + 1:06d}.png", grey)
+            if npz is not None:
+                npz.add(grey, frame.time)
+            count += 1
+            yield frame, saliency_map
+
+    try:
+        if outputs["overlay"]:
+            _write_overlay(saved(predictor.iter_frames_and_maps(video_path, *options)), video_path, paths["overlay"],
+                           info, alpha, colormap)
+        else:
+            for _ in saved(predictor.iter_maps(video_path, *options)):
+                pass
+        if npz is not None:
+            npz.close()
+    except BaseException:
+        if npz is not None:
+            npz.discard()
+        raise
+    return count
+
+
+def _in_step(pairs: Iterator[tuple]) -> tuple[Iterator, Iterator]:
+    """The first and the second items of `pairs` as two iterators, for a consumer that takes one of each in turn,
+    first then second (`zip`), holding one pair. (`itertools.tee` keeps its items in blocks of 57 until both sides
+    have passed a block: 57 frames and maps of a 4K video are 3 GB.)"""
+    slot: list = []
+
+    def firsts():
+        for first, second in pairs:
+            slot.append(second)
+            yield first
+
+    def seconds():
+        while slot:
+            yield slot.pop()
+
+    return firsts(), seconds()
+
+
+def _overlay_partial(path: Path) -> Path:
+    return path.with_name(path.stem + ".partial.mp4")
+
+
 def _write_overlay(pairs: Iterator, video_path, path: Path, info, alpha: float, colormap: str) -> None:
-    partial = path.with_name(path.stem + ".partial.mp4")
-    # Both iterables read the same single pass over the video; zip consumes them in step, so tee holds one item.
-    for_frames, for_maps = itertools.tee(pairs)
-    write_overlay_video(
-        (frame for frame, _ in for_frames), (saliency_map for _, saliency_map in for_maps),
-        video_path if info.has_audio else None, partial, fps=info.fps or 30.0, alpha=alpha, colormap=colormap,
-    )
+    partial = _overlay_partial(path)
+    frames, maps = _in_step(pairs)
+    try:
+        write_overlay_video(frames, maps, video_path if info.has_audio else None, partial, fps=info.fps or 30.0,
+                            alpha=alpha, colormap=colormap)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
 
 
@@ -654,7 +778,7 @@ def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Video files from files and folders (a folder gives its files with a video extension, sorted).
 
     A path that does not exist is kept (it is reported as failed when its turn comes). Raises `ValueError`
-    when two inputs would share an output folder (same file name without extension).
+    when two inputs would share an output folder (same `output_name`).
     """
     videos = []
     for item in inputs:
@@ -665,14 +789,15 @@ def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             # A missing file stays in the list: it fails on its own, reported, and the others go on.
             videos.append(path)
     unique = list(dict.fromkeys(videos))
-    stems: dict[str, Path] = {}
+    names: dict[str, Path] = {}
     for video in unique:
-        if video.stem in stems:
+        name = output_name(video)
+        if name in names:
             raise ValueError(
-                f"{stems[video.stem]} and {video} would both write to '<output>/{video.stem}/': "
+                f"{names[name]} and {video} would both write to '<output>/{name}/': "
                 "predict them into different output folders"
             )
-        stems[video.stem] = video
+        names[name] = video
     return unique
 
 
@@ -734,16 +859,21 @@ def predict_videos(
     """
     results = []
     for video in map(Path, videos):
-        paths = output_paths(video, output_dir)
-        settings = predictor.settings(options.get("stride"), options.get("blur_sigma", 0.0), options.get("max_frames"))
-        wanted = _requested(options.get("write_pngs", True), options.get("write_npz", True), options.get("write_overlay", True))
-        marker = None if options.get("overwrite") else finished_marker(paths, settings, wanted)
-        if marker is not None:
-            log(f"[process {process_index}] skipped {video}: finished earlier ({paths['done']})")
-            results.append(VideoResult(video, "skipped", num_frames=marker.get("num_frames")))
-            continue
         started = time.perf_counter()
         try:
+            paths = output_paths(video, output_dir)
+            settings = predictor.settings(options.get("stride"), options.get("blur_sigma", 0.0), options.get("max_frames"))
+            wanted = _requested(options.get("write_pngs", True), options.get("write_npz", True),
+                                options.get("write_overlay", True))
+            marker = None if options.get("overwrite") else finished_marker(paths, settings, wanted, video)
+            if marker is not None:
+                log(f"[process {process_index}] skipped {video}: finished earlier ({paths['done']})")
+                results.append(VideoResult(video, "skipped", num_frames=marker.get("num_frames")))
+                continue
+            previous = _read_marker(paths)
+            if previous is not None and previous.get("video") != str(video.resolve()):
+                log(f"[process {process_index}] {paths['folder']} holds the outputs of {previous.get('video')}: "
+                    f"replacing them with those of {video}")
             predict_to_folder(predictor, video, output_dir, extra_marker={"process_index": process_index}, **options)
         except Exception as error:  # one bad file must not stop the batch
             message = f"{type(error).__name__}: {error}"
@@ -824,13 +954,17 @@ __all__ = [
     "find_videos",
     "finished_marker",
     "load_model_and_processor",
+    "iter_npz_maps",
+    "output_name",
     "output_paths",
     "predict_job",
     "check_overlay_options",
     "predict_to_folder",
     "predict_videos",
     "process_share",
+    "STATISTICS",
     "saliency_statistics",
+    "source_identity",
     "to_uint8",
     "untrained_message",
 ]

@@ -428,9 +428,17 @@ def overlay_saliency(image: np.ndarray, saliency_map: np.ndarray, alpha: float =
         )
         saliency_map = resized[0, 0].numpy()
     saliency_map = np.clip(saliency_map, 0.0, 1.0)
-    colours = _colormap_table(colormap)[np.round(saliency_map * 255).astype(np.int64)]
-    weight = alpha * saliency_map[..., None]
-    return np.clip(image * (1.0 - weight) + colours * weight, 0, 255).astype(np.uint8)
+    levels = np.round(saliency_map * 255).astype(np.uint8)
+    weight = alpha * saliency_map
+    keep = 1.0 - weight
+    table = _colormap_table(colormap)
+    blended = np.empty(image.shape, dtype=np.uint8)
+    # Channel by channel, so a 4K frame needs a few (H, W) float32 planes rather than (H, W, 3) ones.
+    for channel in range(3):
+        plane = image[..., channel] * keep
+        plane += table[levels, channel] * weight
+        blended[..., channel] = np.clip(plane, 0, 255, out=plane)
+    return blended
 
 
 def _even(image: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ def make_clip(
     fps: int = 12,
     size: tuple[int, int] = (48, 64),
     options: dict | None = None,
+    noise: int = 48,
 ) -> Path:
     """A small video (frame i grey at level 10 * i with seeded noise, so the pictures, not the headers, make up
     most of the file) with the tone of `_encode_sound` as its sound.
@@ -65,9 +66,9 @@ def make_clip(
         audio = container.add_stream(audio_codec, rate=rate) if audio_codec is not None else None  # before any packet
         if audio is not None:
             audio.layout = layout
-        noise = np.random.default_rng(0)
+        rng = np.random.default_rng(0)
         for index in range(num_frames):
-            image = (10 * index) % 200 + noise.integers(0, 48, (height, width, 3))
+            image = (10 * index) % 200 + rng.integers(0, noise + 1, (height, width, 3))
             frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
             frame.pts, frame.time_base = index, Fraction(1, fps)
             container.mux(video.encode(frame))
