@@ -168,7 +168,9 @@ def interpolate_maps(start_time: float, start_map: np.ndarray, end_time: float, 
     maps = []
     for time in times:
         weight = 1.0 if span <= 0 else min(max((time - start_time) / span, 0.0), 1.0)
-        maps.append((1.0 - weight) * start_map + weight * end_map)
+        interpolated = start_map * (1.0 - weight)
+        interpolated += weight * end_map
+        maps.append(interpolated)
     return maps
 
 

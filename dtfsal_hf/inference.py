@@ -471,13 +471,17 @@ class _Progress:
 
 
 def to_uint8(saliency_map: np.ndarray) -> np.ndarray:
-    """A map in [0, 1] as 8-bit grey levels (0-255, rounded)."""
-    return np.round(np.clip(saliency_map, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """A map in [0, 1] as 8-bit grey levels (0-255, rounded); one float copy of the map is made."""
+    saliency_map = np.asarray(saliency_map)
+    scaled = np.clip(saliency_map if np.issubdtype(saliency_map.dtype, np.floating) else saliency_map.astype(np.float32),
+                     0.0, 1.0)
+    scaled *= 255.0
+    return np.round(scaled, out=scaled).astype(np.uint8)
 
 
 STATISTICS = ("center_x", "center_y", "center_x_norm", "center_y_norm", "entropy", "peak_x", "peak_y", "mean")
-# Elements of a map converted to float64 at once by `saliency_statistics` (8 MB).
-_STATISTICS_BLOCK = 1 << 20
+# Elements of a map converted to float64 at once by `saliency_statistics` (2 MB).
+_STATISTICS_BLOCK = 1 << 18
 
 
 def _map_statistics(saliency_map: np.ndarray) -> tuple[float, ...]:
