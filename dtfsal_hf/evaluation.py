@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -38,7 +39,10 @@ PROTOCOLS = ("dhf1k", "stavis")
 DEFAULT_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "sauc")
 METRIC_TITLES = {"cc": "CC", "nss": "NSS", "auc_judd": "AUC-J", "sim": "SIM", "kld": "KLD", "sauc": "sAUC", "auc_borji": "AUC-B"}
 STAVIS_BLUR_SIGMA = 2.0
-CSV_NAME, SUMMARY_NAME = "per_video.csv", "summary.json"
+CSV_NAME, SUMMARY_NAME, STATE_NAME = "per_video.csv", "summary.json", "evaluation.json"
+# The values a per-video mean can take; a row outside them is not one this module wrote.
+METRIC_RANGES = {"cc": (-1.0, 1.0), "nss": (-math.inf, math.inf), "auc_judd": (0.0, 1.0), "sim": (0.0, 1.0),
+                 "kld": (0.0, math.inf), "sauc": (0.0, 1.0), "auc_borji": (0.0, 1.0)}
 
 
 def protocol_for(dataset: str) -> str:
@@ -250,7 +254,11 @@ def evaluate_video(
     other_frames: int = 10,
     device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Per-frame scores of one video, `{metric: (N,) float64}` (NaN for frames without fixations)."""
+    """Per-frame scores of one video, `{metric: (N,) float64}` (NaN for frames without fixations).
+
+    Raises `ValueError`, naming the video and the frame, for a predicted map with NaN, infinite or negative values
+    (a saliency map is a non-negative density: KLD of a negative map is NaN, which averages would silently drop).
+    """
     if len(prediction) != record.num_frames:
         raise ValueError(f"{record.key}: expected {record.num_frames} predicted maps, got {len(prediction)}")
     scores = {name: np.full(record.num_frames, math.nan) for name in metrics}
@@ -258,35 +266,175 @@ def evaluate_video(
         fixations = record.fixation_map(frame)
         if not fixations.any():
             continue
+        frame_map = _checked_map(np.asarray(prediction[frame]), record, frame)
         target = torch.from_numpy(record.saliency_map(frame)).to(device)
-        predicted = prepare_prediction(np.asarray(prediction[frame])[None], fixations.shape, protocol)[0].to(device)
+        predicted = prepare_prediction(frame_map[None], fixations.shape, protocol)[0].to(device)
         other = pool.other_map(record, frame, fixations.shape, other_frames) if pool is not None and "sauc" in metrics else None
-        frame_scores = saliency_metrics.compute_metrics(
-            predicted, target, torch.from_numpy(fixations).to(device),
-            other_map=None if other is None else torch.from_numpy(other).to(device),
-            metrics=metrics, seed=_stable_seed(seed, record.key, frame) % (2**63),
-        )
+        try:
+            frame_scores = saliency_metrics.compute_metrics(
+                predicted, target, torch.from_numpy(fixations).to(device),
+                other_map=None if other is None else torch.from_numpy(other).to(device),
+                metrics=metrics, seed=_stable_seed(seed, record.key, frame) % (2**63),
+            )
+        except ValueError as error:
+            raise ValueError(f"{record.key}, frame {frame + 1}: {error}") from error
         for name, value in frame_scores.items():
             scores[name][frame] = float(value)
     return scores
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _checked_map(frame_map: np.ndarray, record: VideoRecord, frame: int) -> np.ndarray:
+    if not np.isfinite(frame_map).all():
+        raise ValueError(f"{record.key}: the predicted map of frame {frame + 1} holds NaN or infinite values")
+    lowest = float(frame_map.min()) if frame_map.size else 0.0
+    if lowest < 0:
+        raise ValueError(
+            f"{record.key}: the predicted map of frame {frame + 1} holds negative values (down to {lowest:.4g}); "
+            "saliency maps must be non-negative (a sigmoid or softmax output, or values clipped at 0)"
+        )
+    return frame_map
+
+
+def _row_problem(row: dict, columns: list[str], metrics: Sequence[str]) -> str | None:
+    """What is wrong with a CSV row, or None: every column present, counts and metric values that can be."""
+    if None in row or any(row.get(column) is None for column in columns):
+        return f"it has {len([v for v in row.values() if v is not None])} fields, expected {len(columns)}"
+    if not row["key"]:
+        return "its key is empty"
+    try:
+        total, scored = int(row["num_frames"]), int(row["scored_frames"])
+    except ValueError:
+        return f"its frame counts {row['num_frames']!r}, {row['scored_frames']!r} are not integers"
+    if not 0 <= scored <= total:
+        return f"it scores {scored} of {total} frames"
+    for name in metrics:
+        try:
+            value = float(row[name])
+        except ValueError:
+            return f"its {name} {row[name]!r} is not a number"
+        low, high = METRIC_RANGES[name]
+        if not math.isnan(value) and not (low <= value <= high and math.isfinite(value)):
+            return f"its {name} {value} lies outside [{low}, {high}]"
+    return None
+
+
+def _read_rows(path: Path, columns: list[str], metrics: Sequence[str], log: Callable[[str], None]) -> list[dict]:
+    """The rows of an earlier run's CSV. An incomplete last line (the disk filled up, the process was killed while
+    writing) is dropped and the file rewritten without it, so that video is scored again; any other row that is not
+    one this module writes is an error naming its line."""
     if not path.is_file():
         return []
     with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+        text = handle.read()
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is not None and list(reader.fieldnames) != columns:
+        raise ValueError(f"{path} has the columns {list(reader.fieldnames)}, expected {columns}: use another output "
+                         "folder or resume=False")
+    rows = list(reader)
+    problems = [_row_problem(row, columns, metrics) for row in rows]
+    torn = bool(rows) and (problems[-1] is not None or not text.endswith("\n"))
+    if torn:
+        log(f"{path}: dropped its incomplete last line ({rows[-1].get('key')!r}); that video is scored again")
+        rows, problems = rows[:-1], problems[:-1]
+    for index, problem in enumerate(problems):
+        if problem is not None:
+            raise ValueError(f"{path}, row {index + 2} ({rows[index].get('key')!r}): {problem}; remove the row or start "
+                             "over (--no-resume)")
+    keys = [row["key"] for row in rows]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise ValueError(f"{path} scores {duplicated[0]!r} twice; remove one row or start over (--no-resume)")
+    if torn or not text.endswith("\n"):
+        _write_rows(path, columns, rows)
+    return rows
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
+
+
+def _check_rows_match(rows: list[dict], records: Sequence[VideoRecord], path: Path) -> None:
+    """Rows of videos evaluated now must describe those videos (dataset, name, frame count)."""
+    by_key = {record.key: record for record in records}
+    for row in rows:
+        record = by_key.get(row["key"])
+        if record is None:
+            continue
+        seen = (row["dataset"], row["video"], int(row["num_frames"]))
+        wanted = (record.dataset, record.name, record.num_frames)
+        if seen != wanted:
+            raise ValueError(f"{path}: the row of {record.key} describes {seen} (dataset, video, frames), but the video "
+                             f"is {wanted}; start over (--no-resume)")
+
+
+def evaluation_state(records: Sequence[VideoRecord], protocol: str, metrics: Sequence[str], seed: int,
+                     pool_frames_per_video: int, other_frames: int, source: dict | None) -> dict:
+    """What determines the rows of `per_video.csv`: what is scored (`source`: the predictions folder or the model),
+    the protocol, the metrics and the seed; with sAUC, also the shuffle pool (its settings and the videos drawn
+    from, a fingerprint of their keys). The datasets, split and folds are recorded too."""
+    state = {
+        "source": source, "protocol": protocol, "metrics": list(metrics), "seed": seed,
+        "datasets": sorted({record.dataset for record in records}), "split": records[0].split,
+        "folds": sorted({record.fold for record in records if record.fold is not None}),
+    }
+    if "sauc" in metrics:
+        keys = "\n".join(sorted(record.key for record in records))
+        state["shuffle_pool"] = {"frames_per_video": pool_frames_per_video, "other_frames": other_frames,
+                                 "videos": len(records), "videos_sha256": hashlib.sha256(keys.encode()).hexdigest()[:16]}
+    return state
+
+
+# Keys of the state that must match for rows to be reused; datasets, split and folds matter through the pool only.
+_RESUME_KEYS = ("source", "protocol", "metrics", "seed", "shuffle_pool")
+
+
+def _resume_state(output_dir: Path, state: dict, resume: bool) -> bool:
+    """Whether the earlier rows can be reused; writes the state of this run. Raises when the folder holds scores of
+    another evaluation (or scores without a state), unless `resume` is False (then they are removed)."""
+    state_path, csv_path = output_dir / STATE_NAME, output_dir / CSV_NAME
+    if resume and csv_path.is_file():
+        if not state_path.is_file():
+            raise ValueError(f"{csv_path} has no {STATE_NAME} saying what was scored: use another output folder, or "
+                             "start over (--no-resume)")
+        try:
+            earlier = json.loads(state_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{state_path} is not valid JSON ({error}): start over (--no-resume)") from error
+        different = [key for key in _RESUME_KEYS if earlier.get(key) != state.get(key)]
+        if different:
+            key = different[0]
+            raise ValueError(
+                f"{output_dir} holds the scores of another evaluation ({key}: {earlier.get(key)!r}, now {state.get(key)!r}): "
+                "use another output folder, or start over (--no-resume)"
+            )
+        return True
+    for name in (CSV_NAME, SUMMARY_NAME):
+        (output_dir / name).unlink(missing_ok=True)
+    partial = state_path.with_name(STATE_NAME + ".tmp")
+    partial.write_text(json.dumps(state, indent=2))
+    partial.replace(state_path)
+    return False
 
 
 def _summarise(rows: list[dict], metrics: Sequence[str]) -> dict:
+    """Means over the videos with at least one scored frame (a video without fixations counts in no mean)."""
+    scored = [row for row in rows if int(row["scored_frames"]) > 0]
+
     def means(subset):
         return {name: saliency_metrics.nanmean([float(row[name]) for row in subset]) for name in metrics}
 
     datasets = sorted({row["dataset"] for row in rows})
     return {
-        "num_videos": len(rows),
-        "metrics": means(rows),
-        "per_dataset": {name: {"num_videos": sum(r["dataset"] == name for r in rows), "metrics": means([r for r in rows if r["dataset"] == name])} for name in datasets},
+        "num_videos": len(scored),
+        "num_unscored_videos": len(rows) - len(scored),
+        "metrics": means(scored),
+        "per_dataset": {name: {"num_videos": sum(r["dataset"] == name for r in scored),
+                               "metrics": means([r for r in scored if r["dataset"] == name])} for name in datasets},
     }
 
 
@@ -302,11 +450,17 @@ def evaluate(
     other_frames: int = 10,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    source: dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Evaluate every video, append one CSV row per video as it finishes, and write a JSON summary.
 
-    With `resume`, videos already in `output_dir/per_video.csv` are skipped. Returns the summary:
-    `num_videos`, `metrics` (mean over videos), `per_dataset`, `protocol` and the settings.
+    `output_dir/evaluation.json` records what is scored (`evaluation_state`; `source` describes the predictions,
+    e.g. `{"predictions": "/abs/folder"}` or `{"model": "id"}`). With `resume`, videos already in `per_video.csv`
+    are skipped when the state matches; a folder holding the scores of another evaluation is refused (`resume=False`
+    starts over). An incomplete last CSV line is dropped and that video scored again (`log` says so). Returns the
+    summary: `num_videos` (videos with at least one scored frame), `metrics` (mean over them), `per_dataset`,
+    `protocol` and the settings.
     """
     if not records:
         raise ValueError("expected at least one video to evaluate, got none")
@@ -316,16 +470,19 @@ def evaluate(
     protocol = protocol_for(records[0].dataset) if protocol == "auto" else protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be 'auto' or one of {list(PROTOCOLS)}, got {protocol!r}")
+    log = log or tqdm.write
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = output_dir / CSV_NAME
     columns = ["key", "dataset", "fold", "video", "num_frames", "scored_frames", *metrics]
-    rows = _read_rows(csv_path) if resume else []
-    if rows and list(rows[0].keys()) != columns:
-        raise ValueError(f"{csv_path} has the columns {list(rows[0].keys())}, expected {columns}: use another output folder or resume=False")
+    state = evaluation_state(records, protocol, metrics, seed, pool_frames_per_video, other_frames, source)
+    if resume and csv_path.is_file():
+        _read_rows(csv_path, columns, metrics, log)  # other columns are the clearest reason to refuse: checked first
+    rows = _read_rows(csv_path, columns, metrics, log) if _resume_state(output_dir, state, resume) else []
+    _check_rows_match(rows, records, csv_path)
     done = {row["key"] for row in rows}
     pool = ShufflePool(records, pool_frames_per_video, seed, progress) if "sauc" in metrics else None
-    mode = "a" if rows else "w"
+    mode = "a" if csv_path.is_file() else "w"
     with csv_path.open(mode, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if mode == "w":
@@ -346,7 +503,7 @@ def evaluate(
     folds = sorted({record.fold for record in records if record.fold is not None})
     summary.update(
         split=records[0].split, folds=folds, protocol=protocol, seed=seed,
-        pool_frames_per_video=pool_frames_per_video, other_frames=other_frames,
+        pool_frames_per_video=pool_frames_per_video, other_frames=other_frames, source=source,
     )
     (output_dir / SUMMARY_NAME).write_text(json.dumps(_nan_to_none(summary), indent=2))
     return summary
@@ -404,7 +561,8 @@ def run_evaluation(
                 predictors[path] = load_model_predictor(path, batch_size, device)
             return predictors[path](record)
 
-    return evaluate(records, predict, output_dir, protocol, metrics, resume, seed, progress=progress)
+    source = {"predictions": str(Path(predictions).resolve())} if predictions is not None else {"model": model}
+    return evaluate(records, predict, output_dir, protocol, metrics, resume, seed, progress=progress, source=source)
 
 
 def _format_value(name: str, value: float) -> str:
@@ -447,6 +605,7 @@ __all__ = [
     "center_bias_predictor",
     "evaluate",
     "evaluate_video",
+    "evaluation_state",
     "format_table",
     "load_model_predictor",
     "model_predictor",
