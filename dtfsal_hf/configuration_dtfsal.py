@@ -14,6 +14,18 @@ _MVIT_V2_S_HEADS = [1, 2, 4, 8]
 _VGGISH_CHANNELS = [[64], [128], [256, 256], [512, 512]]
 
 
+_POSITIVE_INTS = ("num_frames", "num_audio_examples", "audio_num_heads", "audio_head_dim", "audio_mlp_dim",
+                  "feature_dim", "lteb_num_tokens", "lteb_token_dim", "lteb_token_size", "dltfb_shift_groups",
+                  "dltfb_hidden_dim", "dltfb_kernel_size", "amfb_audio_dim", "amfb_stream_dim")
+_POSITIVE_INT_LISTS = ("image_size", "backbone_depths", "backbone_dims", "backbone_heads", "backbone_kv_stride",
+                       "audio_input_size", "decoder_dims")
+
+
+def _is_positive_int(value) -> bool:
+    """An integer >= 1 (a bool is not one; numpy integers are)."""
+    return not isinstance(value, bool) and hasattr(value, "__index__") and int(value) >= 1
+
+
 class DTFSalConfig(PretrainedConfig):
     r"""Configuration of [`DTFSalModel`]. Defaults give the paper's audio-visual model (49.08M parameters).
 
@@ -69,13 +81,35 @@ class DTFSalConfig(PretrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        self._check_types()
         # JSON gives lists; tuples passed by users are normalised so saved configs compare equal.
-        for name in ("image_size", "backbone_depths", "backbone_dims", "backbone_heads", "backbone_kv_stride",
-                     "audio_input_size", "decoder_dims"):
+        for name in _POSITIVE_INT_LISTS:
             setattr(self, name, [int(v) for v in getattr(self, name)])
         self.audio_trunk_channels = [[int(c) for c in group] for group in self.audio_trunk_channels]
         super().__post_init__(**kwargs)
         self._validate()
+
+    def _check_types(self) -> None:
+        """Every size a positive integer, every switch a bool, the rates in range; errors name the field."""
+        for name in _POSITIVE_INTS:
+            if not _is_positive_int(getattr(self, name)):
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}")
+        for name in _POSITIVE_INT_LISTS:
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not values or not all(_is_positive_int(v) for v in values):
+                raise ValueError(f"`{name}` must be a list of positive integers, got {values!r}")
+        groups = self.audio_trunk_channels
+        if not isinstance(groups, (list, tuple)) or not groups or not all(
+            isinstance(group, (list, tuple)) and group and all(_is_positive_int(c) for c in group) for group in groups
+        ):
+            raise ValueError(f"`audio_trunk_channels` must be non-empty lists of positive integers, got {groups!r}")
+        for name in ("use_audio", "freeze_audio_trunk"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
+        if not (isinstance(self.backbone_stochastic_depth, (int, float)) and 0 <= self.backbone_stochastic_depth < 1):
+            raise ValueError(f"`backbone_stochastic_depth` must lie in [0, 1), got {self.backbone_stochastic_depth!r}")
+        if not (isinstance(self.initializer_range, (int, float)) and 0 < self.initializer_range < float("inf")):
+            raise ValueError(f"`initializer_range` must be a positive number, got {self.initializer_range!r}")
 
     def _validate(self) -> None:
         for name in ("backbone_depths", "backbone_dims", "backbone_heads"):
@@ -93,6 +127,12 @@ class DTFSalConfig(PretrainedConfig):
             )
         if len(self.decoder_dims) != 3:
             raise ValueError(f"`decoder_dims` needs three widths, got {self.decoder_dims}")
+        if len(self.backbone_kv_stride) != 3:
+            raise ValueError(f"`backbone_kv_stride` needs (T, H, W) strides, got {self.backbone_kv_stride}")
+        uneven = [(d, h) for d, h in zip(self.backbone_dims, self.backbone_heads) if d % h]
+        if uneven:
+            raise ValueError(f"each of `backbone_dims` must be a multiple of its `backbone_heads`, got {uneven[0][0]} "
+                             f"channels for {uneven[0][1]} heads")
 
     @property
     def audio_dim(self) -> int:

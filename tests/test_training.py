@@ -74,6 +74,47 @@ def test_wrong_type_is_named_and_numbers_written_as_text_are_read():
     assert config.data.train[0].dataset == "DIEM" and config.data.train[0].split == "train"
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.config_overrides={use_audio: 'no'}", r"model\.config_overrides\.use_audio: set model\.use_audio instead"),
+    ("model.config_overrides={feature_dimm: 32}", r"unknown key model\.config_overrides\.feature_dimm"),
+    ("model.config_overrides={feature_dim: -3}", r"model\.config_overrides: `feature_dim` must be a positive integer, got -3"),
+    ("model.config_overrides={num_frames: 7.5}", r"`num_frames` must be a positive integer, got 7\.5"),
+    ("model.config_overrides={image_size: [64, -96]}", r"`image_size` must be a list of positive integers"),
+    ("training.learning_rate=.nan", r"training\.learning_rate must be a finite number > 0, got nan"),
+    ("training.learning_rate=inf", r"training\.learning_rate must be a finite number > 0, got inf"),
+    ("training.weight_decay=-0.1", r"training\.weight_decay must be a finite number >= 0, got -0\.1"),
+    ("training.adam_betas=[0.9, 1.0]", r"training\.adam_betas needs two values in \[0, 1\), got \[0\.9, 1\.0\]"),
+    ("training.adam_betas=[-0.1, 0.9]", r"training\.adam_betas needs two values in \[0, 1\)"),
+    ("training.max_grad_norm=-1", r"training\.max_grad_norm must be a finite number > 0"),
+    ("training.seed=-1", r"training\.seed must lie in \[0, 2\*\*32\), got -1"),
+    ("training.validation_metrics=[cc, sauc]", r"training\.validation_metrics must be names among"),
+    ("training.threads=0", r"training\.threads must be at least 1, got 0"),
+    ("data.num_workers=-2", r"data\.num_workers must be at least 0, got -2"),
+    ("data.train_target_stride=0", r"data\.train_target_stride must be at least 1, got 0"),
+    ("output.logging_steps=0", r"output\.logging_steps must be at least 1, got 0"),
+    ("training.batch_size=1.5", r"training\.batch_size must be int, got 1\.5"),
+])
+def test_bad_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig.from_yaml(None, ["model.size=tiny", override])
+
+
+def test_settings_built_in_python_are_checked_too():
+    """A `ModelSettings(use_audio="no")` was taken as true: "no" is a non-empty string."""
+    from dtfsal_hf import DTFSalConfig
+    from dtfsal_hf.training.config import ModelSettings, TrainingSettings
+
+    with pytest.raises(ValueError, match=r"model\.use_audio must be bool, got 'no'"):
+        TrainingConfig(model=ModelSettings(use_audio="no"))
+    with pytest.raises(ValueError, match=r"training\.weight_decay must be a finite number >= 0"):
+        TrainingConfig(training=TrainingSettings(weight_decay=-1.0))
+    with pytest.raises(ValueError, match=r"`use_audio` must be true or false, got 'no'"):
+        DTFSalConfig(use_audio="no")
+    with pytest.raises(ValueError, match=r"`backbone_dims` must be a list of positive integers, got \[96, 'x', 384, 768\]"):
+        DTFSalConfig(backbone_dims=[96, "x", 384, 768])
+    assert TrainingConfig.from_yaml(None, ["model.use_audio=no"]).model.use_audio is False  # YAML's no is false
+
+
 def test_paper_recipe_is_the_default():
     training = TrainingConfig().training
     assert (training.learning_rate, training.lr_step_epochs, training.lr_gamma) == (1e-4, 3, 0.1)
