@@ -58,6 +58,58 @@ def final_weights(output: Path) -> dict[str, torch.Tensor]:
     return load_file(find_checkpoint(output, True) / "model.safetensors")
 
 
+class CodeOnLoad:
+    """Pickled, this object runs `code` when unpickled: what a planted file may hold."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(CodeOnLoad(f"open({str(marker)!r}, 'w').write('ran')"), path)
+
+
+# ----------------------------------------------------------------------------------------- disk cache
+def test_disk_cache_holds_tensors_and_a_planted_pickle_never_runs(synthetic_root, tmp_path):
+    """The cache used to be read with torch.load(weights_only=False): a file planted under its name ran code."""
+    import numpy as np
+
+    from dtfsal_hf import DTFSalConfig
+    from dtfsal_hf.data import SaliencyClipDataset, load_records
+    from dtfsal_hf.training.config import DataSettings
+    from dtfsal_hf.training.data import IndexedClips, build_clip_dataset, clip_policy
+
+    records = load_records("SyntheticAV", synthetic_root, "train", fold=1)[:1]
+    settings = DataSettings(cache="disk", cache_dir=str(tmp_path / "cache"))
+    processor = DTFSalProcessor.from_model_config(DTFSalConfig.tiny())
+    fresh = IndexedClips(SaliencyClipDataset(records, clip_policy(settings, 8, 10), processor=processor,
+                                             keep_ground_truth=True), True)
+    marker = tmp_path / "ran"
+    for suffix in (".pt", ".safetensors"):
+        plant_pickle(tmp_path / "cache" / f"validation-{fresh.fingerprint()}{suffix}", marker)
+    with pytest.warns(UserWarning, match="is not a readable cache of these clips"):
+        built = build_clip_dataset(records, settings, processor, 8, 10, True, "validation", progress=False)
+    assert not marker.exists()
+    read = build_clip_dataset(records, settings, processor, 8, 10, True, "validation", progress=False)
+    assert len(read) == len(fresh) == len(built) > 0
+    for index in (0, len(fresh) - 1):
+        expected, cached = fresh[index], read[index]
+        assert cached.keys() == expected.keys()
+        for key, value in expected.items():
+            assert type(cached[key]) is type(value), key
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(cached[key], value), key
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(cached[key], value)
+                assert cached[key].dtype == value.dtype
+            else:
+                assert cached[key] == value
+
+
 # ------------------------------------------------------------------------------------- configuration
 def test_unknown_yaml_key_is_named(tmp_path):
     path = tmp_path / "run.yaml"
