@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from dtfsal_hf import DTFSalModel, DTFSalProcessor
 from dtfsal_hf.data import SyntheticConfig, generate_synthetic_dataset
 from dtfsal_hf.training import TrainingConfig, find_checkpoint, train
+from dtfsal_hf.training.trainer import Trainer, check_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -217,15 +219,57 @@ def test_interrupted_run_resumes_to_the_same_weights(synthetic_root, cache_dir, 
 
     first = train(config, callbacks=[interrupt_at_step_3])
     assert first["status"] == "interrupted" and first["global_step"] == 3
+    # A copy whose newest checkpoint (step 3) is damaged: resuming it falls back to step 2.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(interrupted, damaged)
+    newest = damaged / "checkpoints" / "step_00000003" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
     resumed = train(config, resume=True)
     assert resumed["status"] == "completed" and resumed["global_step"] == summary["global_step"]
+    expected = final_weights(straight)
+    assert_same_weights(final_weights(interrupted), expected)
+    assert [e["validation"]["cc"] for e in resumed["history"]] == pytest.approx(
+        [e["validation"]["cc"] for e in summary["history"]], abs=1e-6)
 
-    expected, actual = final_weights(straight), final_weights(interrupted)
+    messages = []
+    fallback = Trainer(small_config(synthetic_root, cache_dir, damaged))
+    fallback._print = messages.append
+    assert fallback.train(resume=True)["status"] == "completed"
+    assert f"resume: skipping step_00000003: {newest} cannot be read" in messages[0]
+    assert messages[1] == "resume: falling back to step_00000002, the newest complete checkpoint"
+    assert messages[2].startswith(f"resumed from {damaged / 'checkpoints' / 'step_00000002'} (epoch 1, step 2)")
+    assert_same_weights(final_weights(damaged), expected)
+
+    # A checkpoint is data: pickles planted in it are refused or never unpickled.
+    planted, marker = tmp_path / "planted", tmp_path / "ran"
+    shutil.copytree(find_checkpoint(straight, True), planted)
+    plant_pickle(planted / "random_states_0.pkl", marker)  # Accelerate's: read weights-only, and not needed
+    assert train(small_config(synthetic_root, cache_dir, tmp_path / "elsewhere"), resume=str(planted))["status"] == "completed"
+    assert not marker.exists()
+    plant_pickle(planted / "custom_checkpoint_0.pkl", marker)  # what register_for_checkpointing used to write
+    with pytest.raises(ValueError, match=r"custom_checkpoint_0\.pkl is a pickle, which this loop neither writes nor reads"):
+        train(small_config(synthetic_root, cache_dir, tmp_path / "elsewhere"), resume=str(planted))
+    (planted / "custom_checkpoint_0.pkl").unlink()
+    plant_pickle(planted / "optimizer.bin", marker)
+    with pytest.raises(ValueError, match=r"optimizer\.bin cannot be read as weights \(UnpicklingError"):
+        train(small_config(synthetic_root, cache_dir, tmp_path / "elsewhere"), resume=str(planted))
+    assert not marker.exists()
+
+
+def assert_same_weights(actual: dict, expected: dict) -> None:
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert [e["validation"]["cc"] for e in resumed["history"]] == pytest.approx(
-        [e["validation"]["cc"] for e in summary["history"]], abs=1e-6)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path):
+    messages = []
+    assert find_checkpoint(tmp_path, True, log=messages.append) is None
+    assert messages == [f"resume: no checkpoint in {tmp_path / 'checkpoints'}: starting from scratch"]
+    (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no usable checkpoint in .*: all 1 are damaged or incomplete"):
+        find_checkpoint(tmp_path, True, log=messages.append)
+    assert "resume: skipping step_00000004: " in messages[-1] and "model.safetensors is missing" in messages[-1]
 
 
 # ------------------------------------------------------------------------------------- two processes
@@ -269,7 +313,8 @@ def test_two_cpu_processes_train_one_model(synthetic_root, cache_dir, tmp_path):
     assert ranks[0]["step"] == ranks[1]["step"] == -(-ranks[0]["clips"] // 4)
     assert ranks[0]["digest"] == ranks[1]["digest"], "the two processes ended with different weights"
     checkpoint = find_checkpoint(tmp_path / "run", True)
-    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert {p.name for p in checkpoint.glob("rng_state_*.json")} == {"rng_state_0.json", "rng_state_1.json"}
+    check_checkpoint(checkpoint, num_processes=2)  # every process's random states are there, as JSON
 
 
 # ------------------------------------------------------------------------- what the paper claims to learn
