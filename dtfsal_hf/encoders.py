@@ -11,8 +11,11 @@ The loaders read the original checkpoints (URL or local file) in their original 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -392,13 +395,58 @@ class AudioTemporalEnhancement(nn.Module):
         return tokens.transpose(1, 2).unflatten(2, (examples, height, width))
 
 
+# The sha256 prefix torch hub file names carry: `mvit_v2_s-ae3be167.pth` -> "ae3be167".
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _downloaded(url: str) -> str:
+    """The file at `url`, in the torch hub cache (`<hub dir>/checkpoints/<name>`), as torch hub keeps it.
+
+    Where the file name carries a sha256 prefix (`name-<8+ hex digits>.pth`), the download is checked against it
+    (torch hub's `download_url_to_file` removes a file that does not match), and so is a file already in the cache:
+    a file planted there under the expected name is refused, never read.
+    """
+    name = os.path.basename(urlparse(url).path)
+    if not name:
+        raise ValueError(f"The checkpoint URL {url!r} names no file")
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, name)
+    match = _HASH_IN_NAME.search(name)
+    prefix = match.group(1) if match else None
+    if os.path.isfile(path):
+        if prefix is not None and not _file_sha256(path).startswith(prefix):
+            raise ValueError(
+                f"The cached checkpoint {path!r} does not match the sha256 prefix its name carries ({prefix}): "
+                "delete it to download it again"
+            )
+        return path
+    os.makedirs(folder, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, path, hash_prefix=prefix, progress=True)
+    except (OSError, RuntimeError) as error:  # URLError and HTTPError are OSErrors; a wrong hash a RuntimeError
+        raise ValueError(f"Could not download the checkpoint {url!r}: {error}") from error
+    return path
+
+
 def load_state_dict_source(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict from a mapping, a local file (`.pth`/`.pt` or `.safetensors`) or an http(s) URL."""
+    """A state dict from a mapping, a local file (`.pth`/`.pt` or `.safetensors`) or an http(s) URL.
+
+    Files are read as weights only (`torch.load(weights_only=True)` or safetensors), so reading one runs no code.
+    A URL is downloaded once to the torch hub cache, checked against the sha256 prefix its file name carries.
+    """
     if isinstance(source, Mapping):
         return dict(source)
     source = str(source)
     if source.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(source, map_location="cpu", progress=True)
+        source = _downloaded(source)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"No checkpoint file at {source!r}")
     try:
@@ -407,8 +455,8 @@ def load_state_dict_source(source: str | os.PathLike | Mapping[str, torch.Tensor
 
             return load_file(source)
         state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"Could not read the checkpoint {source!r}: {error}") from error
+    except Exception as error:  # torch raises many kinds for a damaged file, or one that is not weights only
+        raise ValueError(f"Could not read the checkpoint {source!r} (weights only): {error}") from error
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
