@@ -15,10 +15,15 @@ AutoModel.register(DTFSalConfig, DTFSalModel, exist_ok=True)
 AutoFeatureExtractor.register(DTFSalConfig, DTFSalFeatureExtractor, exist_ok=True)
 AutoVideoProcessor.register(DTFSalConfig, DTFSalVideoProcessor, exist_ok=True)
 AutoProcessor.register(DTFSalConfig, DTFSalProcessor, exist_ok=True)
-# save_pretrained then writes the model-defining files and an `auto_map`, so a saved folder also loads
-# with `trust_remote_code=True` where this package is not installed.
+# `save_pretrained` of the model and of the processor then copies the files defining these classes (and
+# the sibling files they import) into the folder and writes their `auto_map` entries, so a saved folder
+# also loads with `AutoModel` / `AutoProcessor` and `trust_remote_code=True` where this package is not
+# installed.
 DTFSalConfig.register_for_auto_class()
 DTFSalModel.register_for_auto_class("AutoModel")
+DTFSalProcessor.register_for_auto_class("AutoProcessor")
+DTFSalVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+DTFSalFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
 __all__ = [
     "DTFSalConfig",

@@ -69,8 +69,8 @@ class InferencePath:
         name: short name, e.g. `"sdpa-bf16"`.
         attention: MViT attention kernel (`set_mvit_attention`): `"eager"` (torchvision's matmul + softmax),
             `"sdpa"` (`scaled_dot_product_attention`) or `"blocked"` (matrix products by blocks of queries).
-        precision: `"fp32"`, `"bf16"` or `"fp16"` (the last two under `torch.autocast`; deformable convolutions,
-            which autocast leaves alone, run in fp32).
+        precision: `"fp32"`, `"bf16"` or `"fp16"` (the last two under `torch.autocast`; the model runs its
+            deformable convolutions in fp32 itself, `layers.DeformableStream`).
         compile: wrap the model in `torch.compile` (the first call compiles; its time is reported apart).
         channels_last: convolution weights and the input video in `torch.channels_last_3d`.
         float32_ends: under autocast, keep the patch embedding and the layers that write the map in fp32
@@ -152,18 +152,6 @@ def _check_path(path: InferencePath, device: torch.device) -> None:
         raise ValueError(f"the path {path.name!r} runs on {', '.join(path.devices)}, not on {device}")
 
 
-def _float32_deform_convs(module: nn.Module) -> None:
-    """torchvision's deformable convolution has no reduced-precision kernel and no autocast rule: run it in fp32."""
-    from torchvision.ops import DeformConv2d
-
-    def to_float(mod, args):
-        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-
-    for child in module.modules():
-        if isinstance(child, DeformConv2d):
-            child.register_forward_pre_hook(to_float)
-
-
 # What a `float32_ends` path keeps in fp32: the patch embedding, which reads the pixels (in bf16 they would
 # be rounded to 3 significant digits), and the layers that write the map: each level's decoder head (its
 # logits, upsampled to the frame and through a sigmoid) and the 3 x 3 fusion of the four level maps. Together
@@ -209,8 +197,6 @@ def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | 
     device = torch.device(device)
     _check_path(path, device)
     module = set_mvit_attention(copy.deepcopy(module), path.attention).to(device).eval()
-    if path.autocast_dtype is not None:
-        _float32_deform_convs(module)
     if path.float32_ends and not isinstance(module, MViT):
         keep_float32(module)
     if path.channels_last:
@@ -544,8 +530,6 @@ class _AutocastModel(nn.Module):
     def __init__(self, model: DTFSalModel, path: InferencePath, device: torch.device):
         super().__init__()
         self.model = set_mvit_attention(copy.deepcopy(model), path.attention)
-        if path.autocast_dtype is not None:
-            _float32_deform_convs(self.model)
         self.config = model.config
         self.path, self.device_type = path, device.type
 
@@ -824,7 +808,9 @@ def benchmark(
     whole-video throughput on `video` (with `video_path`, default the fastest path within 0.02 of the eager
     maps), and whole-video memory on `memory_video` looped to `memory_lengths` seconds."""
     if model_id is not None:
-        model = DTFSalModel.from_pretrained(model_id)
+        from .inference import load_model_and_processor
+
+        model = load_model_and_processor(model_id)[0]
     else:
         torch.manual_seed(0)
         config = DTFSalConfig.tiny(use_audio=not visual_only) if tiny else DTFSalConfig(use_audio=not visual_only)

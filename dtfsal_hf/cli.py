@@ -2,6 +2,11 @@
 
 Each subcommand lives in a `_add_<name>` function that registers its parser and a handler that
 imports what it needs lazily, so `dtfsal --help` stays fast.
+
+Expected errors (`ValueError`, `OSError` and its `FileNotFoundError`..., `ImportError`, YAML errors: bad
+values, missing files or folders, refused checkpoints, configuration and publishing checks) are reported by
+`main` as one line, `dtfsal <command>: error: <message>`, on stderr, with exit status 1 and no traceback;
+`--debug` shows the traceback instead. Library code only needs to raise one of those with a clear message.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def _add_push(subparsers) -> None:
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME",
                         help="a dataset the checkpoint was trained on, for the card metadata (repeatable)")
     parser.add_argument("--license", default=None, help="license id of the weights (default: apache-2.0)")
-    parser.add_argument("--pipeline-tag", default=None, help="Hub task of the card (default: image-segmentation)")
+    parser.add_argument("--pipeline-tag", default=None,
+                        help="Hub task of the card (default: other, the Hub's task without a widget; see docs/hub.md)")
     parser.add_argument("--template", default=None, help="model card template (default: MODEL_CARD.md)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", default=None, help="branch to commit to (default: main)")
@@ -73,7 +79,15 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--metrics", default="cc,nss,auc_judd,sim,kld,sauc", help="comma-separated metric names")
     parser.add_argument("--max-videos", type=int, default=None, help="score only the first N videos")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of skipping videos already scored")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sAUC's other maps and of AUC jitter")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of sAUC's other maps, of AUC jitter and of the shuffled-sound pairs")
+    parser.add_argument("--audio", default="own", choices=("own", "shuffled", "silent"),
+                        help="the sound the model hears: each video's own (default), another test video's "
+                        "(shuffled: pictures and gaze unchanged), or silence; a hearing test, with --model only")
+    parser.add_argument("--sauc-other", default="auto", choices=("auto", "videos", "same-video"),
+                        help="sAUC's other map: fixations of other videos' frames (videos, the DHF1K protocol's), "
+                        "or of the same video's other frames less the frame's own (same-video, the STAViS "
+                        "protocol's); auto (default): the protocol's")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call")
     parser.add_argument("--device", default=None, help="device for the model (default: cuda if available)")
     parser.set_defaults(handler=_run_evaluate)
@@ -87,6 +101,7 @@ def _run_evaluate(args) -> int:
         predictions=args.predictions, model=args.model, protocol=args.protocol,
         metrics=[name.strip() for name in args.metrics.split(",") if name.strip()], max_videos=args.max_videos,
         resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        audio=args.audio, sauc_other=args.sauc_other,
     )
     print(format_table(summary))
     return 0
@@ -162,12 +177,26 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
     parser.add_argument("--overwrite", action="store_true", help="redo videos that are already finished")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of this process (default: torch's choice, one per core); with "
+                        "several processes on one machine, give each cores / processes")
     parser.set_defaults(handler=_run_predict)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _run_predict(args) -> int:
     from .inference import predict_job
 
+    _set_threads(args.threads)
     results = predict_job(
         args.videos, args.model, args.output, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         stride=args.stride, alignment=args.alignment, normalize=None if args.no_normalize else "max",
@@ -216,8 +245,7 @@ def _run_benchmark(args) -> int:
 
     from .benchmark import benchmark, format_report
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     result = benchmark(
         args.model, tiny=args.tiny, visual_only=args.visual_only, paths=args.paths, batch_sizes=args.batch_sizes,
         repeats=args.repeats, device=args.device, include_backbone=not args.no_backbone, video=args.video,
@@ -256,15 +284,49 @@ def _run_export(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtfsal", description="DTFSal audio-visual video saliency prediction")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_push, _add_evaluate, _add_train, _add_predict, _add_benchmark, _add_export):
         add(subparsers)
+    # `--debug` is accepted after the command too; SUPPRESS keeps a value given before it.
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the traceback of an error")
     return parser
+
+
+def is_expected_error(error: BaseException) -> bool:
+    """Errors that a user's input or environment causes, reported in one line: bad values (`ValueError`),
+    missing or unreadable files, refused downloads (`OSError`), missing optional packages (`ImportError`),
+    YAML syntax."""
+    if isinstance(error, (ValueError, OSError, ImportError)):
+        return True
+    yaml = sys.modules.get("yaml")  # only loaded, and only able to fail, when a YAML file was read
+    return yaml is not None and isinstance(error, yaml.YAMLError)
+
+
+def error_line(command: str, error: BaseException) -> str:
+    """`dtfsal <command>: error: <message>`, the message's first line (a multi-line one points to --debug)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else type(error).__name__
+    more = " (more with --debug)" if len(lines) > 1 else ""
+    return f"dtfsal {command}: error: {message}{more}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except Exception as error:
+        if args.debug or not is_expected_error(error):
+            raise
+        print(error_line(args.command, error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"dtfsal {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def describe_model(model_id: str | None = None, visual_only: bool = False, tiny:
     """A text table of parameters, fp32 size and compute of a model folder, Hub id or configuration,
     next to the paper's totals."""
     if model_id is not None:
-        model = DTFSalModel.from_pretrained(model_id)
+        from .inference import load_model_and_processor
+
+        model = load_model_and_processor(model_id)[0]
     else:
         config = DTFSalConfig.tiny(use_audio=not visual_only) if tiny else DTFSalConfig(use_audio=not visual_only)
         model = DTFSalModel(config)

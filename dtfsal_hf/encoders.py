@@ -41,6 +41,7 @@ __all__ = [
     "load_kinetics_mvit_weights",
     "load_audioset_vggish_weights",
     "resize_rel_pos_tables",
+    "fit_rel_pos_tables",
 ]
 
 KINETICS400_MVIT_V2_S_URL = "https://download.pytorch.org/models/mvit_v2_s-ae3be167.pth"
@@ -281,11 +282,44 @@ def set_mvit_attention(module: nn.Module, attention: str) -> nn.Module:
     return module
 
 
+def _pooled_thw(pool: nn.Module | None, thw: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The (T, H, W) grid a torchvision MViT `Pool` gives for an input grid `thw`: its convolution's output."""
+    if pool is None:
+        return thw
+    conv = pool.pool
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(thw, conv.kernel_size, conv.stride, conv.padding))
+
+
+def fit_rel_pos_tables(blocks: Sequence[nn.Module], thw: Sequence[int], std: float = 0.02) -> None:
+    """Give each attention's `rel_pos_t/h/w` the length its own axis needs, 2 * max(q, k) - 1 for the query and
+    key sizes along that axis, re-initialised (truncated normal, `std`) where the length changes.
+
+    torchvision builds both spatial tables at 2 * max(H, W) - 1 and resizes them to each axis' length at every
+    forward; with tables of that length already, no forward resizes them and the state dict holds what is used.
+    `thw`: the token grid entering the first block.
+    """
+    thw = tuple(thw)
+    for block in blocks:
+        attention = block.attn
+        q_thw, k_thw = _pooled_thw(attention.pool_q, thw), _pooled_thw(attention.pool_k, thw)
+        if attention.rel_pos_h is not None:
+            for name, q_size, k_size in zip(("rel_pos_t", "rel_pos_h", "rel_pos_w"), q_thw, k_thw):
+                table = getattr(attention, name)
+                length = 2 * max(q_size, k_size) - 1
+                if table.shape[0] != length:
+                    fitted = nn.Parameter(table.new_empty(length, table.shape[1]))
+                    nn.init.trunc_normal_(fitted, std=std)
+                    setattr(attention, name, fitted)
+        thw = q_thw
+
+
 class MViTStageEncoder(nn.Module):
     """MViTv2 returning the output of each stage (class token dropped) as (B, C_i, T/2, H_i, W_i).
 
     Parameter names follow torchvision's `MViT` (`conv_proj`, `pos_encoding`, `blocks`), so its
-    checkpoints load key for key; the classifier (`norm`, `head`) is not part of the encoder.
+    checkpoints load key for key; the classifier (`norm`, `head`) is not part of the encoder. Each
+    relative-position table has the length of its own axis (`fit_rel_pos_tables`): at 224 x 384 the H
+    tables are the Kinetics checkpoint's length (2 * 56 - 1 in stage 1) and load unchanged.
     """
 
     def __init__(
@@ -312,6 +346,7 @@ class MViTStageEncoder(nn.Module):
         self.conv_proj = mvit.conv_proj
         self.pos_encoding = mvit.pos_encoding
         self.blocks = mvit.blocks
+        fit_rel_pos_tables(self.blocks, (self.pos_encoding.temporal_size, *self.pos_encoding.spatial_size))
         self.stage_ends = [sum(depths[: i + 1]) - 1 for i in range(len(depths))]
         self.gradient_checkpointing = False
 
@@ -475,7 +510,7 @@ def resize_rel_pos_tables(state: Mapping[str, torch.Tensor], target: Mapping[str
         if table.shape[0] != length:
             # (L, d) -> (1, d, L) for 1-D interpolation along L, then back
             table = F.interpolate(table.t()[None].float(), size=length, mode="linear", align_corners=False)
-            resized[key] = table[0].t().to(target[key].dtype)
+            resized[key] = table[0].t().contiguous().to(target[key].dtype)
     return resized
 
 

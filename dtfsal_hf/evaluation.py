@@ -1,8 +1,10 @@
 """Evaluation of predicted saliency maps under the DHF1K and STAViS protocols (SPEC §11).
 
 Predictions come from a `predict_video(record) -> (N, h, w)` callable: a folder of saved maps
-(`PredictionFolder`), a model (`model_predictor`), or a baseline (`center_bias_predictor`,
-`uniform_predictor`).
+(`PredictionFolder`), a model (`model_predictor`, a `ModelPredictor`), or a baseline
+(`center_bias_predictor`, `uniform_predictor`). A model can be made to hear another sound, the
+hearing test (`AUDIO_MODES`): each video's own, another evaluated video's (`sound_partners`), or
+silence; `evaluate_audio_controls` scores all three side by side.
 
 - `"dhf1k"` protocol (DHF1K, UCF-Sports, Hollywood-2): the prediction is resized (bilinear) to the
   ground truth's size; metrics per frame, mean per video, mean over videos.
@@ -12,8 +14,13 @@ Predictions come from a `predict_video(record) -> (N, h, w)` callable: a folder 
   mean over all test videos of the folds evaluated.
 
 Frames without fixations are skipped; a video with none counts in no mean. The other map of sAUC
-for a frame holds the fixations of `other_frames` frames drawn at random from *other* videos of the
-evaluation (seeded by the video and frame, so it does not depend on the order or on resuming).
+comes in two variants (`SAUC_OTHER_MAPS`), each the default of one protocol:
+
+- `"videos"` (Borji's, the `"dhf1k"` protocol's): the fixations of `other_frames` frames drawn at
+  random from *other* videos of the evaluation (`ShufflePool`; seeded by the video and frame, so it
+  does not depend on the order or on resuming);
+- `"same-video"` (STAViS's, the `"stavis"` protocol's): the union of the fixations of every frame of
+  the same video, less the pixels fixated in the frame scored (`SameVideoOtherMaps`; no draw).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +41,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics as saliency_metrics
-from .data.io import read_saliency_map
+from .data.io import SAMPLING_RATE, read_saliency_map
 from .data.readers import VideoRecord
+from .media import AudioTrack
 
 PROTOCOLS = ("dhf1k", "stavis")
+SAUC_OTHER_MAPS = ("videos", "same-video")
+"""sAUC's other map: fixations of other videos' frames (Borji), or of the same video's other frames (STAViS)."""
+PROTOCOL_SAUC_OTHER = {"dhf1k": "videos", "stavis": "same-video"}
 DEFAULT_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "sauc")
 METRIC_TITLES = {"cc": "CC", "nss": "NSS", "auc_judd": "AUC-J", "sim": "SIM", "kld": "KLD", "sauc": "sAUC", "auc_borji": "AUC-B"}
 STAVIS_BLUR_SIGMA = 2.0
@@ -102,8 +115,12 @@ class ShufflePool:
                     points.append(np.stack([(rows + 0.5) / fixated.shape[0], (columns + 0.5) / fixated.shape[1]], axis=1))
             self.samples.setdefault(record.name, []).extend(points)
 
-    def other_map(self, record: VideoRecord, frame: int, size: tuple[int, int], other_frames: int = 10) -> np.ndarray | None:
-        """Union of the fixations of `other_frames` random sampled frames of other videos, bool `size`; `None` if none."""
+    def other_map(
+        self, record: VideoRecord, frame: int, size: tuple[int, int], other_frames: int = 10, fixations: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Union of the fixations of `other_frames` random sampled frames of other videos, bool `size`; `None` if none.
+
+        `fixations` (the frame's own) is not used: other videos' fixations are never the frame's."""
         candidates = [points for name, frames in self.samples.items() if name != record.name for points in frames]
         if not candidates:
             return None
@@ -113,6 +130,60 @@ class ShufflePool:
         other = np.zeros(size, dtype=bool)
         other[np.minimum((points[:, 0] * size[0]).astype(int), size[0] - 1), np.minimum((points[:, 1] * size[1]).astype(int), size[1] - 1)] = True
         return other
+
+
+class SameVideoOtherMaps:
+    """sAUC's other maps as STAViS's evaluation builds them: for frame `i` of a video, the union of the
+    binary fixations of all its frames, less the pixels fixated in frame `i`.
+
+    Nothing is drawn at random. The union is built once per video (one pass over its fixation maps)
+    and only the last video's is kept, so memory is one map whatever the number or length of videos.
+    """
+
+    def __init__(self):
+        self._key: str | None = None
+        self._union: np.ndarray | None = None
+
+    def union(self, record: VideoRecord) -> np.ndarray:
+        """Every pixel fixated in at least one frame of `record`, bool `(height, width)`."""
+        if self._key != record.key:
+            union = None
+            for frame in range(record.num_frames):
+                fixated = record.fixation_map(frame)
+                if union is not None and fixated.shape != union.shape:
+                    raise ValueError(
+                        f"{record.key}: fixation map of frame {frame} is {fixated.shape}, frame 0's is {union.shape}; "
+                        "the same-video other map of sAUC needs one size per video"
+                    )
+                union = fixated.copy() if union is None else union | fixated
+            self._key, self._union = record.key, union
+        return self._union
+
+    def other_map(
+        self, record: VideoRecord, frame: int, size: tuple[int, int], other_frames: int | None = None,
+        fixations: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """The video's fixations less frame `frame`'s, bool `size`; `None` if nothing is left.
+
+        `fixations`: frame `frame`'s own map, if already read. `other_frames` is not used (every frame counts).
+        """
+        fixations = record.fixation_map(frame) if fixations is None else fixations
+        union = self.union(record)
+        if union.shape != tuple(size) or fixations.shape != union.shape:
+            raise ValueError(f"{record.key}: frame {frame}'s fixation map is {fixations.shape}, expected {tuple(size)}")
+        other = union & ~fixations
+        return other if other.any() else None
+
+
+def sauc_other_maps(
+    records: Sequence[VideoRecord], variant: str, frames_per_video: int = 10, seed: int = 0, progress: bool = False
+) -> ShufflePool | SameVideoOtherMaps:
+    """The source of sAUC's other maps for `variant` (one of `SAUC_OTHER_MAPS`)."""
+    if variant not in SAUC_OTHER_MAPS:
+        raise ValueError(f"the sAUC other map must be one of {list(SAUC_OTHER_MAPS)}, got {variant!r}")
+    if variant == "same-video":
+        return SameVideoOtherMaps()
+    return ShufflePool(records, frames_per_video, seed, progress)
 
 
 class PredictionFolder:
@@ -196,10 +267,107 @@ def _record_frames(record: VideoRecord):
     )
 
 
+AUDIO_MODES = ("own", "shuffled", "silent")
+"""The sound a model's clips hear in `evaluate`: each video's own, another evaluated video's, or silence."""
+
+
+def sound_partners(records: Sequence[VideoRecord], seed: int = 0) -> dict[str, VideoRecord]:
+    """Whose sound each video hears under `audio="shuffled"`: `{record.key: partner record}`.
+
+    A derangement of the distinct sounds of `records` (a sound is an audio file; a video without one
+    is a sound of its own), drawn uniformly among derangements with a seed from `seed` and the videos'
+    keys: it depends neither on the order of `records`, nor on which of them are already scored, nor
+    on where the data lie. No video gets its own sound, not even one listed twice (an AVAD video in
+    two test folds).
+    """
+    sources = {record.key: record.audio_path or record.key for record in records}
+    # Each distinct sound goes by the first key that has it (keys do not depend on where the data lie).
+    donors: dict[str, VideoRecord] = {}
+    for record in sorted(records, key=lambda r: r.key):
+        donors.setdefault(sources[record.key], record)
+    sounds = list(donors)  # in key order
+    if len(sounds) < 2:
+        raise ValueError(f"shuffled sound needs at least two videos with different sounds, got {len(sounds)}")
+    rng = np.random.default_rng(_stable_seed(seed, "sound", *(donors[source].key for source in sounds)))
+    order = rng.permutation(len(sounds))
+    while np.any(order == np.arange(len(sounds))):
+        order = rng.permutation(len(sounds))
+    partner = {source: donors[sounds[order[index]]] for index, source in enumerate(sounds)}
+    return {key: partner[source] for key, source in sources.items()}
+
+
+def _looped(track: AudioTrack, duration: float) -> AudioTrack:
+    """`track` repeated from its start until `duration` seconds (and one more) are covered."""
+    needed = int(math.ceil((duration + 1.0 - track.start_time) * track.sampling_rate))
+    length = track.waveform.shape[0]
+    if length == 0 or length >= needed:
+        return track
+    return AudioTrack(np.tile(track.waveform, -(-needed // length)), track.sampling_rate, track.start_time)
+
+
+def control_sound(record: VideoRecord, audio: str, partners: Mapping[str, VideoRecord]) -> AudioTrack:
+    """The sound `record`'s clips hear under `audio` = `"shuffled"` or `"silent"`.
+
+    - `"silent"`: no samples, so every clip's window is zeros.
+    - `"shuffled"`: the partner's sound (`partners`, from `sound_partners`) on the video's own clock,
+      looped from its start when it is shorter than the video; a partner without a sound file gives
+      silence, with a warning.
+    """
+    if audio == "silent":
+        return AudioTrack(np.zeros(0, dtype=np.float32), SAMPLING_RATE)
+    if audio != "shuffled":
+        raise ValueError(f"audio must be 'shuffled' or 'silent' here, got {audio!r}")
+    partner = partners[record.key]
+    if partner.audio_path is None:
+        warnings.warn(f"{record.key}: its shuffled-sound partner {partner.key} has no sound: silence", UserWarning, stacklevel=2)
+        return AudioTrack(np.zeros(0, dtype=np.float32), SAMPLING_RATE)
+    return _looped(partner.audio(SAMPLING_RATE), record.num_frames / record.fps)
+
+
+class ModelPredictor:
+    """`predict_video` running a `DTFSalModel` clip by clip over a video (through `inference.SaliencyPredictor`).
+
+    `predictor_for(record)` gives the `SaliencyPredictor` that scores `record` (one per fold, say).
+    Calling it with `audio=` an `AudioTrack` makes every clip hear that track instead of the video's
+    own sound: `evaluate(audio="shuffled" | "silent")` runs its controls this way.
+    """
+
+    def __init__(self, predictor_for: Callable[[VideoRecord], object]):
+        self.predictor_for = predictor_for
+
+    def __call__(self, record: VideoRecord, audio: AudioTrack | str = "own") -> np.ndarray:
+        """`(N, h, w)` maps of `record` at the model's resolution; `audio`: `"own"` or the track to hear."""
+        from .clips import iter_batches, iter_clips
+        from .media import audio_window
+
+        predictor = self.predictor_for(record)
+        if not isinstance(audio, str):
+            if not predictor.uses_audio:
+                raise ValueError(f"{predictor.model_id} is visual-only (use_audio=False): it hears no sound, so "
+                                 "shuffled or silent sound controls nothing; evaluate it with its own (audio='own')")
+            track = audio
+        elif audio == "own":
+            track = record.audio() if predictor.uses_audio else None
+        else:
+            raise ValueError(f"audio must be 'own' or an AudioTrack, got {audio!r}")
+        num_samples = predictor.processor.feature_extractor.num_samples
+        maps: list[np.ndarray | None] = [None] * record.num_frames
+        clips = iter_clips(_record_frames(record), predictor.model.config.num_frames)
+        for batch in iter_batches(clips, predictor.batch_size):
+            windows = [audio_window(track, clip.end_time, num_samples) for clip in batch] if track is not None else None
+            for clip, saliency in zip(batch, predictor.predict_clips([clip.images for clip in batch], windows).numpy()):
+                if clip.target.index < record.num_frames:
+                    maps[clip.target.index] = saliency
+        missing = [i for i, m in enumerate(maps) if m is None]
+        if missing:
+            raise ValueError(f"{record.key}: expected {record.num_frames} frames, the video gave none for frames {missing[:5]}")
+        return np.stack(maps)
+
+
 def model_predictor(
     model, processor=None, batch_size: int = 4, device: str | torch.device | None = None
-) -> Callable[[VideoRecord], np.ndarray]:
-    """`predict_video` running a `DTFSalModel` clip by clip over a video (through `inference.SaliencyPredictor`).
+) -> ModelPredictor:
+    """`predict_video` running a `DTFSalModel` clip by clip over a video (a `ModelPredictor`).
 
     Every frame is a target (causal clips of `model.config.num_frames` frames, the first frame
     repeated at the start); the audio window of a clip ends at the end of its last frame. A video
@@ -213,42 +381,35 @@ def model_predictor(
     return _clip_predictor(SaliencyPredictor(model, processor, device=device, batch_size=batch_size))
 
 
-def _clip_predictor(predictor) -> Callable[[VideoRecord], np.ndarray]:
-    from .clips import iter_batches, iter_clips
-    from .media import audio_window
-
-    num_samples = predictor.processor.feature_extractor.num_samples
-
-    def predict(record: VideoRecord) -> np.ndarray:
-        track = record.audio() if predictor.uses_audio else None
-        maps: list[np.ndarray | None] = [None] * record.num_frames
-        clips = iter_clips(_record_frames(record), predictor.model.config.num_frames)
-        for batch in iter_batches(clips, predictor.batch_size):
-            audio = [audio_window(track, clip.end_time, num_samples) for clip in batch] if track is not None else None
-            for clip, saliency in zip(batch, predictor.predict_clips([clip.images for clip in batch], audio).numpy()):
-                if clip.target.index < record.num_frames:
-                    maps[clip.target.index] = saliency
-        missing = [i for i, m in enumerate(maps) if m is None]
-        if missing:
-            raise ValueError(f"{record.key}: expected {record.num_frames} frames, the video gave none for frames {missing[:5]}")
-        return np.stack(maps)
-
-    return predict
+def _clip_predictor(predictor) -> ModelPredictor:
+    return ModelPredictor(lambda record: predictor)
 
 
-def load_model_predictor(model_path: str, batch_size: int = 4, device: str | None = None) -> Callable[[VideoRecord], np.ndarray]:
-    """`model_predictor` for a saved model (folder or Hub id), loaded with `SaliencyPredictor.from_pretrained`."""
+def load_model_predictor(model_path: str | os.PathLike, batch_size: int = 4, device: str | None = None) -> ModelPredictor:
+    """`ModelPredictor` for a saved model (folder or Hub id), loaded with `SaliencyPredictor.from_pretrained`.
+
+    A `{fold}` in `model_path` is replaced by each video's fold, so each fold's test videos are scored
+    by that fold's model; each model is loaded once, when its first video comes.
+    """
     from .inference import SaliencyPredictor
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return _clip_predictor(SaliencyPredictor.from_pretrained(model_path, device=device, batch_size=batch_size))
+    predictors: dict[str, SaliencyPredictor] = {}
+
+    def predictor_for(record: VideoRecord) -> SaliencyPredictor:
+        path = str(model_path).replace("{fold}", str(record.fold))
+        if path not in predictors:
+            predictors[path] = SaliencyPredictor.from_pretrained(path, device=device, batch_size=batch_size)
+        return predictors[path]
+
+    return ModelPredictor(predictor_for)
 
 
 def evaluate_video(
     record: VideoRecord,
     prediction,
     protocol: str,
-    pool: ShufflePool | None = None,
+    pool: ShufflePool | SameVideoOtherMaps | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     seed: int = 0,
     other_frames: int = 10,
@@ -269,7 +430,7 @@ def evaluate_video(
         frame_map = _checked_map(np.asarray(prediction[frame]), record, frame)
         target = torch.from_numpy(record.saliency_map(frame)).to(device)
         predicted = prepare_prediction(frame_map[None], fixations.shape, protocol)[0].to(device)
-        other = pool.other_map(record, frame, fixations.shape, other_frames) if pool is not None and "sauc" in metrics else None
+        other = pool.other_map(record, frame, fixations.shape, other_frames, fixations) if pool is not None and "sauc" in metrics else None
         try:
             frame_scores = saliency_metrics.compute_metrics(
                 predicted, target, torch.from_numpy(fixations).to(device),
@@ -373,24 +534,29 @@ def _check_rows_match(rows: list[dict], records: Sequence[VideoRecord], path: Pa
 
 
 def evaluation_state(records: Sequence[VideoRecord], protocol: str, metrics: Sequence[str], seed: int,
-                     pool_frames_per_video: int, other_frames: int, source: dict | None) -> dict:
+                     pool_frames_per_video: int, other_frames: int, source: dict | None,
+                     audio: str | None = None, sauc_other: str | None = None) -> dict:
     """What determines the rows of `per_video.csv`: what is scored (`source`: the predictions folder or the model),
-    the protocol, the metrics and the seed; with sAUC, also the shuffle pool (its settings and the videos drawn
-    from, a fingerprint of their keys). The datasets, split and folds are recorded too."""
+    the sound a model hears (`audio`, None for saved maps), the protocol, the metrics and the seed; with sAUC, also
+    its other map (`sauc_other`) and the pool (its settings and the videos drawn from, a fingerprint of their keys);
+    with shuffled sound, the videos whose sounds are swapped. The datasets, split and folds are recorded too."""
+    keys = "\n".join(sorted(record.key for record in records))
+    videos = {"videos": len(records), "videos_sha256": hashlib.sha256(keys.encode()).hexdigest()[:16]}
     state = {
-        "source": source, "protocol": protocol, "metrics": list(metrics), "seed": seed,
+        "source": source, "audio": audio, "protocol": protocol, "metrics": list(metrics), "seed": seed,
         "datasets": sorted({record.dataset for record in records}), "split": records[0].split,
         "folds": sorted({record.fold for record in records if record.fold is not None}),
     }
+    if audio == "shuffled":
+        state["sound_partners"] = videos
     if "sauc" in metrics:
-        keys = "\n".join(sorted(record.key for record in records))
-        state["shuffle_pool"] = {"frames_per_video": pool_frames_per_video, "other_frames": other_frames,
-                                 "videos": len(records), "videos_sha256": hashlib.sha256(keys.encode()).hexdigest()[:16]}
+        state["shuffle_pool"] = {"other_map": sauc_other, "frames_per_video": pool_frames_per_video,
+                                 "other_frames": other_frames, **videos}
     return state
 
 
 # Keys of the state that must match for rows to be reused; datasets, split and folds matter through the pool only.
-_RESUME_KEYS = ("source", "protocol", "metrics", "seed", "shuffle_pool")
+_RESUME_KEYS = ("source", "audio", "protocol", "metrics", "seed", "sound_partners", "shuffle_pool")
 
 
 def _resume_state(output_dir: Path, state: dict, resume: bool) -> bool:
@@ -452,15 +618,22 @@ def evaluate(
     progress: bool = True,
     source: dict | None = None,
     log: Callable[[str], None] | None = None,
+    audio: str = "own",
+    sauc_other: str = "auto",
 ) -> dict:
     """Evaluate every video, append one CSV row per video as it finishes, and write a JSON summary.
 
+    `audio` (one of `AUDIO_MODES`) is the sound a `ModelPredictor` hears: each video's `"own"`, another evaluated
+    video's (`"shuffled"`, `sound_partners` seeded by `seed`), or `"silent"`; other predictors (saved maps,
+    baselines) hear nothing and take only `"own"`. `sauc_other` is sAUC's other map (one of `SAUC_OTHER_MAPS`, or
+    `"auto"`: the protocol's, `PROTOCOL_SAUC_OTHER`).
+
     `output_dir/evaluation.json` records what is scored (`evaluation_state`; `source` describes the predictions,
-    e.g. `{"predictions": "/abs/folder"}` or `{"model": "id"}`). With `resume`, videos already in `per_video.csv`
-    are skipped when the state matches; a folder holding the scores of another evaluation is refused (`resume=False`
-    starts over). An incomplete last CSV line is dropped and that video scored again (`log` says so). Returns the
-    summary: `num_videos` (videos with at least one scored frame), `metrics` (mean over them), `per_dataset`,
-    `protocol` and the settings.
+    e.g. `{"predictions": "/abs/folder"}` or `{"model": "id"}`, with the sound heard and the sAUC other map). With
+    `resume`, videos already in `per_video.csv` are skipped when the state matches; a folder holding the scores of
+    another evaluation is refused (`resume=False` starts over). An incomplete last CSV line is dropped and that
+    video scored again (`log` says so). Returns the summary: `num_videos` (videos with at least one scored frame),
+    `metrics` (mean over them), `per_dataset`, `protocol` and the settings.
     """
     if not records:
         raise ValueError("expected at least one video to evaluate, got none")
@@ -470,28 +643,35 @@ def evaluate(
     protocol = protocol_for(records[0].dataset) if protocol == "auto" else protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be 'auto' or one of {list(PROTOCOLS)}, got {protocol!r}")
+    sauc_other = PROTOCOL_SAUC_OTHER[protocol] if sauc_other == "auto" else sauc_other
+    if sauc_other not in SAUC_OTHER_MAPS:
+        raise ValueError(f"sauc_other must be 'auto' or one of {list(SAUC_OTHER_MAPS)}, got {sauc_other!r}")
+    partners = _audio_partners(records, predict_video, audio, seed)
+    settings = {"audio": audio if isinstance(predict_video, ModelPredictor) else "", "sauc_other": sauc_other if "sauc" in metrics else ""}
     log = log or tqdm.write
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = output_dir / CSV_NAME
-    columns = ["key", "dataset", "fold", "video", "num_frames", "scored_frames", *metrics]
-    state = evaluation_state(records, protocol, metrics, seed, pool_frames_per_video, other_frames, source)
+    columns = ["key", "dataset", "fold", "video", *settings, "num_frames", "scored_frames", *metrics]
+    state = evaluation_state(records, protocol, metrics, seed, pool_frames_per_video, other_frames, source,
+                             audio=settings["audio"] or None, sauc_other=settings["sauc_other"] or None)
     if resume and csv_path.is_file():
         _read_rows(csv_path, columns, metrics, log)  # other columns are the clearest reason to refuse: checked first
     rows = _read_rows(csv_path, columns, metrics, log) if _resume_state(output_dir, state, resume) else []
     _check_rows_match(rows, records, csv_path)
     done = {row["key"] for row in rows}
-    pool = ShufflePool(records, pool_frames_per_video, seed, progress) if "sauc" in metrics else None
+    pool = sauc_other_maps(records, sauc_other, pool_frames_per_video, seed, progress) if "sauc" in metrics else None
     mode = "a" if csv_path.is_file() else "w"
     with csv_path.open(mode, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if mode == "w":
             writer.writeheader()
         for record in tqdm([r for r in records if r.key not in done], desc=f"evaluating ({protocol})", disable=not progress):
-            scores = evaluate_video(record, predict_video(record), protocol, pool, metrics, seed, other_frames, device)
+            prediction = predict_video(record) if audio == "own" else predict_video(record, audio=control_sound(record, audio, partners))
+            scores = evaluate_video(record, prediction, protocol, pool, metrics, seed, other_frames, device)
             row = {
                 "key": record.key, "dataset": record.dataset, "fold": "" if record.fold is None else record.fold,
-                "video": record.name, "num_frames": record.num_frames,
+                "video": record.name, **settings, "num_frames": record.num_frames,
                 "scored_frames": int(np.sum(~np.isnan(scores[metrics[0]]))),
                 **{name: saliency_metrics.nanmean(values) for name, values in scores.items()},
             }
@@ -502,11 +682,26 @@ def evaluate(
     summary = _summarise([row for row in rows if row["key"] in wanted], metrics)
     folds = sorted({record.fold for record in records if record.fold is not None})
     summary.update(
-        split=records[0].split, folds=folds, protocol=protocol, seed=seed,
-        pool_frames_per_video=pool_frames_per_video, other_frames=other_frames, source=source,
+        split=records[0].split, folds=folds, protocol=protocol, seed=seed, audio=settings["audio"] or None,
+        sauc_other=settings["sauc_other"] or None, pool_frames_per_video=pool_frames_per_video, other_frames=other_frames,
+        source=source,
     )
+    if partners:
+        summary["audio_partners"] = {key: partner.key for key, partner in sorted(partners.items())}
     (output_dir / SUMMARY_NAME).write_text(json.dumps(_nan_to_none(summary), indent=2))
     return summary
+
+
+def _audio_partners(records: Sequence[VideoRecord], predict_video, audio: str, seed: int) -> dict[str, VideoRecord]:
+    """Check `audio` against the predictor; the shuffled-sound partners (none for the other modes)."""
+    if audio not in AUDIO_MODES:
+        raise ValueError(f"audio must be one of {list(AUDIO_MODES)}, got {audio!r}")
+    if audio != "own" and not isinstance(predict_video, ModelPredictor):
+        raise ValueError(
+            f"audio={audio!r} changes the sound a model hears, so it needs a model (a ModelPredictor); "
+            f"{type(predict_video).__name__} gives maps already made (saved predictions or a baseline)"
+        )
+    return sound_partners(records, seed) if audio == "shuffled" else {}
 
 
 def _nan_to_none(value):
@@ -535,34 +730,65 @@ def run_evaluation(
     batch_size: int = 4,
     device: str | None = None,
     progress: bool = True,
+    audio: str = "own",
+    sauc_other: str = "auto",
 ) -> dict:
     """Load a dataset's split (and STAViS fold) and evaluate saved `predictions` or a `model` on it.
 
     `split` defaults to `val` for DHF1K and `test` otherwise. With `model`, a `{fold}` in the path
     is replaced by each video's fold, so each fold's test videos are scored by that fold's model.
+    `audio` and `sauc_other` are `evaluate`'s; `audio` other than `"own"` needs a `model`.
     """
     from .data.readers import load_records
 
     if (predictions is None) == (model is None):
         raise ValueError("give exactly one of predictions (a folder of saved maps) or model (a saved model), got "
                          f"predictions={predictions!r}, model={model!r}")
+    if predictions is not None and audio != "own":
+        raise ValueError(f"audio={audio!r} re-runs a model with another sound; saved predictions were made with the "
+                         "sound they were made with: give a model instead of predictions")
     split = split or ("val" if dataset.lower() == "dhf1k" else "test")
     records = load_records(dataset, root, split, fold, fold_lists)
     if max_videos is not None:
         records = records[:max_videos]
-    if predictions is not None:
-        predict = PredictionFolder(predictions)
-    else:
-        predictors: dict[str, Callable] = {}
-
-        def predict(record: VideoRecord) -> np.ndarray:
-            path = model.replace("{fold}", str(record.fold))
-            if path not in predictors:
-                predictors[path] = load_model_predictor(path, batch_size, device)
-            return predictors[path](record)
-
+    predict = PredictionFolder(predictions) if predictions is not None else load_model_predictor(model, batch_size, device)
     source = {"predictions": str(Path(predictions).resolve())} if predictions is not None else {"model": model}
-    return evaluate(records, predict, output_dir, protocol, metrics, resume, seed, progress=progress, source=source)
+    return evaluate(records, predict, output_dir, protocol, metrics, resume, seed, progress=progress, source=source,
+                    audio=audio, sauc_other=sauc_other)
+
+
+def evaluate_audio_controls(
+    model,
+    records: Sequence[VideoRecord],
+    output_dir: str | Path,
+    modes: Sequence[str] = AUDIO_MODES,
+    batch_size: int = 4,
+    device: str | None = None,
+    **evaluate_options,
+) -> dict[str, dict]:
+    """An audio-visual model scored with each video's own sound and with the controls, side by side.
+
+    `model`: a `DTFSalModel`, a `SaliencyPredictor`, a `ModelPredictor`, or a saved model's folder or
+    Hub id (`{fold}` allowed). Each mode of `modes` is one `evaluate` run on the same `records` (same
+    protocol, seed and sAUC other map: `evaluate_options` go to every run) into `output_dir/<mode>/`.
+    Returns `{mode: summary}`; `format_audio_controls` prints them as one table.
+    """
+    from .inference import SaliencyPredictor
+
+    if isinstance(model, ModelPredictor):
+        predict = model
+    elif isinstance(model, SaliencyPredictor):
+        predict = _clip_predictor(model)
+    elif isinstance(model, (str, os.PathLike)):
+        predict = load_model_predictor(model, batch_size, device)
+    else:
+        predict = model_predictor(model, batch_size=batch_size, device=device)
+    unknown = [mode for mode in modes if mode not in AUDIO_MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes must be among {list(AUDIO_MODES)}, got {list(modes)}")
+    if isinstance(model, (str, os.PathLike)):
+        evaluate_options.setdefault("source", {"model": str(model)})
+    return {mode: evaluate(records, predict, Path(output_dir) / mode, audio=mode, **evaluate_options) for mode in modes}
 
 
 def _format_value(name: str, value: float) -> str:
@@ -571,8 +797,26 @@ def _format_value(name: str, value: float) -> str:
     return f"{value:.3f}" if name not in ("nss", "kld") else f"{value:.2f}"
 
 
+AUDIO_TITLES = {
+    "own": "own sound",
+    "shuffled": "shuffled sound (another test video's)",
+    "silent": "silence",
+}
+
+
+def _settings_line(summary: dict) -> str | None:
+    """What the model heard and which sAUC other map was used, when the summary says."""
+    parts = []
+    if summary.get("audio"):
+        parts.append(f"sound: {AUDIO_TITLES[summary['audio']]}")
+    if summary.get("sauc_other"):
+        parts.append(f"sAUC other map: {summary['sauc_other']}")
+    return "; ".join(parts) or None
+
+
 def format_table(summary: dict) -> str:
-    """A Markdown table per dataset (and overall), plus each dataset in SPEC §12's CC/NSS/AUC-J/SIM form."""
+    """A Markdown table per dataset (and overall), plus each dataset in SPEC §12's CC/NSS/AUC-J/SIM form,
+    and a line saying what the model heard and which sAUC other map was used."""
     names = list(summary["metrics"])
     lines = [
         "| dataset | videos | " + " | ".join(METRIC_TITLES[n] for n in names) + " |",
@@ -593,24 +837,56 @@ def format_table(summary: dict) -> str:
                 for n in ("cc", "nss", "auc_judd", "sim")
             )
             lines.append(f"{dataset} CC/NSS/AUC-J/SIM: {compact}")
+    settings = _settings_line(summary)
+    if settings:
+        lines += ["", settings]
+    return "\n".join(lines)
+
+
+def format_audio_controls(summaries: Mapping[str, dict]) -> str:
+    """One Markdown table, a row per sound (`evaluate_audio_controls`'s result), over all videos, and the
+    margins of the own sound over each control: what the model gains from hearing the right sound."""
+    names = list(next(iter(summaries.values()))["metrics"])
+    lines = [
+        "| sound | videos | " + " | ".join(METRIC_TITLES[n] for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for mode, summary in summaries.items():
+        cells = " | ".join(_format_value(n, summary["metrics"][n]) for n in names)
+        lines.append(f"| {AUDIO_TITLES[mode]} | {summary['num_videos']} | {cells} |")
+    if "own" in summaries:
+        own = summaries["own"]["metrics"]
+        for mode in (m for m in summaries if m != "own"):
+            margins = ", ".join(f"{METRIC_TITLES[n]} {own[n] - summaries[mode]['metrics'][n]:+.3f}" for n in names)
+            lines.append(f"\nown − {mode}: {margins}")
     return "\n".join(lines)
 
 
 __all__ = [
+    "AUDIO_MODES",
     "DEFAULT_METRICS",
     "PROTOCOLS",
+    "PROTOCOL_SAUC_OTHER",
+    "SAUC_OTHER_MAPS",
+    "ModelPredictor",
     "PredictionFolder",
+    "SameVideoOtherMaps",
     "ShufflePool",
     "center_bias_map",
     "center_bias_predictor",
+    "control_sound",
     "evaluate",
+    "evaluate_audio_controls",
     "evaluate_video",
     "evaluation_state",
+    "format_audio_controls",
     "format_table",
     "load_model_predictor",
     "model_predictor",
     "prepare_prediction",
     "protocol_for",
     "run_evaluation",
+    "sauc_other_maps",
+    "sound_partners",
     "uniform_predictor",
 ]

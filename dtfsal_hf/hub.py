@@ -9,7 +9,6 @@ from evaluation summaries given to it; without them the card says that no evalua
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import math
@@ -20,6 +19,9 @@ from typing import Iterable, Sequence
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .feature_extraction_dtfsal import DTFSalFeatureExtractor
+from .remote_code import check_remote_loadable, sibling_import_closure
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,13 @@ __all__ = [
     "push_to_hub",
 ]
 
-# The Hub has no saliency task; a saliency map is a dense per-pixel prediction, the closest listed task.
-DEFAULT_PIPELINE_TAG = "image-segmentation"
+# The Hub lists no task that takes a video with its sound and returns saliency maps, and every listed task
+# (image-segmentation, video-classification, ...) comes with a widget and inference API that would send this
+# model inputs it cannot take. "other" is the Hub's task for such models: no widget, no inference API.
+# Without a tag the Hub may infer one from `library_name` and the AutoModel class (feature-extraction).
+DEFAULT_PIPELINE_TAG = "other"
+# The model-index's task type: the card's own tag, not a Hub task.
+TASK_TYPE = "video-saliency-prediction"
 DEFAULT_LICENSE = "apache-2.0"
 TAGS = ("custom_code", "video-saliency-prediction", "saliency", "audio-visual", "dtfsal")
 TASK_NAME = "Video saliency prediction"
@@ -217,43 +224,31 @@ def _auto_map_modules(model_dir: Path) -> set[str]:
     return modules
 
 
-def _sibling_modules(path: Path) -> list[str]:
-    """Modules that `path` imports as `from .x import y`, the only form remote code can resolve."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    return [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module]
-
-
 def _remote_code_files(model_dir: Path) -> list[Path]:
     """The `auto_map` modules and, transitively, every module they import as `from .x import y`."""
-    pending, found, missing = sorted(_auto_map_modules(model_dir)), set(), []
-    if not pending:
+    modules = sorted(_auto_map_modules(model_dir))
+    if not modules:
         raise ValueError(
             f"{model_dir / 'config.json'} has no `auto_map`, so `trust_remote_code` could not load the model "
-            "without this package: add the remote code with `dtfsal_hf.remote_code.add_remote_code` (docs/hub.md)"
+            "without this package: save it again with `save_pretrained` after `import dtfsal_hf`, or add the "
+            "remote code with `dtfsal_hf.remote_code.add_remote_code` (docs/hub.md)"
         )
-    while pending:
-        module = pending.pop()
-        if module in found:
-            continue
-        found.add(module)
-        path = model_dir / f"{module}.py"
-        if path.is_file():
-            pending.extend(_sibling_modules(path))
-        else:
-            missing.append(path.name)
+    found, missing = sibling_import_closure(model_dir / f"{module}.py" for module in modules)
     if missing:
         raise FileNotFoundError(
-            f"Remote-code files missing from {model_dir}: {sorted(missing)}; copy them with "
+            f"Remote-code files missing from {model_dir}: {sorted(path.name for path in missing)}; copy them with "
             "`dtfsal_hf.remote_code.add_remote_code` (docs/hub.md)"
         )
-    return sorted(model_dir / f"{module}.py" for module in found)
+    return found
 
 
 def collect_model_files(model_dir: str | Path) -> list[Path]:
     """Check that `model_dir` holds a complete saved model and return the files to publish.
 
     Needed: `config.json` with `auto_map`, safetensors weights (single file or shards with their index),
-    a processor configuration, and every remote-code module. Other JSON and Python files at the top level
+    a processor configuration, every remote-code module, and the `auto_map` entries that let `AutoModel` and
+    `AutoProcessor` load the folder with `trust_remote_code=True` without this package
+    (`remote_code.check_remote_loadable`). Other JSON and Python files at the top level
     go up too; `README.md` is generated, and other files (pickles, logs, folders) stay local.
     """
     model_dir = Path(model_dir)
@@ -267,6 +262,7 @@ def collect_model_files(model_dir: str | Path) -> list[Path]:
             "(save it with `processor.save_pretrained(folder)`)"
         )
     needed = {*_weight_files(model_dir), *_remote_code_files(model_dir)}
+    check_remote_loadable(model_dir)
     extra = {p for p in model_dir.iterdir() if p.is_file() and p.suffix in _UPLOADED_SUFFIXES}
     extra = {p for p in extra if p.suffix != ".safetensors"}  # weights only as listed above
     skipped = sorted(p.name for p in model_dir.iterdir() if p not in needed | extra and p.name != "README.md")
@@ -332,10 +328,10 @@ def _results_table(summaries: Sequence[EvaluationSummary]) -> str:
     return "\n".join(lines)
 
 
-def _eval_results(summaries: Sequence[EvaluationSummary], pipeline_tag: str) -> list[EvalResult]:
+def _eval_results(summaries: Sequence[EvaluationSummary]) -> list[EvalResult]:
     return [
         EvalResult(
-            task_type=pipeline_tag,
+            task_type=TASK_TYPE,
             task_name=TASK_NAME,
             dataset_type=summary.dataset_id,
             dataset_name=summary.dataset,
@@ -365,10 +361,17 @@ def _card_values(config: dict, parameters: int, repo_id: str, summaries: Sequenc
         "height": str(height),
         "width": str(width),
         "num_audio_examples": str(config.get("num_audio_examples", 9)),
+        "audio_seconds": f"{_audio_window_seconds(int(config.get('num_audio_examples', 9))):.3f}",
         "feature_dim": str(config.get("feature_dim", 192)),
-        "audio_inputs": "used" if use_audio else "not used (`input_features` must be omitted)",
+        "audio_inputs": "used" if use_audio else "not used (the model ignores `input_features`)",
         "results": _results_table(summaries),
     }
+
+
+def _audio_window_seconds(num_audio_examples: int) -> float:
+    """Seconds of sound the features of one clip cover."""
+    extractor = DTFSalFeatureExtractor(num_audio_examples=num_audio_examples)
+    return extractor.num_samples / extractor.sampling_rate
 
 
 def build_model_card(
@@ -403,7 +406,7 @@ def build_model_card(
         metrics=[METRICS[n][0] if n in METRICS else _canonical_id(n) for n in metric_names],
         license=license,
         model_name=values["model_name"] if evaluations else None,
-        eval_results=_eval_results(evaluations, pipeline_tag) or None,
+        eval_results=_eval_results(evaluations) or None,
     )
     return f"---\n{card_data.to_yaml()}\n---\n\n{body.lstrip()}"
 

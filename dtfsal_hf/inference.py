@@ -16,6 +16,7 @@ Model ids besides folders and Hub ids: `demo` (the checkpoint bundled in `dtfsal
 
 from __future__ import annotations
 
+import filecmp
 import itertools
 import json
 import math
@@ -41,6 +42,8 @@ from .npz_stream import NpzMapWriter, iter_npz_maps
 from .processing_dtfsal import DTFSalProcessor
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo-checkpoint"
+# The clip the demo checkpoint is shown on, beside it in the assets.
+SYNTHETIC_EXAMPLE_NAME = "synthetic_example.mp4"
 RANDOM_MODELS = {"random": DTFSalConfig, "random-tiny": DTFSalConfig.tiny}
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 # Public names of the clip alignments, and the names `dtfsal_hf.clips` uses for them.
@@ -99,27 +102,6 @@ def _resolve_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _float32_deform_convs(model: torch.nn.Module) -> None:
-    """Keep torchvision's deformable convolutions in float32: their kernels have no bfloat16 version (and no
-    autocast rule on CPU). Inputs are cast up and outputs back to the input's dtype around each of them."""
-    from torchvision.ops import DeformConv2d
-
-    def cast_inputs(module, args):
-        module.dtfsal_input_dtype = args[0].dtype
-        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-
-    def cast_output(module, args, output):
-        return output.to(module.dtfsal_input_dtype)
-
-    for module in model.modules():
-        if isinstance(module, DeformConv2d):
-            module.float()
-            if not hasattr(module, "dtfsal_input_dtype"):  # hooks once, however many predictors share the model
-                module.dtfsal_input_dtype = torch.float32
-                module.register_forward_pre_hook(cast_inputs)
-                module.register_forward_hook(cast_output)
-
-
 def _build_random_model(model_id: str) -> DTFSalModel:
     # A fixed seed, so every process of a distributed job (and every rerun) builds the same untrained model.
     with torch.random.fork_rng(devices=[]):
@@ -143,12 +125,87 @@ def load_model_and_processor(model_id_or_path: str | os.PathLike) -> tuple[DTFSa
                 "Give a trained model folder or Hub id, or 'random' / 'random-tiny' for an untrained model"
             )
         model_id = str(DEMO_CHECKPOINT)
-    model = DTFSalModel.from_pretrained(model_id)
+    source = _model_source(model_id)
     try:
-        processor = DTFSalProcessor.from_pretrained(model_id)
+        model = DTFSalModel.from_pretrained(source)
+    except OSError as error:
+        if Path(source).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"no model folder at {model_id}, and no model {model_id!r} could be loaded from the Hub: "
+            f"{_first_line(error)}"
+        ) from error
+    try:
+        processor = DTFSalProcessor.from_pretrained(source)
     except (OSError, ValueError):
         processor = DTFSalProcessor.from_model_config(model.config)
     return model, processor, True
+
+
+def _model_source(model_id: str) -> str:
+    """A model folder, or a Hub id; anything else is refused with a message naming it."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model_id} holds no config.json: not a model folder written by save_pretrained "
+                "(or `dtfsal train`'s best/)"
+            )
+        return str(path)
+    if path.exists():
+        raise FileNotFoundError(f"{model_id} is a file: a model is a folder written by save_pretrained, or a Hub id")
+    if not _is_hub_id(model_id):
+        raise FileNotFoundError(
+            f"no model folder at {model_id} (nor is it a Hub id 'namespace/name'; other ids: demo, random, random-tiny)"
+        )
+    return model_id
+
+
+def _is_hub_id(model_id: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        return False
+    return model_id.count("/") <= 1
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def is_demo_checkpoint(model) -> bool:
+    """Whether `model` was loaded from the bundled demo checkpoint (`DEMO_CHECKPOINT`, model id `demo`)."""
+    name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    if not name:
+        return False
+    try:
+        return Path(name).resolve() == DEMO_CHECKPOINT.resolve()
+    except OSError:
+        return False
+
+
+def is_synthetic_example(path: str | os.PathLike) -> bool:
+    """Whether `path` is the demo checkpoint's own synthetic example clip (or a copy of it, such as an upload)."""
+    example = DEMO_CHECKPOINT.parent / SYNTHETIC_EXAMPLE_NAME
+    path = Path(path)
+    try:
+        if not example.is_file() or not path.is_file() or path.stat().st_size != example.stat().st_size:
+            return False
+        return path.resolve() == example.resolve() or filecmp.cmp(path, example, shallow=False)
+    except OSError:
+        return False
+
+
+def demo_message(how: str = "given as --model (or to SaliencyPredictor.from_pretrained)") -> str:
+    """What the demo checkpoint is, said when it runs on another video; `how` tells where to give a trained model."""
+    return (
+        "the demo checkpoint was trained only on synthetic videos of coloured discs, each with its own tone "
+        "(dtfsal_hf.data.synthetic): on any other video its maps mean nothing. For real videos use a trained "
+        f"model: a folder written by `dtfsal train` (its best/) or a Hub id, {how}"
+    )
 
 
 def prefetch(items: Iterable, max_items: int = 16) -> Iterator:
@@ -216,6 +273,9 @@ class SaliencyPredictor:
         attention: MViT attention kernel (`dtfsal_hf.encoders.set_mvit_attention`): "auto" (the default: plain
             matrix products by blocks of queries on a CPU, `scaled_dot_product_attention` elsewhere), "sdpa",
             "blocked" or "eager" (torchvision's explicit form); the model is switched in place.
+
+    `demo` is True when the model is the bundled demo checkpoint: on a video other than its synthetic example
+    the predictor warns once (`warn_if_demo`) that its maps mean nothing there.
     """
 
     def __init__(
@@ -245,11 +305,12 @@ class SaliencyPredictor:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         # Same maps as torchvision's explicit attention (fp32: within 3e-5), faster and with less memory.
         set_mvit_attention(self.model, attention)
-        if self.dtype != torch.float32:
-            _float32_deform_convs(self.model)
         self.processor = processor if processor is not None else DTFSalProcessor.from_model_config(model.config)
         self.trained = trained
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.demo = is_demo_checkpoint(model)
+        # Set once the demo warning was given (by this predictor, or by a caller that said it its own way).
+        self.warned_about_demo = False
         if not trained:
             warnings.warn(untrained_message(self.model_id), UserWarning, stacklevel=2)
 
@@ -269,6 +330,17 @@ class SaliencyPredictor:
         model, processor, trained = load_model_and_processor(model_id_or_path)
         return cls(model, processor, device=device, dtype=dtype, batch_size=batch_size, stride=stride,
                    alignment=alignment, normalize=normalize, trained=trained, model_id=str(model_id_or_path))
+
+    def warn_if_demo(self, path: str | os.PathLike) -> bool:
+        """Warn, once per predictor, when the demo checkpoint runs on a video other than its synthetic example.
+        Returns whether the maps of `path` come from the demo checkpoint on such a video."""
+        if not self.demo or is_synthetic_example(path):
+            return False
+        if not self.warned_about_demo:
+            self.warned_about_demo = True
+            message = demo_message()
+            warnings.warn(message[0].upper() + message[1:], UserWarning, stacklevel=3)
+        return True
 
     @property
     def uses_audio(self) -> bool:
@@ -319,8 +391,8 @@ class SaliencyPredictor:
             maps = self.predict_clips([window.images for window in batch], audio)
             for window, saliency_map in zip(batch, maps):
                 resized = self.processor.post_process_saliency(saliency_map[None], target_sizes=size,
-                                                               blur_sigma=blur_sigma or None)[0]
-                yield window, self._normalized(resized).numpy()
+                                                               blur_sigma=blur_sigma or None, normalize=self.normalize)
+                yield window, resized[0].numpy()
 
     def _model_sized(self, image: np.ndarray) -> np.ndarray:
         """`image` (H, W, 3) uint8 resized to the model's input size by the processor's own resize, once per frame:
@@ -337,11 +409,6 @@ class SaliencyPredictor:
     def _model_frames(self, path, max_frames: int | None) -> Iterator[Frame]:
         for frame in itertools.islice(iter_frames(path), max_frames):
             yield Frame(index=frame.index, time=frame.time, end_time=frame.end_time, image=self._model_sized(frame.image))
-
-    def _normalized(self, saliency_map: torch.Tensor) -> torch.Tensor:
-        saliency_map = saliency_map.clamp_(0.0, 1.0)
-        peak = float(saliency_map.max())
-        return saliency_map / peak if self.normalize == "max" and peak > 0 else saliency_map
 
     def iter_maps(
         self,
@@ -363,6 +430,7 @@ class SaliencyPredictor:
         if blur_sigma < 0:
             raise ValueError(f"blur_sigma must be >= 0 (pixels), got {blur_sigma}")
         info = probe_video(path)
+        self.warn_if_demo(path)
         # load_audio gives silence, with a warning, for a file without sound.
         track = load_audio(path) if self.uses_audio else None
         frames = prefetch(self._model_frames(path, max_frames), 2 * self.model.config.num_frames)
@@ -939,6 +1007,9 @@ def predict_job(
                                                       normalize=normalize)
     if not predictor.trained:
         log(f"{prefix} WARNING: {untrained_message(str(model))}")
+    if predictor.demo and not all(is_synthetic_example(video) for video in share):
+        log(f"{prefix} WARNING: {demo_message()}")
+        predictor.warned_about_demo = True
     log(f"{prefix} {len(share)} of {len(videos)} videos on {predictor.device} ({count} process{'es' if count > 1 else ''})")
     results = predict_videos(predictor, share, output_dir, log=log, process_index=index, **options)
     failed = [result for result in results if result.status == "failed"]
@@ -963,6 +1034,9 @@ __all__ = [
     "output_paths",
     "predict_job",
     "check_overlay_options",
+    "demo_message",
+    "is_demo_checkpoint",
+    "is_synthetic_example",
     "predict_to_folder",
     "predict_videos",
     "process_share",

@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
-__all__ = ["LearnableTokens", "LTEB", "DLTFB", "AMFB", "ConvStream", "DeformableStream", "axial_shift"]
+__all__ = [
+    "LearnableTokens", "LTEB", "DLTFB", "AMFB", "ConvStream", "DeformableStream", "Float32DeformConv2d", "axial_shift",
+]
 
 
 def _check_5d(x: torch.Tensor, channels: int, name: str) -> None:
@@ -153,16 +155,42 @@ class ConvStream(nn.Module):
         return self.expand(self.act(self.norm(self.conv(self.reduce(fused)))))
 
 
+class Float32DeformConv2d(DeformConv2d):
+    """torchvision's `DeformConv2d` computed in float32 whatever the dtype of its weights and inputs (torchvision
+    has no bfloat16 CPU kernel for it, and no CPU autocast rule); the output has the input's dtype.
+
+    Same arguments, parameters and state-dict keys as `DeformConv2d`.
+    """
+
+    def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out)."""
+        output = deform_conv2d(
+            input.float(),
+            offset.float(),
+            self.weight.float(),
+            None if self.bias is None else self.bias.float(),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            mask=None if mask is None else mask.float(),
+        )
+        return output.to(input.dtype)
+
+
 class DeformableStream(nn.Module):
     """Reduce channels, a per-frame 3 x 3 deformable convolution whose offsets are predicted from the
-    audio-visual features (so the sound steers where the kernel samples), BatchNorm, ReLU, expand back."""
+    audio-visual features (so the sound steers where the kernel samples), BatchNorm, ReLU, expand back.
+
+    The deformable convolution runs in float32 whatever the model's dtype (`Float32DeformConv2d`), so the
+    stream works in a model moved to bfloat16 / float16 and under `torch.autocast`.
+    """
 
     def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int = 3):
         super().__init__()
         padding = kernel_size // 2
         self.reduce = nn.Conv3d(in_channels, stream_dim, 1)
         self.offsets = nn.Conv2d(stream_dim, 2 * kernel_size * kernel_size, kernel_size, padding=padding)
-        self.conv = DeformConv2d(stream_dim, stream_dim, kernel_size, padding=padding, bias=False)
+        self.conv = Float32DeformConv2d(stream_dim, stream_dim, kernel_size, padding=padding, bias=False)
         self.norm = nn.BatchNorm3d(stream_dim)
         self.act = nn.ReLU(inplace=True)
         self.expand = nn.Conv3d(stream_dim, out_channels, 1)

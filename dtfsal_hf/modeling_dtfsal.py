@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -236,10 +237,14 @@ class DTFSalModel(DTFSalPreTrainedModel):
             self.audio_encoder.trunk.requires_grad_(False)
 
     def load_pretrained_encoders(self, mvit_source=None, vggish_source=None) -> None:
-        """Load the Kinetics-400 MViTv2-S and AudioSet VGGish weights (URLs by default, or local files)."""
-        load_kinetics_mvit_weights(self.visual_encoder, *(x for x in [mvit_source] if x is not None))
+        """Load the Kinetics-400 MViTv2-S and AudioSet VGGish weights: downloaded from their URLs by default, or
+        from local files (`mvit_source="mvit_v2_s-ae3be167.pth"`, `vggish_source="vggish-10086976.pth"`), e.g.
+        offline. A failed download raises `OSError` saying so."""
+        with _download_hint("mvit_source", mvit_source):
+            load_kinetics_mvit_weights(self.visual_encoder, *(x for x in [mvit_source] if x is not None))
         if self.config.use_audio:
-            load_audioset_vggish_weights(self.audio_encoder.trunk, *(x for x in [vggish_source] if x is not None))
+            with _download_hint("vggish_source", vggish_source):
+                load_audioset_vggish_weights(self.audio_encoder.trunk, *(x for x in [vggish_source] if x is not None))
 
     def _check_inputs(self, pixel_values_videos: torch.Tensor, input_features: torch.Tensor | None, labels) -> None:
         c = self.config
@@ -310,6 +315,21 @@ class DTFSalModel(DTFSalPreTrainedModel):
         return DTFSalOutput(loss=loss, saliency_map=saliency_map, level_maps=level_maps)
 
 
+@contextmanager
+def _download_hint(argument: str, source):
+    """Re-raise a failed download of the default weights with how to pass a local file instead."""
+    try:
+        yield
+    except OSError as error:
+        if source is not None:
+            raise
+        raise OSError(
+            f"Could not download the pretrained encoder weights ({error}). Offline, download the files elsewhere "
+            f"and pass them: model.load_pretrained_encoders({argument}=\"path/to/file.pth\") (URLs in "
+            "dtfsal_hf.encoders: KINETICS400_MVIT_V2_S_URL, AUDIOSET_VGGISH_URL)"
+        ) from error
+
+
 def _raise_on_loading_problems(info: dict, source) -> None:
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -317,7 +337,13 @@ def _raise_on_loading_problems(info: dict, source) -> None:
         if keys:
             problems.append(f"{kind.replace('_', ' ')}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
     if problems:
-        raise ValueError(f"The checkpoint at {source} does not match the configuration: " + "; ".join(problems))
+        hint = ""
+        mismatched = [str(key[0] if isinstance(key, tuple) else key) for key in info.get("mismatched_keys") or []]
+        if mismatched and all(key.endswith((".rel_pos_h", ".rel_pos_w")) for key in mismatched):
+            # Spatial tables at 2 * max(H, W) - 1 rows: saved before each table was sized to its own axis.
+            hint = (f". Its relative-position tables have the older layout: convert it once with "
+                    f"`python -m dtfsal_hf.convert_rel_pos_tables {source}`, which keeps its maps")
+        raise ValueError(f"The checkpoint at {source} does not match the configuration: " + "; ".join(problems) + hint)
 
 
 def _describe(value) -> str:

@@ -70,9 +70,14 @@ class DTFSalProcessor(ProcessorMixin):
             if num_clips != num_waveforms:
                 raise ValueError(f"expected one waveform per clip: got {num_clips} clips and {num_waveforms} waveforms")
 
-    def post_process_saliency(self, saliency_maps, target_sizes=None, blur_sigma: float | None = None):
-        """Maps back at the video's resolution; see [`DTFSalVideoProcessor.post_process_saliency`]."""
-        return self.video_processor.post_process_saliency(saliency_maps, target_sizes=target_sizes, blur_sigma=blur_sigma)
+    def post_process_saliency(
+        self, saliency_maps, target_sizes=None, blur_sigma: float | None = None, normalize: str | None = "max"
+    ):
+        """Maps back at the video's resolution, each divided by its maximum by default (as `dtfsal predict`
+        writes them); see [`DTFSalVideoProcessor.post_process_saliency`]."""
+        return self.video_processor.post_process_saliency(
+            saliency_maps, target_sizes=target_sizes, blur_sigma=blur_sigma, normalize=normalize
+        )
 
     @property
     def model_input_names(self) -> list[str]:

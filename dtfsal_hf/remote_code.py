@@ -1,8 +1,16 @@
-"""Make a saved folder loadable with `trust_remote_code=True` where `dtfsal_hf` is not installed.
+"""Make a saved folder loadable with `trust_remote_code=True` where `dtfsal_hf` is not installed, and check it.
 
-`add_remote_code(folder, {"AutoProcessor": DTFSalProcessor, ...})` copies the files that define the
-classes, and the sibling files they import, into the folder, and writes the `auto_map` entries where
-transformers looks for them:
+Importing `dtfsal_hf` registers its classes for the auto classes, so `model.save_pretrained(folder)` and
+`processor.save_pretrained(folder)` already copy the code and write the `auto_map` entries. This module
+serves folders saved otherwise (by an older version, or by hand) and the checks before publishing:
+
+- `add_remote_code(folder, {"AutoProcessor": DTFSalProcessor, ...})` copies the files that define the
+  classes, and the sibling files they import, into the folder, and writes the `auto_map` entries where
+  transformers looks for them;
+- `check_remote_loadable(folder)` refuses a folder whose model or processor would not load that way,
+  naming what is missing.
+
+Where transformers looks for each `auto_map` entry:
 
 - `AutoConfig`, `AutoModel*`: `config.json`;
 - `AutoProcessor`: `processor_config.json`;
@@ -51,19 +59,33 @@ def _sibling_imports(source_file: Path) -> list[Path]:
     return siblings
 
 
-def remote_code_files(classes) -> list[Path]:
-    """The defining files of `classes` and, recursively, the sibling files they import."""
-    pending = [Path(inspect.getfile(cls)).resolve() for cls in classes]
+def sibling_import_closure(files) -> tuple[list[Path], list[Path]]:
+    """`(found, missing)`: `files` and, recursively, the sibling files they import as `from .x import y`.
+
+    A file that does not exist goes to `missing` (its imports cannot be followed); an import that would not
+    resolve once copied raises `ValueError`.
+    """
+    pending = list(files)
     found: list[Path] = []
+    missing: list[Path] = []
     while pending:
         path = pending.pop()
-        if path in found:
+        if path in found or path in missing:
             continue
         if not path.is_file():
-            raise ValueError(f"remote-code file {path} does not exist")
+            missing.append(path)
+            continue
         found.append(path)
         pending.extend(_sibling_imports(path))
-    return sorted(found)
+    return sorted(found), sorted(missing)
+
+
+def remote_code_files(classes) -> list[Path]:
+    """The defining files of `classes` and, recursively, the sibling files they import."""
+    found, missing = sibling_import_closure(Path(inspect.getfile(cls)).resolve() for cls in classes)
+    if missing:
+        raise ValueError(f"remote-code file {missing[0]} does not exist")
+    return found
 
 
 def _read_json(path: Path) -> dict:
@@ -121,4 +143,68 @@ def add_remote_code(folder: str | os.PathLike, auto_map: Mapping[str, type]) -> 
     return copied
 
 
-__all__ = ["add_remote_code", "remote_code_files"]
+# What `AutoConfig`/`AutoModel` and `AutoProcessor` need, with `trust_remote_code=True`, to build a saved
+# DTFSal model and processor without the package.
+MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
+# Section of processor_config.json ("" for the top level) -> the auto class its `auto_map` must name.
+PROCESSOR_AUTO_CLASSES = {
+    "": "AutoProcessor",
+    "video_processor": "AutoVideoProcessor",
+    "feature_extractor": "AutoFeatureExtractor",
+}
+
+
+def _entry_problem(folder: Path, file_name: str, section: str, auto_class: str) -> str | None:
+    """Why `file_name` (its `section`, "" for the top level) lacks a usable `auto_class` entry; None if it has one."""
+    where = f"{file_name}" + (f" (its `{section}` section)" if section else "")
+    content = _read_json(folder / file_name)
+    entry = content.get(section) if section else content
+    reference = ((entry or {}).get("auto_map") or {}).get(auto_class) if isinstance(entry, dict) else None
+    if not isinstance(reference, str) or "." not in reference:
+        return f"{where} has no `auto_map` entry for {auto_class}"
+    if "--" in reference:  # "repo--module.Class": the code lives in another repository
+        return None
+    module, name = reference.rsplit(".", 1)
+    source = folder / f"{module}.py"
+    if source.is_file() and name not in _defined_names(source):
+        return f"{where} maps {auto_class} to {reference}, but {source.name} defines no {name}"
+    return None
+
+
+def _defined_names(source: Path) -> set[str]:
+    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    return {node.name for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))} | {
+        target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def check_remote_loadable(folder: str | os.PathLike) -> None:
+    """Raise `ValueError` naming every `auto_map` entry that `AutoModel` / `AutoProcessor` with
+    `trust_remote_code=True` would miss in a saved model folder (`config.json` and `processor_config.json`).
+
+    The code files the entries name, and the files those import, are checked by `sibling_import_closure`.
+    """
+    folder = Path(folder)
+    problems = [_entry_problem(folder, "config.json", "", auto_class) for auto_class in MODEL_AUTO_CLASSES]
+    processor_file = folder / "processor_config.json"
+    if not processor_file.is_file():
+        problems.append("there is no processor_config.json (save the processor with `processor.save_pretrained`)")
+    else:
+        sections = _read_json(processor_file)
+        problems += [
+            _entry_problem(folder, processor_file.name, section, auto_class)
+            for section, auto_class in PROCESSOR_AUTO_CLASSES.items()
+            if not section or section in sections
+        ]
+    problems = [problem for problem in problems if problem]
+    if problems:
+        raise ValueError(
+            f"{folder} would not load with trust_remote_code=True where dtfsal_hf is not installed: "
+            + "; ".join(problems)
+            + ". Save the model and processor again with `save_pretrained` after `import dtfsal_hf` (which writes "
+            "the code and the entries), or add them with `dtfsal_hf.remote_code.add_remote_code` (docs/hub.md)"
+        )
+
+
+__all__ = ["add_remote_code", "check_remote_loadable", "remote_code_files", "sibling_import_closure"]

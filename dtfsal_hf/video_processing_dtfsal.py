@@ -101,28 +101,35 @@ class DTFSalVideoProcessor(BaseVideoProcessor):
         stacked = torch.stack(output["pixel_values_videos"]).to(torch.float32)
         return BatchFeature(data={"pixel_values_videos": stacked}, tensor_type=return_tensors)
 
-    def post_process_saliency(self, saliency_maps, target_sizes=None, blur_sigma: float | None = None) -> list[torch.Tensor]:
-        """Saliency maps back at the video's resolution.
+    def post_process_saliency(
+        self, saliency_maps, target_sizes=None, blur_sigma: float | None = None, normalize: str | None = "max"
+    ) -> list[torch.Tensor]:
+        """Saliency maps back at the video's resolution, scaled as `dtfsal predict` writes them.
 
         Args:
             saliency_maps: `(batch, height, width)` (tensor or array), e.g. `DTFSalOutput.saliency_map`.
             target_sizes: one `(height, width)` for all maps or one per map; None keeps the model's resolution.
             blur_sigma: standard deviation in pixels of a Gaussian blur applied at the model's resolution before
                 resizing (the audio-visual benchmarks use 2); None for no blur.
+            normalize: `"max"` (default, as `dtfsal predict`): each map is clipped to [0, 1] and divided by its
+                maximum, so its peak is 1 (a model trained with the KL loss gives small values, e.g. peaks near
+                0.05, that look black when plotted; saliency metrics ignore the scale). None: clipped to [0, 1] only.
 
         Returns:
-            A list of `(height, width)` float32 tensors, one per map.
+            A list of `(height, width)` float32 tensors in [0, 1], one per map.
         """
+        if normalize not in ("max", None):
+            raise ValueError(f"normalize must be 'max' or None, got {normalize!r}")
         maps = torch.as_tensor(np.asarray(saliency_maps) if not isinstance(saliency_maps, torch.Tensor) else saliency_maps)
         if maps.ndim == 2:
             maps = maps[None]
         if maps.ndim != 3:
             raise ValueError(f"saliency_maps must be (batch, height, width), got shape {tuple(maps.shape)}")
-        maps = maps.detach().to(torch.float32)
+        maps = maps.detach().to(device="cpu", dtype=torch.float32)
         if blur_sigma is not None and blur_sigma > 0:
             maps = gaussian_blur(maps, blur_sigma)
         sizes = self._target_sizes(target_sizes, maps)
-        return [_resize_map(saliency_map, size) for saliency_map, size in zip(maps, sizes)]
+        return [_scaled(_resize_map(saliency_map, size), normalize) for saliency_map, size in zip(maps, sizes)]
 
     @staticmethod
     def _target_sizes(target_sizes, maps: torch.Tensor) -> list[tuple[int, int]]:
@@ -147,6 +154,13 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
     x = torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))
     return x[:, 0]
+
+
+def _scaled(saliency_map: torch.Tensor, normalize: str | None) -> torch.Tensor:
+    """Clip to [0, 1]; with `normalize="max"` divide by the maximum (an all-zero map stays zero)."""
+    saliency_map = saliency_map.clamp(0.0, 1.0)
+    peak = float(saliency_map.max())
+    return saliency_map / peak if normalize == "max" and peak > 0 else saliency_map
 
 
 def _resize_map(saliency_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

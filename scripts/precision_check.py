@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel  # noqa: E402
-from dtfsal_hf.benchmark import PATHS, _float32_deform_convs, machine_description, prepare_path  # noqa: E402
+from dtfsal_hf.benchmark import PATHS, machine_description, prepare_path  # noqa: E402
 from dtfsal_hf.encoders import set_mvit_attention  # noqa: E402
 from dtfsal_hf.modeling_dtfsal import correlation_coefficient  # noqa: E402
 
@@ -72,8 +72,6 @@ def train(model: DTFSalModel, seconds: float, batch_size: int, device: torch.dev
     """AdamW under bf16 autocast until `seconds` have passed; returns the loss every step."""
     generator = torch.Generator().manual_seed(seed)
     set_mvit_attention(model, "sdpa").to(device).train()
-    if device.type == "cpu":
-        _float32_deform_convs(model)  # no CPU autocast rule for torchvision's deformable convolution
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.01)
     curve, start, step = [], time.perf_counter(), 0
     while time.perf_counter() - start < seconds:

@@ -42,6 +42,8 @@ from dtfsal_hf.inference import (
     DEMO_CHECKPOINT,
     VIDEO_EXTENSIONS,
     SaliencyPredictor,
+    demo_message,
+    is_synthetic_example,
     iter_npz_maps,
     predict_to_folder,
     saliency_statistics,
@@ -325,7 +327,8 @@ def predict(video, variant, stride, blur_sigma, opacity, colormap, progress=gr.P
     cut = max_frames is not None and len(times) >= max_frames
     if cut:
         reason = cap_reason(info, max_frames, reason, pixel_frames)
-    summary = _summary(Path(video).name, info, loaded, len(times), cut, reason, time.perf_counter() - started)
+    caveats = _model_caveats(variant, loaded, video)
+    summary = _summary(Path(video).name, info, loaded, len(times), cut, reason, time.perf_counter() - started, caveats)
     return str(outputs["overlay"]), heat_maps(outputs["npz"], times, colormap), centre, entropy, str(archive), summary
 
 
@@ -338,8 +341,23 @@ def _predict_to_folder(video: str, predictor: SaliencyPredictor, **options) -> d
         raise gr.Error(f"{name} could not be processed: {str(error).replace(str(video), name)}") from error
 
 
-def _summary(name: str, info: VideoInfo, loaded: LoadedModel, frames: int, cut: bool, reason: str, elapsed: float) -> str:
-    lines = [f"**{name}**: {frames} frames predicted with `{loaded.model_id}` in {elapsed:.1f} s."]
+def _model_caveats(variant: str, loaded: LoadedModel, video: str) -> list[str]:
+    """What the visitor must know about the model that ran: not the variant chosen, or the demo checkpoint
+    on a video other than its synthetic example."""
+    caveats = []
+    kind = "audio-visual" if loaded.predictor.uses_audio else "visual-only"
+    if kind != variant:
+        uses = "these maps use the sound" if loaded.predictor.uses_audio else "these maps ignore the sound"
+        caveats.append(f"**{variant} was chosen, but no {variant} model is available: the {kind} model "
+                       f"`{loaded.model_id}` ran instead, so {uses}.**")
+    if loaded.predictor.demo and not is_synthetic_example(video):
+        caveats.append(f"**Warning: {demo_message('set as the Space variable DTFSAL_MODEL')}.**")
+    return caveats
+
+
+def _summary(name: str, info: VideoInfo, loaded: LoadedModel, frames: int, cut: bool, reason: str, elapsed: float,
+             caveats: list[str] = ()) -> str:
+    lines = [f"**{name}**: {frames} frames predicted with `{loaded.model_id}` in {elapsed:.1f} s.", *caveats]
     if cut:
         length = f"this {info.duration:.1f} s video" if info.duration else "this video"
         lines.append(f"Only the first part of {length} was processed: {reason}.")
@@ -355,6 +373,16 @@ def _summary(name: str, info: VideoInfo, loaded: LoadedModel, frames: int, cut: 
 # The page
 
 
+def _models_note() -> str:
+    """The page's statement of the models it runs, and what the demo checkpoint is."""
+    models = ", ".join(f"{variant}: `{model_id(variant)}`" for variant in VARIANTS)
+    return (
+        f"*Models: {models}. A model that cannot be loaded is replaced by the embedded demo checkpoint, which was "
+        "trained only on synthetic videos of coloured discs with tones: it shows the pipeline on the example, and "
+        "its maps of any other video mean nothing. The summary under the results names the model that ran.*"
+    )
+
+
 def example_videos() -> list[str]:
     """The synthetic clips bundled with the package, so the page works without an upload."""
     return sorted(str(path) for suffix in ("*.mp4", "*.avi", "*.mkv") for path in ASSETS.glob(suffix))
@@ -367,7 +395,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(
             "# DTFSal: audio-visual video saliency\n"
             "Where do people look in a video? DTFSal (BMVC 2025) predicts it from the pictures and the sound. "
-            f"Upload a video or pick the example. *Length cap: {reason}.*"
+            f"Upload a video or pick the example. *Length cap: {reason}.*\n\n"
+            f"{_models_note()}"
         )
         with gr.Row():
             with gr.Column(scale=1):

@@ -43,3 +43,92 @@ def run_without_package(code: str, cwd, env: dict | None = None, timeout: int = 
     if result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# Loads each folder with AutoModel / AutoProcessor and trust_remote_code=True, runs processor, model and
+# post-processing on the saved clips and waveforms, and saves every tensor for the test to compare.
+_MAPS_SCRIPT = """
+    import json
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoProcessor
+
+    torch.set_num_threads({threads})
+    data = np.load({inputs!r})
+    classes = []
+    for index, folder in enumerate({folders!r}):
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        parts = (model, processor, processor.video_processor, processor.feature_extractor)
+        classes.append([f"{{type(part).__module__.split('.')[0]}}:{{type(part).__name__}}" for part in parts])
+        inputs = processor(videos=list(data["clips"]), audio=list(data["waveforms"]), sampling_rate=16000)
+        with torch.inference_mode():
+            raw = model(**inputs).saliency_map
+        maps = torch.stack(processor.post_process_saliency(raw, target_sizes=tuple(data["size"])))
+        save_file({{"pixel_values_videos": inputs["pixel_values_videos"], "input_features": inputs["input_features"],
+                    "raw": raw.contiguous(), "maps": maps}}, {output!r} + f"/{{index}}.safetensors")
+    print(json.dumps(classes))
+"""
+
+
+def real_clip_inputs(video, num_frames: int, targets, num_samples: int = 24560) -> dict:
+    """The clips (as `SaliencyPredictor` builds them: causal, the first frame repeated at the start) and audio
+    windows of the `targets` frames of a real video, with the video's (height, width)."""
+    import numpy as np
+
+    from dtfsal_hf.clips import iter_clips
+    from dtfsal_hf.media import audio_window, iter_frames, load_audio
+
+    track = load_audio(video)
+    frames = (frame for frame in iter_frames(video) if frame.index <= max(targets))
+    windows = [window for window in iter_clips(frames, num_frames) if window.target.index in set(targets)]
+    clips = np.stack([window.images for window in windows])
+    return {
+        "clips": clips,
+        "waveforms": np.stack([audio_window(track, window.end_time, num_samples) for window in windows]),
+        "size": np.asarray(clips.shape[2:4]),
+    }
+
+
+def maps_without_package(folders, inputs: dict, work_dir) -> tuple[list[dict], list]:
+    """For each saved folder, what processor + model + `post_process_saliency` give on `inputs` in a process where
+    `dtfsal_hf` cannot be imported: `([{pixel_values_videos, input_features, raw, maps}], [class names])`."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    work_dir = Path(work_dir)
+    np.savez(work_dir / "inputs.npz", **inputs)
+    code = _MAPS_SCRIPT.format(threads=torch.get_num_threads(), inputs=str(work_dir / "inputs.npz"),
+                               folders=[str(folder) for folder in folders], output=str(work_dir))
+    result = run_without_package(code, cwd=work_dir, env=_offline_env(work_dir))
+    classes = json.loads(result.stdout.strip().splitlines()[-1])
+    return [load_file(work_dir / f"{index}.safetensors") for index in range(len(folders))], classes
+
+
+def _offline_env(work_dir) -> dict:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env.update(HF_HOME=str(work_dir) + "/hf_home", HF_HUB_OFFLINE="1")
+    return env
+
+
+def maps_with_package(folder, inputs: dict) -> dict:
+    """The same as `maps_without_package`, with the package's classes loaded from `folder`."""
+    import torch
+
+    from dtfsal_hf import DTFSalModel, DTFSalProcessor
+
+    model = DTFSalModel.from_pretrained(folder).eval()
+    processor = DTFSalProcessor.from_pretrained(folder)
+    features = processor(videos=list(inputs["clips"]), audio=list(inputs["waveforms"]), sampling_rate=16000)
+    with torch.inference_mode():
+        raw = model(**features).saliency_map
+    maps = torch.stack(processor.post_process_saliency(raw, target_sizes=tuple(inputs["size"])))
+    return {"pixel_values_videos": features["pixel_values_videos"], "input_features": features["input_features"],
+            "raw": raw, "maps": maps}

@@ -94,11 +94,10 @@ def test_channels_last_path_gives_the_same_maps():
 def test_float32_ends_run_in_float32_under_autocast():
     import copy
 
-    from dtfsal_hf.benchmark import FLOAT32_ENDS, _float32_deform_convs, keep_float32
+    from dtfsal_hf.benchmark import FLOAT32_ENDS, keep_float32
 
     model = DTFSalModel.from_pretrained("dtfsal_hf/assets/demo-checkpoint").eval()
     kept = keep_float32(copy.deepcopy(model))
-    _float32_deform_convs(kept)
     assert list(kept.state_dict()) == list(model.state_dict())
     assert isinstance(kept.fuse_maps, torch.nn.Conv3d) and type(kept.fuse_maps) is not torch.nn.Conv3d
     seen = {}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torchvision.models.video import mvit_v2_s
+from torchvision.models.video.mvit import _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.encoders import (
@@ -14,8 +18,11 @@ from dtfsal_hf.encoders import (
     KINETICS400_MVIT_V2_S_URL,
     MViTStageEncoder,
     VGGishTrunk,
+    fold_rel_pos,
     load_audioset_vggish_weights,
     load_kinetics_mvit_weights,
+    resize_rel_pos_tables,
+    set_mvit_attention,
 )
 
 MVIT_V2_S = dict(depths=[1, 2, 11, 2], dims=[96, 192, 384, 768], heads=[1, 2, 4, 8], kv_stride=[1, 8, 8])
@@ -67,14 +74,19 @@ def test_mvit_loader_reproduces_torchvision_at_training_size(torchvision_checkpo
         assert torch.equal(a, b)
 
 
-def test_mvit_loader_resizes_position_tables_for_the_paper_size(torchvision_checkpoint):
+def test_mvit_loader_keeps_the_checkpoints_h_tables_at_the_paper_size(torchvision_checkpoint):
     reference, path = torchvision_checkpoint
     encoder = MViTStageEncoder(32, [224, 384], **MVIT_V2_S)
     load_kinetics_mvit_weights(encoder, path)
-    source = reference.blocks[0].attn.rel_pos_h.detach().numpy()  # (2*56-1, 96) at 16x224x224
-    target = encoder.blocks[0].attn.rel_pos_h.detach().numpy()  # (2*96-1, 96) at 32x224x384
-    assert source.shape == (111, 96) and target.shape == (191, 96)
-    # Linear interpolation, half-pixel centres: output sample j sits at source position (j + .5) * 111 / 191 - .5
+    # At 224 rows the H axis needs what the 224x224 checkpoint holds (2*56-1 in stage 1): used as it is.
+    for ours, theirs in zip(encoder.blocks, reference.blocks):
+        assert torch.equal(ours.attn.rel_pos_h, theirs.attn.rel_pos_h)
+    assert [b.attn.rel_pos_h.shape[0] for b in encoder.blocks] == [111] + [55] * 2 + [27] * 12 + [13]
+    assert [b.attn.rel_pos_w.shape[0] for b in encoder.blocks] == [191] + [95] * 2 + [47] * 12 + [23]
+    # W (96 columns in stage 1) needs more: linear interpolation, half-pixel centres, as torchvision's forward
+    # would do; output sample j sits at source position (j + .5) * 111 / 191 - .5.
+    source = reference.blocks[0].attn.rel_pos_w.detach().numpy()
+    target = encoder.blocks[0].attn.rel_pos_w.detach().numpy()
     positions = np.clip((np.arange(191) + 0.5) * 111 / 191 - 0.5, 0, 110)
     expected = np.stack([np.interp(positions, np.arange(111), source[:, c]) for c in range(96)], axis=1)
     np.testing.assert_allclose(target, expected, atol=1e-6)
@@ -82,6 +94,81 @@ def test_mvit_loader_resizes_position_tables_for_the_paper_size(torchvision_chec
     # Everything that is not a position table is copied as it is.
     assert torch.equal(encoder.blocks[5].mlp[0].weight, reference.blocks[5].mlp[0].weight)
     assert torch.equal(encoder.conv_proj.weight, reference.conv_proj.weight)
+
+
+@pytest.mark.parametrize("block, q_hw, k_hw", [(0, (56, 96), (7, 12)), (1, (28, 48), (14, 24))])
+def test_position_logits_at_the_paper_size_are_torchvisions_on_the_checkpoint(torchvision_checkpoint, block, q_hw, k_hw):
+    """The term the model adds at 224x384 is what torchvision computes from the checkpoint's own tables:
+    unresampled along H (its length is already right), resampled by torchvision along W."""
+    reference, path = torchvision_checkpoint
+    encoder = MViTStageEncoder(32, [224, 384], **MVIT_V2_S)
+    load_kinetics_mvit_weights(encoder, path)
+    ours, theirs = encoder.blocks[block].attn, reference.blocks[block].attn
+    torch.manual_seed(0)
+    # One time step keeps the logits small; the time tables are set to zero on both sides.
+    q_thw, k_thw = (1, *q_hw), (1, *k_hw)
+    q, k = torch.randn(1, 1, 1 + q_hw[0] * q_hw[1], 96), torch.randn(1, 1, 1 + k_hw[0] * k_hw[1], 96)
+    with torch.no_grad():
+        q_aug, k_aug = fold_rel_pos(q, k, q_thw, k_thw, ours.rel_pos_h, ours.rel_pos_w, torch.zeros(31, 96), scale=1.0)
+        expected = _add_rel_pos(q @ k.transpose(2, 3), q, q_thw, k_thw, theirs.rel_pos_h, theirs.rel_pos_w, torch.zeros(15, 96))
+        torch.testing.assert_close(q_aug @ k_aug.transpose(2, 3), expected, rtol=1e-5, atol=1e-5)
+        # The control: the table resized to 2 * max(H, W) - 1 and back, as torchvision's layout did, is another one.
+        key = "attn.rel_pos_h"
+        round_trip = resize_rel_pos_tables({key: theirs.rel_pos_h}, {key: ours.rel_pos_w})[key]
+        assert round_trip.shape == ours.rel_pos_w.shape
+        before = _add_rel_pos(q @ k.transpose(2, 3), q, q_thw, k_thw, round_trip, theirs.rel_pos_w, torch.zeros(15, 96))
+        assert (before - expected).abs().max() > 1e-3
+
+
+def test_tables_have_their_axis_length_so_no_forward_resizes_them(monkeypatch):
+    import torchvision.models.video.mvit as tv_mvit
+
+    resized = []
+    original = tv_mvit._interpolate
+    monkeypatch.setattr(tv_mvit, "_interpolate", lambda table, d: resized.append((table.shape[0], d)) if table.shape[0] != d else None or original(table, d))
+    torch.manual_seed(0)
+    model = DTFSalModel(DTFSalConfig.tiny()).eval()
+    with torch.no_grad():
+        model(pixel_values_videos=torch.randn(1, 8, 3, 64, 96), input_features=torch.randn(1, 9, 1, 32, 48))
+    assert resized == []
+    # 16x24 tokens, keys and values pooled to 4x6 in every stage: H tables 2*16-1, 2*8-1, then 2*4-1 (the
+    # keys outnumber the 2x3 queries of stage 4); W tables 2*24-1, 2*12-1, 2*6-1; T 2*4-1.
+    attentions = [block.attn for block in model.visual_encoder.blocks]
+    assert [(a.rel_pos_t.shape[0], a.rel_pos_h.shape[0], a.rel_pos_w.shape[0]) for a in attentions] == [
+        (7, 31, 47), (7, 15, 23), (7, 15, 23), (7, 7, 11), (7, 7, 11)]
+    with torch.device("meta"):
+        big = DTFSalModel(DTFSalConfig())
+    assert sum(p.numel() for p in big.visual_encoder.parameters()) == 34_292_544
+
+
+def tiny_encoder(image_size):
+    return MViTStageEncoder(8, image_size, [1, 1, 2, 1], [16, 32, 64, 128], [1, 1, 2, 2], [1, 4, 4]).eval()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "blocked", "auto"])
+def test_loaded_encoder_computes_torchvisions_forward_on_the_checkpoint(attention):
+    """A square "checkpoint" loaded at a wider size: every kernel gives what torchvision's attention computes
+    with the checkpoint's own tables, which it resizes itself at each forward where lengths differ."""
+    torch.manual_seed(0)
+    source = tiny_encoder([64, 64])
+    with torch.no_grad():
+        for name, table in source.named_parameters():
+            if name.endswith(("rel_pos_h", "rel_pos_w", "rel_pos_t")):
+                table.normal_()  # tables of size 1 make a difference visible
+    encoder = tiny_encoder([64, 96])
+    load_kinetics_mvit_weights(encoder, source.state_dict())
+    # torchvision's attention (eager) holding the checkpoint's tables as they are.
+    reference = set_mvit_attention(copy.deepcopy(encoder), "eager")
+    for name, table in source.named_parameters():
+        if "rel_pos" in name:
+            reference.get_submodule(name.rsplit(".", 1)[0]).register_parameter(name.rsplit(".", 1)[1], nn.Parameter(table.clone()))
+    assert reference.blocks[0].attn.rel_pos_w.shape[0] == 31 and encoder.blocks[0].attn.rel_pos_w.shape[0] == 47
+    videos = torch.randn(2, 3, 8, 64, 96)
+    with torch.no_grad():
+        expected = reference(videos)
+        actual = set_mvit_attention(encoder, attention)(videos)
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_model_loads_both_encoders(torchvision_checkpoint, tmp_path):
@@ -248,3 +335,42 @@ def test_a_file_planted_in_the_hub_cache_under_the_published_name_is_refused(tmp
     with pytest.raises(ValueError, match=r"cached checkpoint .*vggish-10086976\.pth.* does not match"):
         load_audioset_vggish_weights(VGGishTrunk([[8]]))
     assert not marker.exists()
+
+
+def test_models_saved_with_torchvisions_table_layout_convert_to_the_same_maps(tmp_path, monkeypatch):
+    import shutil
+
+    from dtfsal_hf import encoders
+    from dtfsal_hf.convert_rel_pos_tables import convert_rel_pos_tables, main
+
+    # A model as the encoder built it before: every spatial table at 2 * max(H, W) - 1 rows.
+    with monkeypatch.context() as patch:
+        patch.setattr(encoders, "fit_rel_pos_tables", lambda *args, **kwargs: None)
+        torch.manual_seed(0)
+        old = DTFSalModel(DTFSalConfig.tiny()).eval()
+    assert old.visual_encoder.blocks[0].attn.rel_pos_h.shape == (47, 16)
+    with torch.no_grad():
+        for name, table in old.named_parameters():
+            if "rel_pos" in name:
+                table.normal_()
+    inputs = dict(pixel_values_videos=torch.randn(1, 8, 3, 64, 96), input_features=torch.randn(1, 9, 1, 32, 48))
+    with torch.no_grad():
+        expected = old(**inputs).saliency_map
+    old.save_pretrained(tmp_path / "old")
+    with pytest.raises(ValueError, match="older layout: convert it once with `python -m dtfsal_hf.convert_rel_pos_tables"):
+        DTFSalModel.from_pretrained(tmp_path / "old")
+    converted = convert_rel_pos_tables(tmp_path / "old", tmp_path / "new")
+    assert converted == sorted(f"visual_encoder.blocks.{i}.attn.rel_pos_h" for i in range(5))
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == sorted(p.name for p in (tmp_path / "old").iterdir())
+    new = DTFSalModel.from_pretrained(tmp_path / "new").eval()
+    # The same operations as before in torchvision's kernel; the folded kernels sum in another order.
+    for attention, tolerance in (("eager", 1e-6), ("sdpa", 1e-4), ("blocked", 1e-4)):
+        with torch.no_grad():
+            actual = set_mvit_attention(new, attention)(**inputs).saliency_map
+        torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
+    # Converting again, or in place, is a no-op once converted; the bundled demo checkpoint is converted.
+    assert main([str(tmp_path / "new")]) == 0 and convert_rel_pos_tables(tmp_path / "new") == []
+    demo = tmp_path / "demo"
+    shutil.copytree(Path(encoders.__file__).parent / "assets" / "demo-checkpoint", demo)
+    assert convert_rel_pos_tables(demo) == []
+    assert main([str(tmp_path / "absent")]) == 2

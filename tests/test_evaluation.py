@@ -1,6 +1,7 @@
 """Evaluation: protocols, saved predictions, resuming, the CLI, a model run, and real DHF1K gaze."""
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -13,6 +14,7 @@ from dtfsal_hf.cli import main
 from dtfsal_hf.data import VideoRecord, continuous_map, fixation_map, gaze_fixations, load_records, write_dhf1k_annotation
 from dtfsal_hf.evaluation import (
     PredictionFolder,
+    SameVideoOtherMaps,
     ShufflePool,
     center_bias_map,
     center_bias_predictor,
@@ -227,6 +229,95 @@ def test_shuffle_pool_draws_from_other_videos(avad):
     assert alone.other_map(records[0], 0, (24, 32)) is None
 
 
+def write_fixations(root, video, frames, size=(6, 8)):
+    """Replace the fixMap_%05d.mat files of `video` by hand-built ones: `frames` lists each frame's fixated pixels."""
+    from scipy.io import savemat
+
+    for index, pixels in enumerate(frames):
+        fixated = np.zeros(size, np.uint8)
+        for row, column in pixels:
+            fixated[row, column] = 1
+        savemat(root / "annotations" / "AVAD" / video / f"fixMap_{index + 1:05d}.mat", {"eyeMap": fixated})
+
+
+def pixels(mask):
+    return sorted(map(tuple, np.argwhere(mask).tolist())) if mask is not None else None
+
+
+@pytest.fixture()
+def hand_fixations(tmp_path):
+    """Two 3-frame AVAD videos with hand-placed fixations on a 6x8 grid; B's maps are 12x16."""
+    root = write_stavis(tmp_path / "stavis", "AVAD", ["A", "B"], num_frames=3)
+    write_fixations(root, "A", [[(1, 1), (2, 2)], [(2, 2), (3, 3)], [(4, 4)]])
+    write_fixations(root, "B", [[(0, 0)], [(10, 14), (11, 15)], []], size=(12, 16))
+    records = {r.name: r for r in load_records("AVAD", root, "test", fold="all")}
+    return records["A"], records["B"]
+
+
+def test_same_video_other_map_is_the_videos_other_fixations(hand_fixations):
+    first, second = hand_fixations
+    maps = SameVideoOtherMaps()
+    # Frame 1: every pixel fixated in the video, less frame 1's own; (2, 2) goes although frame 0 has it too.
+    assert pixels(maps.other_map(first, 1, (6, 8))) == [(1, 1), (4, 4)]
+    assert pixels(maps.other_map(first, 0, (6, 8))) == [(3, 3), (4, 4)]
+    assert pixels(maps.other_map(first, 2, (6, 8))) == [(1, 1), (2, 2), (3, 3)]
+    assert pixels(maps.union(first)) == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    # Another video: its own fixations only, at its own size; a frame with nothing else fixated has none.
+    assert pixels(maps.other_map(second, 1, (12, 16))) == [(0, 0)]
+    assert pixels(maps.other_map(second, 2, (12, 16))) == [(0, 0), (10, 14), (11, 15)]
+    lonely = dataclasses.replace(second, num_frames=1)
+    assert SameVideoOtherMaps().other_map(lonely, 0, (12, 16)) is None
+    with pytest.raises(ValueError, match="expected"):
+        maps.other_map(first, 0, (12, 16))
+
+
+def test_other_videos_map_holds_only_other_videos_fixations(hand_fixations):
+    first, second = hand_fixations
+    # Every frame in the pool and every pool frame drawn: the union of B's frames, rescaled from 12x16 to 6x8.
+    pool = ShufflePool([first, second], frames_per_video=3)
+    assert pixels(pool.other_map(first, 0, (6, 8), other_frames=10)) == [(0, 0), (5, 7)]
+    # Upscaled, A's pixel r lands on the pixel holding its centre, (r + 0.5) * 2: row 2r + 1.
+    assert pixels(pool.other_map(second, 1, (12, 16), other_frames=10)) == [(3, 3), (5, 5), (7, 7), (9, 9)]
+    # One frame drawn: exactly one of A's frames, scaled up, and the same one whatever the order of the draws.
+    one = pixels(pool.other_map(second, 0, (6, 8), other_frames=1))
+    assert one in ([(1, 1), (2, 2)], [(2, 2), (3, 3)], [(4, 4)])
+    assert one == pixels(ShufflePool([second, first], frames_per_video=3).other_map(second, 0, (6, 8), other_frames=1))
+
+
+def test_each_protocol_uses_its_own_sauc_other_map(avad, tmp_path, monkeypatch):
+    from dtfsal_hf import evaluation
+
+    records = load_records("AVAD", avad, "test", fold="all")
+    seen = []
+    original = evaluation.saliency_metrics.compute_metrics
+
+    def spy(*args, other_map=None, **kwargs):
+        seen.append(None if other_map is None else other_map.cpu().numpy())
+        return original(*args, other_map=other_map, **kwargs)
+
+    monkeypatch.setattr(evaluation.saliency_metrics, "compute_metrics", spy)
+    stavis = evaluate(records, ground_truth_predictor, tmp_path / "stavis", progress=False, metrics=("sauc",))
+    assert stavis["sauc_other"] == "same-video"
+    # The first frame scored is V1's frame 0: the other map is V1's frames 1-4, as SameVideoOtherMaps builds it.
+    assert np.array_equal(seen[0], SameVideoOtherMaps().other_map(records[0], 0, (24, 32)))
+    dhf1k = evaluate(records, ground_truth_predictor, tmp_path / "dhf1k", protocol="dhf1k", progress=False, metrics=("sauc",))
+    assert dhf1k["sauc_other"] == "videos"
+    chosen = evaluate(records, ground_truth_predictor, tmp_path / "chosen", sauc_other="videos", progress=False, metrics=("sauc",))
+    assert chosen["protocol"] == "stavis" and chosen["sauc_other"] == "videos"
+    assert chosen["metrics"]["sauc"] != stavis["metrics"]["sauc"]
+    # No draw in the same-video map: scores do not depend on the order or on resuming.
+    reversed_order = evaluate(records[::-1], ground_truth_predictor, tmp_path / "reversed", progress=False, metrics=("sauc",))
+    assert reversed_order["metrics"]["sauc"] == pytest.approx(stavis["metrics"]["sauc"], abs=1e-12)
+    # A single video has an other map of its own under STAViS's definition, none under Borji's.
+    alone = evaluate(records[:1], ground_truth_predictor, tmp_path / "alone", progress=False, metrics=("sauc",))
+    assert 0.5 < alone["metrics"]["sauc"] <= 1
+    assert math.isnan(evaluate(records[:1], ground_truth_predictor, tmp_path / "alone-b", sauc_other="videos", progress=False, metrics=("sauc",))["metrics"]["sauc"])
+    with pytest.raises(ValueError, match="was scored with"):
+        evaluate(records, ground_truth_predictor, tmp_path / "stavis", sauc_other="videos", progress=False, metrics=("sauc",))
+    with pytest.raises(ValueError, match="sauc_other must be"):
+        evaluate(records, ground_truth_predictor, tmp_path / "x", sauc_other="frames", progress=False)
+
+
 def test_prediction_folder_npz_png_and_errors(avad, tmp_path):
     records = load_records("AVAD", avad, "test", fold=1)
     folder = tmp_path / "predictions"
@@ -324,3 +415,8 @@ def test_real_dhf1k_002_baselines(tmp_path, one_thread):
     for name in names:
         assert centre["metrics"][name] == pytest.approx(REAL_CENTER_BIAS[name], abs=1e-3), name
         assert uniform["metrics"][name] == pytest.approx(REAL_UNIFORM[name], abs=1e-3), name
+    # sAUC with STAViS's other map (the video's own other frames): centre bias, which AUC-J rewards, is
+    # near chance, because the video's own fixations are centred too; the ground-truth maps stay well above.
+    same_video = dict(metrics=("sauc",), sauc_other="same-video", progress=False)
+    assert evaluate([record], center_bias_predictor(), tmp_path / "centre-s", **same_video)["metrics"]["sauc"] == pytest.approx(0.5117, abs=1e-3)
+    assert evaluate([record], ground_truth_predictor, tmp_path / "truth-s", **same_video)["metrics"]["sauc"] == pytest.approx(0.7785, abs=1e-3)

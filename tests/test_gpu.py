@@ -56,6 +56,19 @@ def test_cuda_bf16_autocast_stays_close():
             assert (actual - expected).abs().max() < 0.05, attention
 
 
+def test_cuda_bfloat16_weights_run_and_return_bfloat16():
+    """`model.to("cuda", torch.bfloat16)`: the deformable convolutions run in float32 inside, the maps come back
+    in bfloat16 close to the float32 ones."""
+    model = _tiny()
+    inputs = dummy_inputs(model.config, batch_size=2)
+    with torch.no_grad():
+        expected = model(**inputs).saliency_map
+        half = copy.deepcopy(model).to("cuda", torch.bfloat16)
+        actual = half(**{k: v.to("cuda", torch.bfloat16) for k, v in inputs.items()}).saliency_map
+    assert actual.dtype == torch.bfloat16
+    assert (actual.float().cpu() - expected).abs().mean() < 0.01
+
+
 def test_cuda_training_step_lowers_the_loss():
     model = set_mvit_attention(_tiny(), "sdpa").cuda().train()
     inputs = {k: v.cuda() for k, v in dummy_inputs(model.config, batch_size=2).items()}

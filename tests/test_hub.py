@@ -13,7 +13,9 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import torch
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
@@ -23,16 +25,17 @@ from huggingface_hub.errors import (
 )
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.feature_extraction_dtfsal import DTFSalFeatureExtractor
 from dtfsal_hf.hub import build_model_card, collect_model_files, load_evaluation_summaries, push_to_hub
 from dtfsal_hf.processing_dtfsal import DTFSalProcessor
-from dtfsal_hf.remote_code import add_remote_code
-from dtfsal_hf.video_processing_dtfsal import DTFSalVideoProcessor
 
+from dtfsal_hf.inference import DEMO_CHECKPOINT, SaliencyPredictor
 from hub_server import HubServer
 from isolation import BLOCK_PACKAGE as _BLOCK_PACKAGE
+from isolation import maps_with_package, maps_without_package, real_clip_inputs, run_without_package
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DHF1K_VIDEO = REPO_ROOT.parent / "shared/data/dhf1k_002/002.AVI"
+needs_dhf1k = pytest.mark.skipif(not DHF1K_VIDEO.is_file(), reason=f"the DHF1K clip is not at {DHF1K_VIDEO}")
 REPO_ID = "dtfsal-test/dtfsal-tiny"
 # Values of a made-up evaluation run: they only travel from the JSON file to the test Hub's card.
 EVALUATION = [
@@ -66,20 +69,21 @@ def api(hub):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    """The usual transformers sequence, nothing more: model.save_pretrained, then processor.save_pretrained."""
     folder = tmp_path_factory.mktemp("saved") / "dtfsal-tiny"
     config = DTFSalConfig.tiny()
     DTFSalModel(config).save_pretrained(folder)
     DTFSalProcessor.from_model_config(config).save_pretrained(folder)
-    add_remote_code(folder, {"AutoConfig": DTFSalConfig, "AutoModel": DTFSalModel})
-    add_remote_code(
-        folder,
-        {
-            "AutoProcessor": DTFSalProcessor,
-            "AutoFeatureExtractor": DTFSalFeatureExtractor,
-            "AutoVideoProcessor": DTFSalVideoProcessor,
-        },
-    )
     (folder / "training_log.txt").write_text("kept local\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_resaved(tmp_path_factory):
+    """The bundled demo checkpoint loaded with the package and saved again the usual way."""
+    folder = tmp_path_factory.mktemp("demo") / "dtfsal-demo"
+    DTFSalModel.from_pretrained(DEMO_CHECKPOINT).save_pretrained(folder)
+    DTFSalProcessor.from_pretrained(DEMO_CHECKPOINT).save_pretrained(folder)
     return folder
 
 
@@ -276,6 +280,8 @@ def test_card_without_evaluation_has_no_results(model_dir):
     metadata = yaml.safe_load(card.split("---\n")[1])
     assert "model-index" not in metadata
     assert metadata["library_name"] == "transformers" and "custom_code" in metadata["tags"]
+    # "other": the Hub's task without a widget, rather than one whose widget would send this model images or text.
+    assert metadata["pipeline_tag"] == "other"
     assert "No evaluation results were published with this checkpoint" in card
 
 
@@ -379,6 +385,160 @@ def test_push_refuses_bad_repository_ids(hub, model_dir, repo_id):
     with pytest.raises(ValueError, match="Repository id|Invalid repository id"):
         push_to_hub(model_dir, repo_id, endpoint=hub.endpoint, token=False)
     assert len(hub.requests) == served
+
+
+def _edit_json(folder: Path, name: str, edit) -> None:
+    content = json.loads((folder / name).read_text())
+    edit(content)
+    (folder / name).write_text(json.dumps(content))
+
+
+# Each edit leaves a folder that AutoModel / AutoProcessor could not load without the package.
+UNLOADABLE = {
+    "no AutoProcessor entry": (
+        "processor_config.json", lambda c: c["auto_map"].pop("AutoProcessor"),
+        r"processor_config\.json has no `auto_map` entry for AutoProcessor",
+    ),
+    "no AutoVideoProcessor entry": (
+        "processor_config.json", lambda c: c["video_processor"].pop("auto_map"),
+        r"processor_config\.json \(its `video_processor` section\) has no `auto_map` entry for AutoVideoProcessor",
+    ),
+    "no AutoFeatureExtractor entry": (
+        "processor_config.json", lambda c: c["feature_extractor"]["auto_map"].pop("AutoFeatureExtractor"),
+        r"\(its `feature_extractor` section\) has no `auto_map` entry for AutoFeatureExtractor",
+    ),
+    "no AutoModel entry": (
+        "config.json", lambda c: c["auto_map"].pop("AutoModel"), r"config\.json has no `auto_map` entry for AutoModel",
+    ),
+    "a class the file does not define": (
+        "processor_config.json", lambda c: c["auto_map"].update(AutoProcessor="processing_dtfsal.DTFSalProcesor"),
+        r"maps AutoProcessor to processing_dtfsal\.DTFSalProcesor, but processing_dtfsal\.py defines no DTFSalProcesor",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNLOADABLE))
+def test_push_refuses_a_folder_that_would_not_load_without_the_package(hub, model_dir, tmp_path, case):
+    name, edit, message = UNLOADABLE[case]
+    folder = tmp_path / "copy"
+    shutil.copytree(model_dir, folder)
+    _edit_json(folder, name, edit)
+    served = len(hub.requests)
+    with pytest.raises(ValueError, match=message):
+        push_to_hub(folder, "dtfsal-test/unloadable", endpoint=hub.endpoint, token=False)
+    assert len(hub.requests) == served
+
+
+def test_refused_processor_folders_really_do_not_load_without_the_package(model_dir, tmp_path):
+    """The control of the check above: transformers itself cannot build the processor from those folders (and
+    builds it from the original)."""
+    folders = {}
+    for case in ("no AutoProcessor entry", "no AutoVideoProcessor entry", "no AutoFeatureExtractor entry",
+                 "a class the file does not define"):
+        name, edit, _ = UNLOADABLE[case]
+        folders[case] = tmp_path / f"case{len(folders)}"
+        shutil.copytree(model_dir, folders[case])
+        _edit_json(folders[case], name, edit)
+    folders["unchanged"] = model_dir
+    code = f"""
+        import json
+        from transformers import AutoProcessor
+        outcome = {{}}
+        for case, folder in {({case: str(folder) for case, folder in folders.items()})!r}.items():
+            try:
+                outcome[case] = type(AutoProcessor.from_pretrained(folder, trust_remote_code=True)).__name__
+            except Exception as error:
+                outcome[case] = "failed: " + type(error).__name__
+        print(json.dumps(outcome))
+    """
+    env = {**_hub_env(tmp_path / "hf", "http://127.0.0.1:9"), "HF_HUB_OFFLINE": "1"}
+    outcome = json.loads(run_without_package(code, cwd=tmp_path, env=env).stdout.strip().splitlines()[-1])
+    assert outcome.pop("unchanged") == "DTFSalProcessor"
+    # Each fails, or (without the AutoProcessor entry) silently gives a video processor instead of the processor.
+    assert all(result != "DTFSalProcessor" for result in outcome.values()), outcome
+    assert outcome["no AutoVideoProcessor entry"].startswith("failed"), outcome
+
+
+def test_push_refuses_the_bundled_demo_checkpoint_and_says_how_to_fix_it(hub):
+    # It is saved without code files (it loads through the installed package); saved again, it is complete.
+    with pytest.raises(ValueError, match=r"has no `auto_map`.*save it again with `save_pretrained` after `import dtfsal_hf`"):
+        push_to_hub(DEMO_CHECKPOINT, "dtfsal-test/demo-as-bundled", endpoint=hub.endpoint, token=False)
+
+
+def test_demo_checkpoint_saved_again_is_complete(demo_resaved):
+    files = {path.name for path in collect_model_files(demo_resaved)}
+    assert {"processing_dtfsal.py", "video_processing_dtfsal.py", "feature_extraction_dtfsal.py", "layers.py"} <= files
+
+
+# The whole repository from the usual save sequence
+
+REMOTE_CODE = ("configuration_dtfsal.py", "modeling_dtfsal.py", "layers.py", "encoders.py", "processing_dtfsal.py",
+               "video_processing_dtfsal.py", "feature_extraction_dtfsal.py")
+
+
+def test_save_pretrained_writes_the_code_and_every_auto_map_entry(model_dir):
+    config = json.loads((model_dir / "config.json").read_text())
+    processor = json.loads((model_dir / "processor_config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_dtfsal.DTFSalConfig", "AutoModel": "modeling_dtfsal.DTFSalModel"}
+    assert processor["auto_map"] == {"AutoProcessor": "processing_dtfsal.DTFSalProcessor"}
+    assert processor["video_processor"]["auto_map"]["AutoVideoProcessor"] == "video_processing_dtfsal.DTFSalVideoProcessor"
+    assert processor["feature_extractor"]["auto_map"]["AutoFeatureExtractor"] == (
+        "feature_extraction_dtfsal.DTFSalFeatureExtractor"
+    )
+    for name in REMOTE_CODE:
+        assert (model_dir / name).read_bytes() == (REPO_ROOT / "dtfsal_hf" / name).read_bytes(), name
+
+
+@needs_dhf1k
+def test_saved_folders_give_the_package_maps_without_the_package(model_dir, demo_resaved, tmp_path):
+    """A random tiny model and the demo checkpoint, each saved the usual way: in a process where dtfsal_hf
+    cannot be imported, AutoProcessor + AutoModel + post-processing give the package's inputs and maps on real
+    frames and sound (clips of frames 0, 20 and 45 of DHF1K video 002)."""
+    inputs = real_clip_inputs(DHF1K_VIDEO, 8, [0, 20, 45])
+    remote, classes = maps_without_package([model_dir, demo_resaved], inputs, tmp_path)
+    for folder, outputs, names in zip((model_dir, demo_resaved), remote, classes):
+        assert names == ["transformers_modules:DTFSalModel", "transformers_modules:DTFSalProcessor",
+                         "transformers_modules:DTFSalVideoProcessor", "transformers_modules:DTFSalFeatureExtractor"]
+        local = maps_with_package(folder, inputs)
+        for key, value in local.items():
+            torch.testing.assert_close(outputs[key], value, rtol=0, atol=1e-6, msg=key)
+    assert remote[0]["maps"].shape == (3, 360, 640)
+    # Not a trivial agreement: the two models' maps differ, and post-processing scaled the demo's small values.
+    assert (remote[0]["maps"] - remote[1]["maps"]).abs().max() > 0.1
+    assert remote[1]["raw"].amax() < 0.5  # measured: 0.34 at most over the three clips
+    torch.testing.assert_close(remote[1]["maps"].amax(dim=(1, 2)), torch.ones(3))
+
+
+def _how_to_use(card: str) -> str:
+    match = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.S)
+    assert match, "the card has no How to use snippet"
+    return match.group(1)
+
+
+@needs_dhf1k
+def test_the_cards_snippet_reproduces_dtfsal_predict(hub, demo_resaved, tmp_path):
+    """The card's "How to use" code, as published, run where dtfsal_hf cannot be imported, against the test Hub:
+    its map of frame 10 of DHF1K video 002 is the one `dtfsal predict` computes."""
+    repo_id, target = "dtfsal-test/demo-resaved", 10
+    push_to_hub(demo_resaved, repo_id, endpoint=hub.endpoint, token=False)
+    card = Path(hf_hub_download(repo_id, "README.md", endpoint=hub.endpoint, cache_dir=tmp_path / "card")).read_text()
+    inputs = real_clip_inputs(DHF1K_VIDEO, 8, [target])
+    np.save(tmp_path / "clip.npy", inputs["clips"][0])
+    np.save(tmp_path / "waveform.npy", inputs["waveforms"][0])
+    prelude = (
+        f"import numpy as np\nimport torch\ntorch.set_num_threads({torch.get_num_threads()})\n"
+        f"clip = np.load({str(tmp_path / 'clip.npy')!r})\nwaveform = np.load({str(tmp_path / 'waveform.npy')!r})\n"
+    )
+    code = prelude + _how_to_use(card) + f"np.save({str(tmp_path / 'saliency.npy')!r}, saliency.numpy())\n"
+    run_without_package(code, cwd=tmp_path, env=_hub_env(tmp_path / "hf", hub.endpoint))
+    from_card = np.load(tmp_path / "saliency.npy")
+    predictor = SaliencyPredictor.from_pretrained("demo")
+    with pytest.warns(UserWarning, match="trained only on synthetic videos"):
+        predicted = predictor.predict_video(DHF1K_VIDEO, max_frames=target + 1, progress=False)
+    assert from_card.shape == predicted.maps[target].shape == (360, 640)
+    np.testing.assert_allclose(from_card, predicted.maps[target], rtol=0, atol=1e-6)
+    raw = predictor.predict_clips(inputs["clips"], inputs["waveforms"])
+    assert from_card.max() == 1.0 and raw.max() < 0.2  # the raw output would plot nearly black
 
 
 # Loading back with transformers

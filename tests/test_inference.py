@@ -129,10 +129,14 @@ def test_maps_follow_the_model_on_each_clip(predictor, video, prediction):
     clip = np.stack([frames[max(index, 0)] for index in range(5 - num_frames + 1, 6)])
     track = media.load_audio(video)
     window = media.audio_window(track, 6 / FPS, predictor.processor.feature_extractor.num_samples)
-    expected = predictor.processor.post_process_saliency(predictor.predict_clips([clip], [window]), target_sizes=SIZE)[0]
-    np.testing.assert_allclose(prediction.maps[5], expected.numpy() / expected.numpy().max(), atol=1e-5)
+    model_map = predictor.predict_clips([clip], [window])
+    expected = predictor.processor.post_process_saliency(model_map, target_sizes=SIZE, normalize=None)[0].numpy()
+    np.testing.assert_allclose(prediction.maps[5], expected / expected.max(), atol=1e-5)
     raw = SaliencyPredictor(predictor.model, predictor.processor, normalize=None)
-    np.testing.assert_allclose(raw.predict_video(video, max_frames=6, progress=False).maps[5], expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(raw.predict_video(video, max_frames=6, progress=False).maps[5], expected, atol=1e-5)
+    # The processor's default scaling is the predictor's: the same maps from processor + model alone.
+    default = predictor.processor.post_process_saliency(model_map, target_sizes=SIZE)[0].numpy()
+    np.testing.assert_allclose(prediction.maps[5], default, atol=1e-5)
 
 
 def test_stride_predicts_targets_and_interpolates_between(predictor, video, prediction):
@@ -384,6 +388,46 @@ def test_demo_checkpoint_predicts_the_bundled_example():
     result = predictor.predict_video(example, max_frames=9, stride=8, progress=False)
     assert predictor.trained and result.has_audio and result.maps.shape[0] == 9
     assert result.maps[8].max() == pytest.approx(1.0)
+
+
+def test_demo_checkpoint_warns_once_on_other_videos(video, tmp_path):
+    example = inference.DEMO_CHECKPOINT.parent / inference.SYNTHETIC_EXAMPLE_NAME
+    if not (inference.DEMO_CHECKPOINT / "config.json").is_file() or not example.is_file():
+        pytest.skip("the demo checkpoint or its example clip is not bundled")
+    copy = tmp_path / "upload.mp4"  # the example under another name, as an upload reaches the Space
+    copy.write_bytes(example.read_bytes())
+    predictor = SaliencyPredictor.from_pretrained("demo")
+    assert predictor.demo and inference.is_synthetic_example(copy) and not inference.is_synthetic_example(video)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        predictor.predict_video(copy, max_frames=2, progress=False)
+    with pytest.warns(UserWarning) as seen:
+        predictor.predict_video(video, max_frames=2, progress=False)
+        predictor.predict_video(video, max_frames=2, progress=False)
+    messages = [str(w.message) for w in seen if "demo checkpoint" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "trained only on synthetic videos of coloured discs" in messages[0] and "`dtfsal train`" in messages[0]
+    # A model loaded from the same folder directly is recognised; another one is not.
+    assert SaliencyPredictor(DTFSalModel.from_pretrained(inference.DEMO_CHECKPOINT)).demo
+    assert not SaliencyPredictor(DTFSalModel(DTFSalConfig.tiny()), trained=True).demo
+
+
+@pytest.mark.parametrize("model_id, message", [
+    ("runs/stage2/best", "no model folder at runs/stage2/best"),
+    ("./checkpoints", r"no model folder at \./checkpoints"),
+    ("~/not/here/at/all", "no model folder at ~/not/here/at/all"),
+])
+def test_a_model_that_is_neither_a_folder_nor_a_hub_id_is_named(model_id, message):
+    with pytest.raises(FileNotFoundError, match=message):
+        inference.load_model_and_processor(model_id)
+
+
+def test_a_folder_that_is_not_a_saved_model_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no config.json"):
+        inference.load_model_and_processor(tmp_path)
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        inference.load_model_and_processor(tmp_path / "weights.pt")
 
 
 def test_fast_attention_by_default_gives_the_eager_maps(video):

@@ -134,3 +134,28 @@ def test_layers_module_needs_no_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "torch.Size([1, 4, 1, 2, 2])" in result.stdout
+
+
+def test_float32_deform_conv_keeps_the_callers_dtype():
+    """Float32DeformConv2d is torchvision's DeformConv2d (same keys) computed in float32: in bfloat16 it gives the
+    float32 result of the bfloat16 values, rounded once; torchvision alone has no bfloat16 CPU kernel."""
+    from torchvision.ops import DeformConv2d
+
+    from dtfsal_hf.layers import Float32DeformConv2d
+
+    torch.manual_seed(0)
+    plain = DeformConv2d(6, 4, 3, padding=1)
+    wrapped = Float32DeformConv2d(6, 4, 3, padding=1)
+    wrapped.load_state_dict(plain.state_dict())
+    assert list(wrapped.state_dict()) == list(plain.state_dict())
+    x, offset = torch.randn(2, 6, 5, 7), torch.randn(2, 18, 5, 7)
+    torch.testing.assert_close(wrapped(x, offset), plain(x, offset), rtol=0, atol=0)
+    wrapped.to(torch.bfloat16)
+    half = wrapped(x.bfloat16(), offset.bfloat16())
+    assert half.dtype == torch.bfloat16
+    plain.weight.data = plain.weight.data.bfloat16().float()
+    plain.bias.data = plain.bias.data.bfloat16().float()
+    expected = plain(x.bfloat16().float(), offset.bfloat16().float()).bfloat16()
+    torch.testing.assert_close(half, expected, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="BFloat16"):
+        plain.to(torch.bfloat16)(x.bfloat16(), offset.bfloat16())

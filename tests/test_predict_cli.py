@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,16 +91,44 @@ def test_overlay_of_the_dhf1k_clip_keeps_sound_and_length(tmp_path, capsys):
 
 def test_missing_demo_checkpoint_is_a_clear_error(videos, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(inference, "DEMO_CHECKPOINT", tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="demo checkpoint is not bundled.*'random' / 'random-tiny'"):
-        cli.main(["predict", str(videos["good"]), "--output", str(tmp_path)])
+    assert cli.main(["predict", str(videos["good"]), "--output", str(tmp_path)]) == 1
+    assert re.match(r"dtfsal predict: error: The demo checkpoint is not bundled.*'random' / 'random-tiny'",
+                    capsys.readouterr().err)
+    with pytest.raises(FileNotFoundError, match="demo checkpoint is not bundled"):
+        cli.main(["predict", str(videos["good"]), "--output", str(tmp_path), "--debug"])
 
 
-def test_bad_options_stop_before_any_work(videos, tmp_path):
-    with pytest.raises(ValueError, match="unknown colormap"):
-        cli.main(["predict", str(videos["good"]), "--output", str(tmp_path), *TINY, "--colormap", "nope"])
-    with pytest.raises(ValueError, match="stride must be a positive integer, got 0"):
-        cli.main(["predict", str(videos["good"]), "--output", str(tmp_path), *TINY, "--stride", "0"])
+def test_bad_options_stop_before_any_work(videos, tmp_path, capsys):
+    assert cli.main(["predict", str(videos["good"]), "--output", str(tmp_path), *TINY, "--colormap", "nope"]) == 1
+    assert "dtfsal predict: error: unknown colormap 'nope'" in capsys.readouterr().err
+    assert cli.main(["predict", str(videos["good"]), "--output", str(tmp_path), *TINY, "--stride", "0"]) == 1
+    assert "dtfsal predict: error: stride must be a positive integer, got 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_demo_checkpoint_on_another_video_says_so_once(videos, tmp_path, capsys):
+    if not (inference.DEMO_CHECKPOINT / "config.json").is_file():
+        pytest.skip("the demo checkpoint is not bundled")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        status, out = run_cli(capsys, videos["good"], videos["other"], "--output", tmp_path, "--no-progress",
+                              "--no-overlay", "--no-pngs")
+    assert status == 0
+    assert out.count("trained only on synthetic videos of coloured discs") == 1, out
+    assert not [w for w in seen if "demo checkpoint" in str(w.message)]  # said in the log, not again as a warning
+    assert "WARNING: the demo checkpoint" in out and "--model" in out
+
+
+def test_the_demo_checkpoint_on_its_own_example_says_nothing(tmp_path, capsys):
+    example = inference.DEMO_CHECKPOINT.parent / inference.SYNTHETIC_EXAMPLE_NAME
+    if not example.is_file() or not (inference.DEMO_CHECKPOINT / "config.json").is_file():
+        pytest.skip("the demo checkpoint or its example is not bundled")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        status, out = run_cli(capsys, example, "--output", tmp_path, "--no-progress", "--no-overlay", "--no-pngs",
+                              "--max-frames", "9", "--stride", "8")
+    assert status == 0 and "synthetic videos" not in out
+    assert not [w for w in seen if "demo checkpoint" in str(w.message)]
 
 
 def test_two_processes_share_the_videos(videos, tmp_path):

@@ -175,19 +175,18 @@ torch.save({key: value for key, value in inputs.items()}, sys.argv[4])
 """
 
 
-def test_remote_code_loads_without_the_package(tmp_path):
+def test_plain_save_loads_without_the_package(tmp_path):
     folder = tmp_path / "processor"
-    tiny_processor().save_pretrained(folder)
-    copied = add_remote_code(folder, PROCESSOR_CLASSES)
-    assert sorted(path.name for path in copied) == [
+    tiny_processor().save_pretrained(folder)  # nothing else: importing dtfsal_hf registered the classes
+    assert sorted(path.name for path in folder.glob("*.py")) == [
         "feature_extraction_dtfsal.py", "processing_dtfsal.py", "video_processing_dtfsal.py"
     ]
     saved = json.loads((folder / "processor_config.json").read_text())
     assert saved["auto_map"] == {"AutoProcessor": "processing_dtfsal.DTFSalProcessor"}
-    assert saved["video_processor"]["auto_map"] == {"AutoVideoProcessor": "video_processing_dtfsal.DTFSalVideoProcessor"}
-    assert saved["feature_extractor"]["auto_map"] == {
-        "AutoFeatureExtractor": "feature_extraction_dtfsal.DTFSalFeatureExtractor"
-    }
+    assert saved["video_processor"]["auto_map"]["AutoVideoProcessor"] == "video_processing_dtfsal.DTFSalVideoProcessor"
+    assert saved["feature_extractor"]["auto_map"]["AutoFeatureExtractor"] == (
+        "feature_extraction_dtfsal.DTFSalFeatureExtractor"
+    )
     clips, waveforms = sample_inputs()
     np.save(tmp_path / "clips.npy", np.stack(clips))
     np.save(tmp_path / "audio.npy", np.stack(waveforms))
@@ -205,3 +204,25 @@ def test_remote_code_loads_without_the_package(tmp_path):
     local = tiny_processor()(videos=clips, audio=waveforms, sampling_rate=16000)
     for key in ("pixel_values_videos", "input_features"):
         torch.testing.assert_close(remote[key], local[key])
+
+
+def test_add_remote_code_completes_a_folder_saved_without_it(tmp_path):
+    """A folder saved by hand or by an older version: code files and auto_map entries are added."""
+    folder = tmp_path / "processor"
+    tiny_processor().save_pretrained(folder)
+    for path in folder.glob("*.py"):
+        path.unlink()
+    saved = json.loads((folder / "processor_config.json").read_text())
+    for entry in (saved, saved["video_processor"], saved["feature_extractor"]):
+        entry.pop("auto_map")
+    (folder / "processor_config.json").write_text(json.dumps(saved))
+    copied = add_remote_code(folder, PROCESSOR_CLASSES)
+    assert sorted(path.name for path in copied) == [
+        "feature_extraction_dtfsal.py", "processing_dtfsal.py", "video_processing_dtfsal.py"
+    ]
+    saved = json.loads((folder / "processor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoProcessor": "processing_dtfsal.DTFSalProcessor"}
+    assert saved["video_processor"]["auto_map"] == {"AutoVideoProcessor": "video_processing_dtfsal.DTFSalVideoProcessor"}
+    assert saved["feature_extractor"]["auto_map"] == {
+        "AutoFeatureExtractor": "feature_extraction_dtfsal.DTFSalFeatureExtractor"
+    }

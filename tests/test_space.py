@@ -146,6 +146,24 @@ def test_unreachable_hub_model_falls_back_to_the_demo_checkpoint(app, monkeypatc
     assert loaded.note.endswith("so the embedded audio-visual demo checkpoint is used.")
 
 
+@pytest.mark.skipif(not (DEMO_CHECKPOINT / "config.json").is_file(), reason=f"no demo checkpoint at {DEMO_CHECKPOINT}")
+def test_visual_only_without_its_model_says_what_ran(app, monkeypatch):
+    """The fallback for a visual-only model that cannot be loaded is the audio-visual demo checkpoint: the
+    summary says so (and what the demo checkpoint is), instead of passing its maps off as visual-only ones."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("DTFSAL_DEVICE", "cpu")
+    monkeypatch.setenv("DTFSAL_MODEL_VISUAL", "dtfsal-hf/visual-not-published")
+    loaded = app.load_model("visual-only")
+    assert loaded.predictor.uses_audio
+    other_video = str(DHF1K_CLIP)
+    caveats = app._model_caveats("visual-only", loaded, other_video)
+    assert caveats[0] == ("**visual-only was chosen, but no visual-only model is available: the audio-visual model "
+                          "`demo` ran instead, so these maps use the sound.**")
+    assert "trained only on synthetic videos of coloured discs" in caveats[1] and "DTFSAL_MODEL" in caveats[1]
+    # On its own synthetic example the demo checkpoint is what it claims to be; audio-visual was asked for.
+    assert app._model_caveats("audio-visual", loaded, app.example_videos()[0]) == []
+
+
 def test_no_loadable_model_gives_both_reasons(app, monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("DTFSAL_MODEL_VISUAL", "dtfsal-hf/not-published-either")
@@ -235,6 +253,14 @@ def test_visual_only_variant_uses_its_own_model(client, visual_model):
     result = client.predict(handle_file(str(DHF1K_CLIP)), "visual-only", 16, 0.0, 0.8, "viridis", api_name="/predict")
     assert f"predicted with `{visual_model}`" in result[5]
     assert probe_video(result[0]).has_audio  # the overlay keeps the sound even when the model ignores it
+
+
+def test_the_page_says_which_models_run_and_what_the_demo_checkpoint_is(client):
+    config = httpx.get(client.src.rstrip("/") + "/config", timeout=10).json()
+    text = " ".join(str(c["props"].get("value", "")) for c in config["components"] if c.get("type") == "markdown")
+    assert "audio-visual: `random-tiny`" in text and "visual-only: `" in text
+    assert "demo checkpoint, which was trained only on synthetic videos of coloured discs" in text
+    assert "its maps of any other video mean nothing" in text
 
 
 def test_the_bundled_example_is_offered_and_runs(client, app):

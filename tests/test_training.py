@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ from dtfsal_hf import DTFSalModel, DTFSalProcessor
 from dtfsal_hf.data import SyntheticConfig, generate_synthetic_dataset
 from dtfsal_hf.training import TrainingConfig, find_checkpoint, train
 from dtfsal_hf.training.trainer import Trainer, check_checkpoint
+from isolation import maps_with_package, maps_without_package, real_clip_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+DHF1K_VIDEO = REPO.parent / "shared/data/dhf1k_002/002.AVI"
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +184,20 @@ def test_shipped_configs_load():
         TrainingConfig.from_yaml(path)
 
 
+def test_activation_checkpointing_is_switched_on_without_deprecation_warnings(tmp_path):
+    from dtfsal_hf.training.trainer import Trainer
+
+    config = TrainingConfig.from_dict({
+        "model": {"size": "tiny"}, "training": {"gradient_checkpointing": True},
+        "output": {"dir": str(tmp_path / "run"), "tensorboard": False, "progress": False},
+    })
+    trainer = Trainer(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer._setup_model()
+    assert trainer.model.visual_encoder.gradient_checkpointing
+
+
 def test_missing_dataset_folder_is_reported(tmp_path):
     config = TrainingConfig.from_dict({
         "model": {"size": "tiny"},
@@ -204,11 +221,25 @@ def check_best_export(output: Path, summary: dict) -> None:
     assert list((output / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs missing"
 
 
+def check_best_loads_without_the_package(best: Path, work_dir: Path) -> None:
+    """best/ is a whole Hub repository: AutoProcessor + AutoModel load it where dtfsal_hf cannot be imported,
+    and give the package's maps on real frames and sound (DHF1K video 002)."""
+    if not DHF1K_VIDEO.is_file():
+        return
+    inputs = real_clip_inputs(DHF1K_VIDEO, 8, [0, 30])
+    (remote,), (classes,) = maps_without_package([best], inputs, work_dir)
+    assert classes[:2] == ["transformers_modules:DTFSalModel", "transformers_modules:DTFSalProcessor"]
+    for key, value in maps_with_package(best, inputs).items():
+        torch.testing.assert_close(remote[key], value, rtol=0, atol=1e-6, msg=key)
+
+
 def test_interrupted_run_resumes_to_the_same_weights(synthetic_root, cache_dir, tmp_path):
     straight = tmp_path / "straight"
     summary = train(small_config(synthetic_root, cache_dir, straight))
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     check_best_export(straight, summary)
+    (tmp_path / "remote").mkdir()
+    check_best_loads_without_the_package(Path(summary["best_model"]), tmp_path / "remote")
 
     interrupted = tmp_path / "interrupted"
     config = small_config(synthetic_root, cache_dir, interrupted)

@@ -111,13 +111,26 @@ def test_post_process_resizes_to_the_video():
     resized = tiny_processor().post_process_saliency(maps, target_sizes=[(360, 640), (90, 160)])
     assert [tuple(m.shape) for m in resized] == [(360, 640), (90, 160)]
     assert all(m.dtype == torch.float32 for m in resized)
-    same = tiny_processor().post_process_saliency(maps)
+    same = tiny_processor().post_process_saliency(maps, normalize=None)
     torch.testing.assert_close(same[1], maps[1])
+
+
+def test_post_process_divides_by_the_maximum_by_default():
+    maps = torch.stack([torch.linspace(0.0, 0.05, 64 * 96).reshape(64, 96), torch.zeros(64, 96),
+                        torch.full((64, 96), 1.5)])
+    scaled, zero, clipped = tiny_processor().post_process_saliency(maps, target_sizes=(64, 96))
+    torch.testing.assert_close(scaled, maps[0] / 0.05)  # the small values of a KL-trained model, peak 1
+    assert zero.abs().max() == 0  # nothing to divide by: stays zero
+    torch.testing.assert_close(clipped, torch.ones(64, 96))  # clipped to [0, 1] first
+    (kept,) = tiny_processor().post_process_saliency(maps[:1], normalize=None)
+    torch.testing.assert_close(kept, maps[0])
+    with pytest.raises(ValueError, match="normalize must be 'max' or None"):
+        tiny_processor().post_process_saliency(maps, normalize="sum")
 
 
 def test_post_process_keeps_constant_maps_and_the_value_range():
     maps = torch.full((1, 64, 96), 0.3)
-    (blurred,) = tiny_processor().post_process_saliency(maps, target_sizes=(360, 640), blur_sigma=2.0)
+    (blurred,) = tiny_processor().post_process_saliency(maps, target_sizes=(360, 640), blur_sigma=2.0, normalize=None)
     torch.testing.assert_close(blurred, torch.full((360, 640), 0.3))
     (noisy,) = tiny_processor().post_process_saliency(torch.rand(1, 64, 96), (360, 640), blur_sigma=2.0)
     assert 0.0 <= noisy.min() and noisy.max() <= 1.0

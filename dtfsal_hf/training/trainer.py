@@ -320,7 +320,8 @@ class Trainer:
         self.model = build_model(self.config.model)
         apply_freezing(self.model, t.freeze_audio_trunk, t.freeze_visual_encoder)
         if t.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            # The name transformers 5 keeps; `gradient_checkpointing_enable` is its deprecated alias.
+            self.model.activation_checkpointing_enable()
         self.processor = DTFSalProcessor.from_model_config(self.model.config)
 
     def _setup_optimisation(self) -> None:
