@@ -195,7 +195,7 @@ def test_cli_evaluate_with_shuffled_sound(avad, tiny_model, tmp_path, capsys, he
     # The command reports an expected error in one line and exits 1.
     capsys.readouterr()
     assert main(arguments + ["--audio", "own"]) == 1
-    assert "was scored with" in capsys.readouterr().err
+    assert "another evaluation (audio: 'shuffled', now 'own')" in capsys.readouterr().err
     assert main(["evaluate", "--dataset", "AVAD", "--root", str(avad), "--predictions", str(tmp_path),
                  "--output", str(tmp_path / "p"), "--audio", "silent"]) == 1
     assert "give a model instead of predictions" in capsys.readouterr().err
