@@ -37,8 +37,9 @@ from torchvision.models.video.mvit import MViT
 
 from .complexity import dummy_inputs
 from .configuration_dtfsal import DTFSalConfig
-from .encoders import mvit_block_settings, set_mvit_attention
+from .encoders import mvit_block_settings
 from .modeling_dtfsal import DTFSalModel
+from .mvit_attention import set_mvit_attention
 
 __all__ = [
     "InferencePath",
@@ -67,7 +68,7 @@ class InferencePath:
 
     Attributes:
         name: short name, e.g. `"sdpa-bf16"`.
-        attention: MViT attention kernel (`set_mvit_attention`): `"eager"` (torchvision's matmul + softmax),
+        attention: MViT attention kernel (`DTFSalModel.set_mvit_attention`): `"eager"` (torchvision's matmul + softmax),
             `"sdpa"` (`scaled_dot_product_attention`) or `"blocked"` (matrix products by blocks of queries).
         precision: `"fp32"`, `"bf16"` or `"fp16"` (the last two under `torch.autocast`; the model runs its
             deformable convolutions in fp32 itself, `layers.DeformableStream`).
@@ -188,6 +189,14 @@ def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_ENDS) -> nn.Mo
     return model
 
 
+def _with_attention(module: nn.Module, attention: str) -> nn.Module:
+    """`module` computing its MViT attentions with `attention`: a `DTFSalModel` records it in its configuration;
+    torchvision's MViT (the floor) is switched in place."""
+    if isinstance(module, DTFSalModel):
+        return module.set_mvit_attention(attention)
+    return set_mvit_attention(module, attention)
+
+
 def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
     """A function running a copy of `module` (a `DTFSalModel` or a torchvision `MViT`) the way `path` says.
 
@@ -196,7 +205,7 @@ def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | 
     """
     device = torch.device(device)
     _check_path(path, device)
-    module = set_mvit_attention(copy.deepcopy(module), path.attention).to(device).eval()
+    module = _with_attention(copy.deepcopy(module), path.attention).to(device).eval()
     if path.float32_ends and not isinstance(module, MViT):
         keep_float32(module)
     if path.channels_last:
@@ -287,7 +296,7 @@ def _peak_memory_call(run: Callable, inputs: dict, device: torch.device) -> tupl
 def _count_flops(module: nn.Module, inputs: dict) -> int:
     """FLOPs of one call (FlopCounterMode, 2 per multiply-accumulate, attention included), counted on the eager
     fp32 form on the CPU: every path computes the same function."""
-    module = set_mvit_attention(copy.deepcopy(module), "eager").float().eval()
+    module = _with_attention(copy.deepcopy(module), "eager").float().eval()
     counter = FlopCounterMode(display=False)
     with counter:
         if isinstance(module, MViT):
@@ -517,11 +526,17 @@ def run_benchmark(
             latency_s=statistics.median(entry.latencies), latencies_s=entry.latencies, first_call_s=entry.first_call_s,
             peak_memory_bytes=entry.peak_memory_bytes, flops_per_clip=flops[entry.network], max_abs_diff=diff, map_cc=cc,
         ))
-    settings = {"config": "custom" if config.to_dict() != DTFSalConfig(use_audio=config.use_audio).to_dict() else "paper",
+    settings = {"config": "paper" if _is_paper_config(config) else "custom",
                 "num_frames": config.num_frames, "image_size": list(config.image_size), "use_audio": config.use_audio,
                 "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device),
                 "skipped": skipped}
     return BenchmarkResult(machine=machine_description(device), settings=settings, results=results)
+
+
+def _is_paper_config(config: DTFSalConfig) -> bool:
+    """Whether `config` is the paper's model (audio-visual or visual-only), whatever its attention kernel."""
+    paper = DTFSalConfig(use_audio=config.use_audio, mvit_attention=config.mvit_attention)
+    return config.to_dict() == paper.to_dict()
 
 
 class _AutocastModel(nn.Module):
@@ -529,9 +544,13 @@ class _AutocastModel(nn.Module):
 
     def __init__(self, model: DTFSalModel, path: InferencePath, device: torch.device):
         super().__init__()
-        self.model = set_mvit_attention(copy.deepcopy(model), path.attention)
+        self.model = copy.deepcopy(model).set_mvit_attention(path.attention)
         self.config = model.config
         self.path, self.device_type = path, device.type
+
+    def set_mvit_attention(self, kernel: str) -> "_AutocastModel":
+        self.model.set_mvit_attention(kernel)
+        return self
 
     def forward(self, **inputs):
         with torch.autocast(self.device_type, self.path.autocast_dtype or torch.float32,
@@ -546,7 +565,7 @@ def _video_predictor(model: DTFSalModel, path: InferencePath, device: torch.devi
 
     wrapped = _AutocastModel(model, path, device)
     return SaliencyPredictor(wrapped, device=device, batch_size=batch_size, stride=stride, trained=True,
-                             model_id=f"benchmark:{path.name}")
+                             model_id=f"benchmark:{path.name}", attention=path.attention)
 
 
 def measure_video_throughput(
@@ -637,8 +656,7 @@ def _video_memory_probe(model_id: str, video: str, stride: int, batch_size: int)
     from .inference import SaliencyPredictor
 
     warnings.simplefilter("ignore")
-    predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride)
-    set_mvit_attention(predictor.model, "auto")
+    predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride, attention="auto")
     start = time.perf_counter()
     frames = sum(1 for _ in predictor.iter_video_maps(video, progress=False))
     return {"frames": frames, "seconds": time.perf_counter() - start,

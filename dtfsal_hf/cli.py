@@ -161,6 +161,9 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: the process's GPU if any, else cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="weights and activations (default: float32)")
+    parser.add_argument("--attention", default="auto",
+                        help="MViT attention kernel, the same maps each way: auto (default: blocked matrix products "
+                        "on a CPU, sdpa elsewhere), sdpa, blocked, eager (torchvision's explicit form)")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call (default: 4)")
     parser.add_argument("--stride", type=int, default=1,
                         help="predict every N-th frame, interpolate the others in time: about N times faster (default: 1)")
@@ -200,7 +203,7 @@ def _run_predict(args) -> int:
     results = predict_job(
         args.videos, args.model, args.output, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         stride=args.stride, alignment=args.alignment, normalize=None if args.no_normalize else "max",
-        blur_sigma=args.blur_sigma, max_frames=args.max_frames,
+        attention=args.attention, blur_sigma=args.blur_sigma, max_frames=args.max_frames,
         overlay_alpha=args.alpha, colormap=args.colormap, write_pngs=not args.no_pngs, write_npz=not args.no_npz,
         write_overlay=not args.no_overlay, overwrite=args.overwrite, progress=False if args.no_progress else None,
     )

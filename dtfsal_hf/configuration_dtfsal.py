@@ -12,6 +12,8 @@ _MVIT_V2_S_DIMS = [96, 192, 384, 768]
 _MVIT_V2_S_HEADS = [1, 2, 4, 8]
 # VGGish convolutional trunk: each inner list is convolutions followed by one 2x2 max-pool.
 _VGGISH_CHANNELS = [[64], [128], [256, 256], [512, 512]]
+# The kernels of `mvit_attention.MVIT_ATTENTIONS` (the configuration imports no torch).
+_MVIT_ATTENTIONS = ("eager", "sdpa", "blocked", "auto")
 
 
 _POSITIVE_INTS = ("num_frames", "num_audio_examples", "audio_num_heads", "audio_head_dim", "audio_mlp_dim",
@@ -49,6 +51,10 @@ class DTFSalConfig(PretrainedConfig):
         dltfb_shift_groups / dltfb_hidden_dim / dltfb_kernel_size (`int`): DLTFB token-mixing branch.
         amfb_audio_dim / amfb_stream_dim (`int`): AMFB audio projection width and the reduced stream width.
         decoder_dims (`list[int]`, defaults to `[96, 48, 24]`): channels of the three decoder convolutions.
+        mvit_attention (`str`, defaults to `"eager"`): the kernel computing the MViT attentions, the same function
+            each way (`mvit_attention.py`): `"eager"` (torchvision's explicit form), `"sdpa"`
+            (`scaled_dot_product_attention`), `"blocked"` (blocked matrix products, inference) or `"auto"`
+            (blocked for inference on a CPU, sdpa otherwise). `DTFSalModel.set_mvit_attention` changes it.
     """
 
     model_type = "dtfsal"
@@ -79,6 +85,7 @@ class DTFSalConfig(PretrainedConfig):
     amfb_stream_dim: int = 112
     decoder_dims: list[int] = field(default_factory=lambda: [96, 48, 24])
     initializer_range: float = 0.02
+    mvit_attention: str = "eager"
 
     def __post_init__(self, **kwargs):
         self._check_types()
@@ -108,6 +115,8 @@ class DTFSalConfig(PretrainedConfig):
                 raise ValueError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
         if not (isinstance(self.backbone_stochastic_depth, (int, float)) and 0 <= self.backbone_stochastic_depth < 1):
             raise ValueError(f"`backbone_stochastic_depth` must lie in [0, 1), got {self.backbone_stochastic_depth!r}")
+        if self.mvit_attention not in _MVIT_ATTENTIONS:
+            raise ValueError(f"`mvit_attention` must be one of {_MVIT_ATTENTIONS}, got {self.mvit_attention!r}")
         if not (isinstance(self.initializer_range, (int, float)) and 0 < self.initializer_range < float("inf")):
             raise ValueError(f"`initializer_range` must be a positive number, got {self.initializer_range!r}")
 

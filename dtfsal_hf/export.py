@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from .complexity import dummy_inputs
-from .encoders import set_mvit_attention
 from .modeling_dtfsal import DTFSalModel
 
 __all__ = ["ONNX_OPSET", "export_onnx", "check_onnx", "onnx_input_names"]
@@ -87,7 +86,7 @@ def export_onnx(
     _require_onnx()
     if opset < ONNX_OPSET:
         raise ValueError(f"opset must be at least {ONNX_OPSET} (DeformConv), got {opset}")
-    module = _SaliencyMapOutput(set_mvit_attention(copy.deepcopy(model), "eager").float().eval())
+    module = _SaliencyMapOutput(copy.deepcopy(model).set_mvit_attention("eager").float().eval())
     inputs = dummy_inputs(model.config, example_batch_size)
     names = onnx_input_names(model)
     batch = torch.export.Dim("batch", min=1, max=max_batch_size)

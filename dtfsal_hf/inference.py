@@ -35,7 +35,7 @@ import torch
 
 from .clips import iter_batches, iter_clips, iter_frame_maps
 from .configuration_dtfsal import DTFSalConfig
-from .encoders import set_mvit_attention
+from .mvit_attention import MVIT_ATTENTIONS
 from .media import AudioTrack, Frame, audio_window, iter_frames, load_audio, probe_video, write_overlay_video
 from .modeling_dtfsal import DTFSalModel
 from .npz_stream import NpzMapWriter, iter_npz_maps
@@ -270,9 +270,10 @@ class SaliencyPredictor:
             ignores this scale); None keeps the model's sigmoid outputs.
         trained: False for an untrained model: a warning says its maps are meaningless.
         model_id: the name the model was loaded under (recorded in `done.json`).
-        attention: MViT attention kernel (`dtfsal_hf.encoders.set_mvit_attention`): "auto" (the default: plain
+        attention: MViT attention kernel (`DTFSalModel.set_mvit_attention`): "auto" (the default: plain
             matrix products by blocks of queries on a CPU, `scaled_dot_product_attention` elsewhere), "sdpa",
-            "blocked" or "eager" (torchvision's explicit form); the model is switched in place.
+            "blocked" or "eager" (torchvision's explicit form); the model is switched in place and its
+            configuration records the kernel.
 
     `demo` is True when the model is the bundled demo checkpoint: on a video other than its synthetic example
     the predictor warns once (`warn_if_demo`) that its maps mean nothing there.
@@ -303,8 +304,10 @@ class SaliencyPredictor:
         self.device = torch.device(device)
         self.dtype = _resolve_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if attention not in MVIT_ATTENTIONS:
+            raise ValueError(f"attention must be one of {MVIT_ATTENTIONS}, got {attention!r}")
         # Same maps as torchvision's explicit attention (fp32: within 3e-5), faster and with less memory.
-        set_mvit_attention(self.model, attention)
+        self.model.set_mvit_attention(attention)
         self.processor = processor if processor is not None else DTFSalProcessor.from_model_config(model.config)
         self.trained = trained
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
@@ -324,12 +327,14 @@ class SaliencyPredictor:
         stride: int = 1,
         alignment: str = "last",
         normalize: str | None = "max",
+        attention: str = "auto",
     ) -> "SaliencyPredictor":
         """Load a model folder or Hub id, `demo` (the bundled checkpoint), `random` (the paper's model, untrained)
         or `random-tiny` (the tiny test model, untrained)."""
         model, processor, trained = load_model_and_processor(model_id_or_path)
         return cls(model, processor, device=device, dtype=dtype, batch_size=batch_size, stride=stride,
-                   alignment=alignment, normalize=normalize, trained=trained, model_id=str(model_id_or_path))
+                   alignment=alignment, normalize=normalize, trained=trained, model_id=str(model_id_or_path),
+                   attention=attention)
 
     def warn_if_demo(self, path: str | os.PathLike) -> bool:
         """Warn, once per predictor, when the demo checkpoint runs on a video other than its synthetic example.
@@ -985,6 +990,7 @@ def predict_job(
     stride: int = 1,
     alignment: str = "last",
     normalize: str | None = "max",
+    attention: str = "auto",
     log: Callable[[str], None] = print,
     **options,
 ) -> list[VideoResult]:
@@ -1004,7 +1010,7 @@ def predict_job(
         warnings.filterwarnings("ignore", message=".*randomly initialised, untrained.*")
         predictor = SaliencyPredictor.from_pretrained(model, device=device or _default_device(state), dtype=dtype,
                                                       batch_size=batch_size, stride=stride, alignment=alignment,
-                                                      normalize=normalize)
+                                                      normalize=normalize, attention=attention)
     if not predictor.trained:
         log(f"{prefix} WARNING: {untrained_message(str(model))}")
     if predictor.demo and not all(is_synthetic_example(video) for video in share):

@@ -23,6 +23,7 @@ from .encoders import (
     load_kinetics_mvit_weights,
 )
 from .layers import AMFB, DLTFB, LTEB, LearnableTokens
+from .mvit_attention import set_mvit_attention
 
 # Sum-normalisation and log guard of the MIT saliency benchmark (MATLAB's eps).
 _EPS = 2.2204e-16
@@ -213,7 +214,7 @@ class DTFSalModel(DTFSalPreTrainedModel):
         c = config
         self.visual_encoder = MViTStageEncoder(
             c.num_frames, c.image_size, c.backbone_depths, c.backbone_dims, c.backbone_heads,
-            c.backbone_kv_stride, c.backbone_stochastic_depth,
+            c.backbone_kv_stride, c.backbone_stochastic_depth, attention=c.mvit_attention,
         )
         self.feature_enhancement = DTFSalFeatureEnhancement(c.backbone_dims, c.feature_dim)
         token_args = dict(num_tokens=c.lteb_num_tokens, token_dim=c.lteb_token_dim, token_size=c.lteb_token_size)
@@ -235,6 +236,14 @@ class DTFSalModel(DTFSalPreTrainedModel):
         self.post_init()
         if c.use_audio and c.freeze_audio_trunk:
             self.audio_encoder.trunk.requires_grad_(False)
+
+    def set_mvit_attention(self, kernel: str) -> "DTFSalModel":
+        """Compute the MViT attentions with `kernel` (`mvit_attention.MVIT_ATTENTIONS`: "eager", "sdpa", "blocked",
+        "auto"), the same function each way, and record it in `config.mvit_attention`, so the model saved and
+        loaded again runs it too. Parameters and state-dict keys do not change. Returns the model."""
+        set_mvit_attention(self.visual_encoder, kernel)
+        self.config.mvit_attention = kernel
+        return self
 
     def load_pretrained_encoders(self, mvit_source=None, vggish_source=None) -> None:
         """Load the Kinetics-400 MViTv2-S and AudioSet VGGish weights: downloaded from their URLs by default, or

@@ -18,12 +18,11 @@ from dtfsal_hf.encoders import (
     KINETICS400_MVIT_V2_S_URL,
     MViTStageEncoder,
     VGGishTrunk,
-    fold_rel_pos,
     load_audioset_vggish_weights,
     load_kinetics_mvit_weights,
     resize_rel_pos_tables,
-    set_mvit_attention,
 )
+from dtfsal_hf.mvit_attention import fold_rel_pos, set_mvit_attention
 
 MVIT_V2_S = dict(depths=[1, 2, 11, 2], dims=[96, 192, 384, 768], heads=[1, 2, 4, 8], kv_stride=[1, 8, 8])
 

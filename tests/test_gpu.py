@@ -10,7 +10,7 @@ import torch
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.complexity import dummy_inputs
-from dtfsal_hf.encoders import set_mvit_attention
+from dtfsal_hf.mvit_attention import set_mvit_attention
 
 try:
     import pytest

@@ -431,7 +431,7 @@ def test_a_folder_that_is_not_a_saved_model_is_named(tmp_path):
 
 
 def test_fast_attention_by_default_gives_the_eager_maps(video):
-    from dtfsal_hf.encoders import MViTAutoAttention
+    from dtfsal_hf.mvit_attention import MViTAutoAttention
 
     def build(attention=None):
         torch.manual_seed(0)

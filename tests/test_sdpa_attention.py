@@ -8,12 +8,14 @@ from torchvision.models.video.mvit import MultiscaleAttention, _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.complexity import dummy_inputs
-from dtfsal_hf.encoders import (
+from dtfsal_hf.mvit_attention import (
     MViTAutoAttention,
     MViTBlockedAttention,
+    MVIT_ATTENTIONS,
     MViTSDPAttention,
     blocked_attention,
     fold_rel_pos,
+    mvit_attention_of,
     set_mvit_attention,
 )
 
@@ -83,10 +85,10 @@ def test_model_maps_match(use_audio, attention):
 
 
 def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
-    import dtfsal_hf.encoders as encoders
+    import dtfsal_hf.mvit_attention as kernels
 
     calls = []
-    monkeypatch.setattr(encoders, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
+    monkeypatch.setattr(kernels, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
     model = set_mvit_attention(tiny_model(), "auto")
     inputs = dummy_inputs(model.config)
     with torch.no_grad():
@@ -127,3 +129,25 @@ def test_switching_keeps_keys_and_round_trips():
 def test_unknown_attention_is_refused():
     with pytest.raises(ValueError, match="attention must be one of"):
         set_mvit_attention(tiny_model(), "flash")
+
+
+def test_the_kernel_travels_with_the_model(tmp_path):
+    model = tiny_model()
+    assert model.config.mvit_attention == "eager" and mvit_attention_of(model) == "eager"
+    assert model.set_mvit_attention("blocked") is model
+    assert model.config.mvit_attention == "blocked" and mvit_attention_of(model) == "blocked"
+    model.save_pretrained(tmp_path)
+    loaded = DTFSalModel.from_pretrained(tmp_path)
+    assert loaded.config.mvit_attention == "blocked" and mvit_attention_of(loaded) == "blocked"
+    built = DTFSalModel(DTFSalConfig.tiny(mvit_attention="sdpa"))
+    assert mvit_attention_of(built) == "sdpa"
+
+
+def test_the_configuration_names_the_same_kernels_and_refuses_others():
+    from dtfsal_hf.configuration_dtfsal import _MVIT_ATTENTIONS
+
+    assert _MVIT_ATTENTIONS == MVIT_ATTENTIONS
+    with pytest.raises(ValueError, match="`mvit_attention` must be one of"):
+        DTFSalConfig.tiny(mvit_attention="flash")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        tiny_model().set_mvit_attention("flash")
