@@ -97,6 +97,11 @@ def fit_rel_pos_tables(blocks: Sequence[nn.Module], thw: Sequence[int], std: flo
         thw = q_thw
 
 
+def _block_out_channels(block: nn.Module) -> int:
+    """Channels a torchvision MViT block writes: the width of its MLP's last linear layer."""
+    return [layer for layer in block.mlp.modules() if isinstance(layer, nn.Linear)][-1].out_features
+
+
 class MViTStageEncoder(nn.Module):
     """MViTv2 returning the output of each stage (class token dropped) as (B, C_i, T/2, H_i, W_i).
 
@@ -104,7 +109,7 @@ class MViTStageEncoder(nn.Module):
     checkpoints load key for key; the classifier (`norm`, `head`) is not part of the encoder. Each
     relative-position table has the length of its own axis (`fit_rel_pos_tables`): at 224 x 384 the H
     tables are the Kinetics checkpoint's length (2 * 56 - 1 in stage 1) and load unchanged. `attention` is the
-    kernel of its attentions (`mvit_attention.MVIT_ATTENTIONS`).
+    kernel of its attentions (`mvit_attention.MVIT_ATTENTIONS`); `out_channels` the channels of each stage output.
     """
 
     def __init__(
@@ -134,6 +139,8 @@ class MViTStageEncoder(nn.Module):
         self.blocks = mvit.blocks
         fit_rel_pos_tables(self.blocks, (self.pos_encoding.temporal_size, *self.pos_encoding.spatial_size))
         self.stage_ends = [sum(depths[: i + 1]) - 1 for i in range(len(depths))]
+        # Channels of the four stage outputs, what a module built on the encoder reads.
+        self.out_channels = [_block_out_channels(self.blocks[end]) for end in self.stage_ends]
         self.gradient_checkpointing = False
         set_mvit_attention(self, attention)
 

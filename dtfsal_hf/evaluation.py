@@ -337,9 +337,6 @@ class ModelPredictor:
 
     def __call__(self, record: VideoRecord, audio: AudioTrack | str = "own") -> np.ndarray:
         """`(N, h, w)` maps of `record` at the model's resolution; `audio`: `"own"` or the track to hear."""
-        from .clips import iter_batches, iter_clips
-        from .media import audio_window
-
         predictor = self.predictor_for(record)
         if not isinstance(audio, str):
             if not predictor.uses_audio:
@@ -350,14 +347,12 @@ class ModelPredictor:
             track = record.audio() if predictor.uses_audio else None
         else:
             raise ValueError(f"audio must be 'own' or an AudioTrack, got {audio!r}")
-        num_samples = predictor.processor.feature_extractor.num_samples
         maps: list[np.ndarray | None] = [None] * record.num_frames
-        clips = iter_clips(_record_frames(record), predictor.model.config.num_frames)
-        for batch in iter_batches(clips, predictor.batch_size):
-            windows = [audio_window(track, clip.end_time, num_samples) for clip in batch] if track is not None else None
-            for clip, saliency in zip(batch, predictor.predict_clips([clip.images for clip in batch], windows).numpy()):
-                if clip.target.index < record.num_frames:
-                    maps[clip.target.index] = saliency
+        # Causal clips, every frame a target, maps at the model's resolution as the model gives them: the one loop
+        # of `dtfsal predict` (`SaliencyLoop.iter_maps`).
+        for frame, saliency in predictor.iter_maps(_record_frames(record), audio=track, stride=1, progress=False,
+                                                   max_frames=record.num_frames, video_size=False):
+            maps[frame.index] = saliency
         missing = [i for i, m in enumerate(maps) if m is None]
         if missing:
             raise ValueError(f"{record.key}: expected {record.num_frames} frames, the video gave none for frames {missing[:5]}")

@@ -174,6 +174,23 @@ class DTFSalPreTrainedModel(PreTrainedModel):
             _raise_on_loading_problems(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
         return (model, info) if return_info else model
 
+    @staticmethod
+    def build_dummy_inputs(config: DTFSalConfig, batch_size: int = 1, device="cpu", dtype=torch.float32) -> dict:
+        """Random model inputs of `config`'s sizes: `pixel_values_videos` (B, T, 3, H, W) and, for the
+        audio-visual model, `input_features` (B, A, 1, h, w); drawn from torch's global generator."""
+        inputs = {"pixel_values_videos": torch.randn(batch_size, config.num_frames, 3, *config.image_size,
+                                                     device=device, dtype=dtype)}
+        if config.use_audio:
+            inputs["input_features"] = torch.randn(
+                batch_size, config.num_audio_examples, 1, *config.audio_input_size, device=device, dtype=dtype
+            )
+        return inputs
+
+    @property
+    def dummy_inputs(self) -> dict:
+        """One random clip's inputs (`build_dummy_inputs`) on the model's device and in its dtype."""
+        return self.build_dummy_inputs(self.config, 1, self.device, self.dtype)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -216,7 +233,7 @@ class DTFSalModel(DTFSalPreTrainedModel):
             c.num_frames, c.image_size, c.backbone_depths, c.backbone_dims, c.backbone_heads,
             c.backbone_kv_stride, c.backbone_stochastic_depth, attention=c.mvit_attention,
         )
-        self.feature_enhancement = DTFSalFeatureEnhancement(c.backbone_dims, c.feature_dim)
+        self.feature_enhancement = DTFSalFeatureEnhancement(self.visual_encoder.out_channels, c.feature_dim)
         token_args = dict(num_tokens=c.lteb_num_tokens, token_dim=c.lteb_token_dim, token_size=c.lteb_token_size)
         self.token_blocks = nn.ModuleList(
             [LTEB(c.feature_dim, **token_args) for _ in range(3)]
@@ -233,9 +250,44 @@ class DTFSalModel(DTFSalPreTrainedModel):
             DTFSalDecoderHead(c.feature_dim, c.decoder_dims, fused_frames, c.image_size) for _ in range(4)
         )
         self.fuse_maps = nn.Conv3d(4, 1, (1, 3, 3), padding=(0, 1, 1))
+        # Names of the parts that get no gradient and stay in eval mode (`freeze_visual_encoder`, `freeze_audio_trunk`).
+        self.frozen_parts: set[str] = set()
         self.post_init()
         if c.use_audio and c.freeze_audio_trunk:
-            self.audio_encoder.trunk.requires_grad_(False)
+            self.freeze_audio_trunk()
+
+    def _freeze(self, name: str, frozen: bool) -> None:
+        part = self.get_submodule(name)
+        part.requires_grad_(not frozen)
+        if frozen:
+            self.frozen_parts.add(name)
+            part.eval()
+        else:
+            self.frozen_parts.discard(name)
+            part.train(self.training)
+
+    def freeze_visual_encoder(self, frozen: bool = True) -> "DTFSalModel":
+        """Keep the MViT encoder as it is (`frozen=False` undoes it): no gradient, and eval mode (no drop-path)
+        whatever `train()` says. Returns the model."""
+        self._freeze("visual_encoder", frozen)
+        return self
+
+    def freeze_audio_trunk(self, frozen: bool = True) -> "DTFSalModel":
+        """Keep the VGGish trunk's (AudioSet) weights: no gradient, eval mode whatever `train()` says; recorded in
+        `config.freeze_audio_trunk`. Returns the model."""
+        if not self.config.use_audio:
+            raise ValueError("DTFSal(V) (use_audio=False) has no audio trunk to freeze")
+        self._freeze("audio_encoder.trunk", frozen)
+        self.config.freeze_audio_trunk = frozen
+        return self
+
+    def train(self, mode: bool = True) -> "DTFSalModel":
+        """`nn.Module.train`, the frozen parts (`frozen_parts`) kept in eval mode, their norm layers and drop-paths
+        included, as a frozen backbone should be."""
+        super().train(mode)
+        for name in getattr(self, "frozen_parts", ()):
+            self.get_submodule(name).eval()
+        return self
 
     def set_mvit_attention(self, kernel: str) -> "DTFSalModel":
         """Compute the MViT attentions with `kernel` (`mvit_attention.MVIT_ATTENTIONS`: "eager", "sdpa", "blocked",

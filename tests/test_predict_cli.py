@@ -90,7 +90,7 @@ def test_overlay_of_the_dhf1k_clip_keeps_sound_and_length(tmp_path, capsys):
 
 
 def test_missing_demo_checkpoint_is_a_clear_error(videos, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(inference, "DEMO_CHECKPOINT", tmp_path / "absent")
+    monkeypatch.setattr(inference.loading, "DEMO_CHECKPOINT", tmp_path / "absent")
     assert cli.main(["predict", str(videos["good"]), "--output", str(tmp_path)]) == 1
     assert re.match(r"dtfsal predict: error: The demo checkpoint is not bundled.*'random' / 'random-tiny'",
                     capsys.readouterr().err)

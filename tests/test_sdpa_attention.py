@@ -7,7 +7,6 @@ import torch
 from torchvision.models.video.mvit import MultiscaleAttention, _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.complexity import dummy_inputs
 from dtfsal_hf.mvit_attention import (
     MViTAutoAttention,
     MViTBlockedAttention,
@@ -77,7 +76,7 @@ def test_attention_block_matches_on_a_non_square_grid(stride_q, attention):
 @pytest.mark.parametrize("use_audio", [True, False])
 def test_model_maps_match(use_audio, attention):
     model = tiny_model(use_audio)
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         expected = model(**inputs).saliency_map
         actual = set_mvit_attention(model, attention)(**inputs).saliency_map
@@ -90,7 +89,7 @@ def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
     model = set_mvit_attention(tiny_model(), "auto")
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     with torch.no_grad():
         model(**inputs)
     blocks = len(model.visual_encoder.blocks)
@@ -102,7 +101,7 @@ def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
 
 def test_gradients_match():
     model = tiny_model().train()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     labels = torch.rand(2, *model.config.image_size)
     gradients = {}
     for attention in ("eager", "sdpa", "auto"):

@@ -88,24 +88,6 @@ def _load_initial_weights(model: DTFSalModel, source: str) -> None:
         logger.info("init_from %s: %d audio-branch tensors start from scratch", source, len(missing))
 
 
-def apply_freezing(model: DTFSalModel, freeze_audio_trunk: bool, freeze_visual_encoder: bool) -> None:
-    """Frozen parts get no gradient and stay in eval mode (no drop-path), whatever `model.train()` says."""
-    if model.config.use_audio:
-        model.config.freeze_audio_trunk = freeze_audio_trunk
-        model.audio_encoder.trunk.requires_grad_(not freeze_audio_trunk)
-    if freeze_visual_encoder:
-        model.visual_encoder.requires_grad_(False)
-
-
-def _set_train_mode(wrapped: torch.nn.Module, model: DTFSalModel, settings) -> None:
-    """`wrapped` is what Accelerate prepared (DDP, ...), `model` the DTFSalModel inside."""
-    wrapped.train()
-    if settings.freeze_visual_encoder:
-        model.visual_encoder.eval()
-    if model.config.use_audio and settings.freeze_audio_trunk:
-        model.audio_encoder.trunk.eval()
-
-
 TRAINER_STATE_NAME = "trainer_state.json"
 RNG_STATE_NAME = "rng_state_{}.json"
 MODEL_FILE, OPTIMIZER_FILE = "model.safetensors", "optimizer.bin"
@@ -318,7 +300,10 @@ class Trainer:
     def _setup_model(self) -> None:
         t = self.config.training
         self.model = build_model(self.config.model)
-        apply_freezing(self.model, t.freeze_audio_trunk, t.freeze_visual_encoder)
+        # Frozen parts get no gradient and stay in eval mode (no drop-path) whatever `train()` says.
+        if self.model.config.use_audio:
+            self.model.freeze_audio_trunk(t.freeze_audio_trunk)
+        self.model.freeze_visual_encoder(t.freeze_visual_encoder)
         if t.gradient_checkpointing:
             # The name transformers 5 keeps; `gradient_checkpointing_enable` is its deprecated alias.
             self.model.activation_checkpointing_enable()
@@ -404,7 +389,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, restore_rng: bool) -> str:
         t, accelerator = self.config.training, self.accelerator
-        _set_train_mode(self.model, self._unwrapped, t)
+        self.model.train()
         steps_per_epoch = self._steps_per_epoch()
         steps_done = math.ceil(self.state.batches_in_epoch / t.gradient_accumulation_steps)
         bar = tqdm(total=steps_per_epoch, initial=steps_done, desc=f"epoch {epoch + 1}/{t.epochs}",
@@ -538,7 +523,7 @@ class Trainer:
                                          torch.from_numpy(fixations), metrics=metrics)
                 batch_rows.append([video, float(losses[i])] + [float(scores[name]) for name in metrics])
             rows.append(self.accelerator.gather_for_metrics(torch.tensor(batch_rows, dtype=torch.float64, device=self.accelerator.device)))
-        _set_train_mode(self.model, self._unwrapped, self.config.training)
+        self.model.train()
         overall, self._last_per_dataset = _video_means(torch.cat(rows).cpu(), ["loss"] + metrics, dataset)
         return overall
 
@@ -723,4 +708,4 @@ def train(config: TrainingConfig, resume: str | bool | None = None, callbacks: S
     return Trainer(config, callbacks).train(resume)
 
 
-__all__ = ["LoopState", "Trainer", "apply_freezing", "build_model", "check_checkpoint", "find_checkpoint", "train"]
+__all__ = ["LoopState", "Trainer", "build_model", "check_checkpoint", "find_checkpoint", "train"]
