@@ -24,6 +24,7 @@ class VGGishAudioEncoder(nn.Module):
 
     Args:
         num_examples: A, log-mel examples per clip (9).
+        input_size: [height, width] of each example (the processor's 112 x 192), multiples of 2^groups.
         channel_groups: VGGish convolutions, each group followed by a 2 x 2 max-pool.
         num_heads, head_dim, mlp_dim: the temporal Transformer layer.
 
@@ -35,12 +36,17 @@ class VGGishAudioEncoder(nn.Module):
     def __init__(
         self,
         num_examples: int = 9,
+        input_size: Sequence[int] = (112, 192),
         channel_groups: Sequence[Sequence[int]] = ((64,), (128,), (256, 256), (512, 512)),
         num_heads: int = 2,
         head_dim: int = 64,
         mlp_dim: int = 256,
     ):
         super().__init__()
+        downsampling = 2 ** len(channel_groups)
+        if len(input_size) != 2 or any(size % downsampling for size in input_size):
+            raise ValueError(f"VGGishAudioEncoder needs an input height and width divisible by {downsampling} (one 2 x 2 "
+                             f"pool per group), got {list(input_size)}")
         self.out_channels = int(channel_groups[-1][-1])
         self.trunk = VGGishTrunk(channel_groups)
         self.temporal = AudioTemporalEnhancement(self.out_channels, num_examples, num_heads, head_dim, mlp_dim)
