@@ -26,21 +26,17 @@ from dtfsal_hf.plugins import (
 )
 from dtfsal_hf.remote_code import sibling_import_closure
 
-PLUGIN_SOURCE = '''
-"""A fusion part published by another distribution: audio-conditioned channel gates."""
-import torch
-from torch import nn
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
-class GatedSumFusion(nn.Module):
-    def __init__(self, visual_dim, audio_dim, hidden_dim=8):
-        super().__init__()
-        self.gate = nn.Sequential(nn.Linear(audio_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, visual_dim))
+def example_plugin_source() -> str:
+    """The complete example plugin of docs/plugins.md: the python block after its marker."""
+    text = DOCS.read_text(encoding="utf-8")
+    block = text.split("<!-- example-plugin -->", 1)[1].split("```python\n", 1)[1]
+    return block.split("```", 1)[0]
 
-    def forward(self, visual, audio):
-        gates = torch.sigmoid(self.gate(audio.mean(dim=(2, 3, 4))))  # (B, C)
-        return visual * gates[:, :, None, None, None] + visual
-'''
+
+PLUGIN_SOURCE = example_plugin_source()
 
 
 @pytest.fixture(autouse=True)
@@ -126,15 +122,15 @@ def test_registering_in_code_as_a_decorator():
 
 
 def test_a_plugin_distribution_is_found_through_its_entry_points(tmp_path, monkeypatch):
-    root = write_distribution(tmp_path / "site", "dtfsal-gated-fusion", "dtfsal_gated_fusion", PLUGIN_SOURCE,
-                              {"dtfsal_hf.fusion": {"gated_sum": "dtfsal_gated_fusion:GatedSumFusion"}})
-    assert "gated_sum" not in available_parts("fusion")
+    root = write_distribution(tmp_path / "site", "dtfsal-film", "dtfsal_film", PLUGIN_SOURCE,
+                              {"dtfsal_hf.fusion": {"film": "dtfsal_film:FiLMFusion"}})
+    assert "film" not in available_parts("fusion")
     monkeypatch.syspath_prepend(str(root))
-    assert available_parts("fusion") == ["amfb", "concat", "cross_attention", "gated_sum"]
-    spec = get_part("fusion", "gated_sum")
-    assert spec.distribution == "dtfsal-gated-fusion" and spec.factory.__module__ == "dtfsal_gated_fusion"
-    assert part_record("fusion", "gated_sum") == {"name": "gated_sum", "distribution": "dtfsal-gated-fusion"}
-    block = build_part("fusion", "gated_sum", 16, 24, hidden_dim=4)
+    assert available_parts("fusion") == ["amfb", "concat", "cross_attention", "film"]
+    spec = get_part("fusion", "film")
+    assert spec.distribution == "dtfsal-film" and spec.factory.__module__ == "dtfsal_film"
+    assert part_record("fusion", "film") == {"name": "film", "distribution": "dtfsal-film"}
+    block = build_part("fusion", "film", 16, 24, hidden_dim=4)
     visual = torch.randn(2, 16, 4, 6, 10)
     out = block(visual, torch.randn(2, 24, 9, 2, 3))
     assert out.shape == visual.shape
@@ -144,17 +140,17 @@ def test_a_plugin_distribution_is_found_through_its_entry_points(tmp_path, monke
 
 def test_a_missing_plugin_names_itself_and_the_distribution_to_install(tmp_path, monkeypatch):
     with pytest.raises(PluginNotFoundError, match=(
-        r"The fusion 'gated_sum' is not available: it is provided by the distribution 'dtfsal-gated-fusion', which is "
-        r"not installed: pip install dtfsal-gated-fusion\. Available fusion parts: amfb, concat, cross_attention$"
+        r"The fusion 'film' is not available: it is provided by the distribution 'dtfsal-film', which is "
+        r"not installed: pip install dtfsal-film\. Available fusion parts: amfb, concat, cross_attention$"
     )):
-        get_part("fusion", "gated_sum", distribution="dtfsal-gated-fusion")
+        get_part("fusion", "film", distribution="dtfsal-film")
     # Installed, but without that part: said so.
-    root = write_distribution(tmp_path / "site", "dtfsal-gated-fusion", "dtfsal_gated_fusion", PLUGIN_SOURCE,
-                              {"dtfsal_hf.fusion": {"gated_product": "dtfsal_gated_fusion:GatedSumFusion"}})
+    root = write_distribution(tmp_path / "site", "dtfsal-film", "dtfsal_film", PLUGIN_SOURCE,
+                              {"dtfsal_hf.fusion": {"film_v2": "dtfsal_film:FiLMFusion"}})
     monkeypatch.syspath_prepend(str(root))
-    with pytest.raises(PluginNotFoundError, match=r"'dtfsal-gated-fusion' that provided it is installed but publishes no "
+    with pytest.raises(PluginNotFoundError, match=r"'dtfsal-film' that provided it is installed but publishes no "
                                                   r"fusion of that name \(entry-point group 'dtfsal_hf.fusion'\)"):
-        get_part("fusion", "gated_sum", distribution="dtfsal-gated-fusion")
+        get_part("fusion", "film", distribution="dtfsal-film")
 
 
 def test_a_plugin_that_fails_to_import_or_is_published_twice_is_named(tmp_path, monkeypatch):
@@ -166,7 +162,7 @@ def test_a_plugin_that_fails_to_import_or_is_published_twice_is_named(tmp_path, 
         get_part("decoder", "broken")
     for index, root in enumerate((tmp_path / "b", tmp_path / "c")):
         write_distribution(root, f"dtfsal-twin{index}", f"dtfsal_twin{index}", PLUGIN_SOURCE,
-                           {"dtfsal_hf.fusion": {"twin": f"dtfsal_twin{index}:GatedSumFusion"}})
+                           {"dtfsal_hf.fusion": {"twin": f"dtfsal_twin{index}:FiLMFusion"}})
         monkeypatch.syspath_prepend(str(root))
     with pytest.raises(ValueError, match=r"'twin' is published by several distributions \(dtfsal-twin\d, dtfsal-twin\d\)"):
         get_part("fusion", "twin")
