@@ -60,9 +60,7 @@ def build_model(settings: ModelSettings) -> DTFSalModel:
     if settings.init_from:
         _load_initial_weights(model, settings.init_from)
     if settings.visual_weights:
-        from ..encoders import load_kinetics_mvit_weights
-
-        load_kinetics_mvit_weights(model.visual_encoder, *_weight_source(settings.visual_weights, "kinetics400"))
+        model.visual_encoder.load_pretrained(*_weight_source(settings.visual_weights, "kinetics400"))
     if settings.audio_weights:
         if not config.use_audio:
             raise ValueError("model.audio_weights is set, but the model has no audio branch (model.use_audio: false)")
