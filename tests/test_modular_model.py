@@ -28,13 +28,11 @@ SMALL_OPTIONS = {
     "single": dict(fuse_dim=8),
     "unet": dict(dims=[16, 16, 8]),
 }
+# Every built-in swap once (S3D, of one size only, is built at full size on the meta device below and run in
+# tests/test_video_encoders.py).
 SWAPS = [
-    dict(visual_encoder="swin3d_t"),
-    dict(visual_encoder="r2plus1d_18"),
-    dict(visual_encoder="s3d"),
-    dict(fusion="concat"),
-    dict(fusion="cross_attention", decoder="single"),
-    dict(decoder="unet"),
+    dict(visual_encoder="swin3d_t", fusion="cross_attention", decoder="single"),
+    dict(visual_encoder="r2plus1d_18", fusion="concat", decoder="unet"),
 ]
 
 
@@ -193,3 +191,16 @@ def test_full_size_swapped_models_count_on_the_meta_device():
     assert [conv.kernel_size[0] for conv in s3d.feature_enhancement.laterals] == [4, 4, 2, 1]
     assert count(s3d.visual_encoder) == 7_910_048
     assert count(unet) - count(paper) == 2_787_713 - 1_742_729
+
+
+def test_the_ablation_configurations_load():
+    from pathlib import Path
+
+    from dtfsal_hf.training.config import TrainingConfig
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "configs" / "ablations"
+    paths = sorted(folder.glob("*.yaml"))
+    assert len(paths) == 28
+    overrides = {path.stem: TrainingConfig.from_yaml(path).model.config_overrides for path in paths}
+    assert overrides["encoder_s3d"] == {"visual_encoder": "s3d"} and overrides["decoder_unet"] == {"decoder": "unet"}
+    assert overrides["dltfb_stage_2"] == {"lteb_levels": [1, 3, 4], "dltfb_levels": [2]}
