@@ -204,3 +204,18 @@ def test_the_ablation_configurations_load():
     overrides = {path.stem: TrainingConfig.from_yaml(path).model.config_overrides for path in paths}
     assert overrides["encoder_s3d"] == {"visual_encoder": "s3d"} and overrides["decoder_unet"] == {"decoder": "unet"}
     assert overrides["dltfb_stage_2"] == {"lteb_levels": [1, 3, 4], "dltfb_levels": [2]}
+
+
+def test_info_counts_a_training_configurations_model(tmp_path, capsys):
+    from dtfsal_hf import cli
+
+    path = tmp_path / "unet.yaml"
+    path.write_text("model:\n  size: tiny\n  use_audio: false\n  init_from: runs/not-made-yet\n"
+                    "  config_overrides: {decoder: unet, decoder_options: {dims: [16, 16, 8]}}\n")
+    assert cli.main(["info", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    expected = DTFSalModel(DTFSalConfig.tiny(use_audio=False, decoder="unet", decoder_options={"dims": [16, 16, 8]}))
+    assert "model.init_from runs/not-made-yet is not there yet" in out
+    assert "visual only; visual_encoder mvit_v2_s, decoder unet" in out
+    assert f"({sum(p.numel() for p in expected.parameters()):,})" in out
+    assert "decoder: " in out and "conv + linear multiply-accumulates" in out
