@@ -333,13 +333,15 @@ def _download_hint(argument: str, source):
     """Re-raise a failed download of the default weights with how to pass a local file instead."""
     try:
         yield
-    except OSError as error:
-        if source is not None:
+    except (OSError, ValueError) as error:
+        # The loaders report a failed download as a ValueError caused by the network's OSError.
+        offline = isinstance(error, OSError) or isinstance(error.__cause__, OSError)
+        if source is not None or not offline:
             raise
         raise OSError(
             f"Could not download the pretrained encoder weights ({error}). Offline, download the files elsewhere "
-            f"and pass them: model.load_pretrained_encoders({argument}=\"path/to/file.pth\") (URLs in "
-            "dtfsal_hf.encoders: KINETICS400_MVIT_V2_S_URL, AUDIOSET_VGGISH_URL)"
+            f"and pass them: model.load_pretrained_encoders({argument}=\"path/to/file.pth\") (URLs: each encoder's "
+            "`pretrained_url`, dtfsal_hf.video_encoders.KINETICS400_URLS, dtfsal_hf.encoders.AUDIOSET_VGGISH_URL)"
         ) from error
 
 

@@ -274,12 +274,14 @@ def test_activation_checkpointing_gives_no_warning_of_ours():
         model(**inputs, labels=labels).loss.backward()
 
 
-def test_offline_encoder_download_says_local_files_can_be_passed(monkeypatch):
+def test_offline_encoder_download_says_local_files_can_be_passed(monkeypatch, tmp_path):
     from urllib.error import URLError
 
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # The loaders download with torch hub's `download_url_to_file` into an (empty) hub cache.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(OSError, match=r"Could not download .*pass them: model\.load_pretrained_encoders\(mvit_source="):
         tiny_model().load_pretrained_encoders()
