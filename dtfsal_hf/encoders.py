@@ -466,8 +466,10 @@ def _downloaded(url: str) -> str:
     os.makedirs(folder, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, path, hash_prefix=prefix, progress=True)
-    except (OSError, RuntimeError) as error:  # URLError and HTTPError are OSErrors; a wrong hash a RuntimeError
-        raise ValueError(f"Could not download the checkpoint {url!r}: {error}") from error
+    except RuntimeError as error:  # torch hub's error for a download that does not match the hash
+        raise ValueError(f"The checkpoint downloaded from {url!r} is not the published file: {error}") from error
+    except OSError as error:  # no network, HTTP errors (URLError and HTTPError are OSErrors)
+        raise OSError(f"Could not download the checkpoint {url!r}: {error}") from error
     return path
 
 

@@ -217,7 +217,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
             raise ValueError(f"{path}: no video frame could be decoded (empty or truncated file)")
         last = _finished_frame(pending, None, nominal)
         yield last
-        _check_complete(path, stream, last, nominal)
+        _check_complete(path, stream, last, nominal, origin or 0.0)
 
 
 def _declared_video_duration(stream) -> float | None:
@@ -232,12 +232,13 @@ def _declared_video_duration(stream) -> float | None:
         return None
 
 
-def _check_complete(path, stream, last: Frame, nominal: float) -> None:
+def _check_complete(path, stream, last: Frame, nominal: float, start: float = 0.0) -> None:
     """Raise when fewer frames were decoded than the header declares: the file is truncated or damaged.
 
     The frame count is compared where the container gives one (MP4, MOV, AVI: one frame of slack); otherwise the
     end of the last frame is compared with the track's declared length (Matroska, WebM: 1.5 frames of slack).
-    Streams without either (MPEG-TS) cannot be checked.
+    Streams without either (MPEG-TS) cannot be checked. The declared length counts from time 0, the frames' times
+    from the track's `start`: a track starting late (an encoder delay, a copied stream) is not taken for a short one.
     """
     decoded = last.index + 1
     if stream.frames:
@@ -248,7 +249,7 @@ def _check_complete(path, stream, last: Frame, nominal: float) -> None:
             )
         return
     declared = _declared_video_duration(stream)
-    if declared is not None and last.end_time < declared - 1.5 * nominal:
+    if declared is not None and start + last.end_time < declared - 1.5 * nominal:
         raise ValueError(
             f"{path} is truncated or corrupt: the video track declares {declared:.2f} s but frames could be decoded "
             f"only up to {last.end_time:.2f} s ({decoded} frames)"

@@ -333,10 +333,8 @@ def _download_hint(argument: str, source):
     """Re-raise a failed download of the default weights with how to pass a local file instead."""
     try:
         yield
-    except (OSError, ValueError) as error:
-        # The loaders report a failed download as a ValueError caused by the network's OSError.
-        offline = isinstance(error, OSError) or isinstance(error.__cause__, OSError)
-        if source is not None or not offline:
+    except OSError as error:
+        if source is not None:
             raise
         raise OSError(
             f"Could not download the pretrained encoder weights ({error}). Offline, download the files elsewhere "

@@ -280,8 +280,7 @@ def test_offline_encoder_download_says_local_files_can_be_passed(monkeypatch, tm
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    # The loaders download with torch hub's `download_url_to_file` into an (empty) hub cache.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the weights must be downloaded
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(OSError, match=r"Could not download .*pass them: model\.load_pretrained_encoders\(mvit_source="):
         tiny_model().load_pretrained_encoders()
