@@ -15,6 +15,7 @@ from torchvision.models.video.mvit import MultiscaleAttention, PositionalEncodin
 from torchvision.ops import DeformConv2d
 
 from .configuration_dtfsal import DTFSalConfig
+from .audio_encoders import VGGishAudioEncoder
 from .decoders import SaliencyDecoderHead
 from .encoders import AudioTemporalEnhancement
 from .layers import DLTFB, LTEB, LearnableTokens
@@ -100,6 +101,16 @@ class DTFSalFeatureEnhancement(nn.Module):
 
 # The decoder head lives with the other decoders; the name stays for code that imports it from here.
 DTFSalDecoderHead = SaliencyDecoderHead
+
+
+class DTFSalAudioEncoder(VGGishAudioEncoder):
+    """The paper's audio encoder (`audio_encoders.VGGishAudioEncoder`) sized by a `DTFSalConfig`: VGGish trunk per
+    log-mel example, then temporal enhancement across examples. Input (B, A, 1, h, w) -> (B, C_a, A, h / 16, w / 16).
+    """
+
+    def __init__(self, config: DTFSalConfig):
+        super().__init__(config.num_audio_examples, config.audio_input_size, config.audio_trunk_channels,
+                         config.audio_num_heads, config.audio_head_dim, config.audio_mlp_dim)
 
 
 class DTFSalPreTrainedModel(PreTrainedModel):
