@@ -21,10 +21,28 @@ def _add_info(subparsers) -> None:
     parser.add_argument("--visual-only", action="store_true", help="DTFSal(V): no audio branch")
     parser.add_argument("--tiny", action="store_true", help="the tiny test configuration")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (they run the model once)")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="the model of a training configuration (e.g. examples/configs/ablations/*.yaml), counted "
+                             "on the meta device: parameters and conv + linear multiply-accumulates")
     parser.set_defaults(handler=_run_info)
 
 
 def _run_info(args) -> int:
+    if args.config:
+        from .complexity import describe_config
+        from .training.config import TrainingConfig
+        from .training.trainer import model_config
+
+        import dataclasses
+        import os
+
+        settings = TrainingConfig.from_yaml(args.config).model
+        if settings.init_from and not os.path.isdir(settings.init_from):
+            # A stage-1 run not made yet: the sizes are the configuration's own (its init_from has the same).
+            print(f"(model.init_from {settings.init_from} is not there yet: counting the configuration's own sizes)")
+            settings = dataclasses.replace(settings, init_from=None)
+        print(describe_config(model_config(settings), title=args.config))
+        return 0
     from .complexity import describe_model
 
     print(describe_model(args.model, visual_only=args.visual_only, tiny=args.tiny, with_flops=not args.no_flops))

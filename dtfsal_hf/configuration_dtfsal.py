@@ -55,6 +55,21 @@ class DTFSalConfig(PretrainedConfig):
             each way (`mvit_attention.py`): `"eager"` (torchvision's explicit form), `"sdpa"`
             (`scaled_dot_product_attention`), `"blocked"` (blocked matrix products, inference) or `"auto"`
             (blocked for inference on a CPU, sdpa otherwise). `DTFSalModel.set_mvit_attention` changes it.
+        visual_encoder (`str`, defaults to `"mvit_v2_s"`): the visual encoder by name (`dtfsal_hf.plugins`):
+            `"mvit_v2_s"` (sized by the `backbone_*` fields), `"s3d"`, `"swin3d_t"`, `"swin3d_s"`, `"swin3d_b"`,
+            `"r2plus1d_18"`, or a plugin's.
+        audio_encoder (`str`, defaults to `"vggish"`): the audio encoder by name; `None` is `use_audio=False`.
+        fusion (`str`, defaults to `"amfb"`): the fusion block of each level: `"amfb"` (sized by `amfb_*`),
+            `"concat"`, `"cross_attention"`, or a plugin's.
+        decoder (`str`, defaults to `"multi"`): `"multi"` (a head per level), `"single"` (one head on the
+            concatenated levels), `"unet"`, or a plugin's.
+        visual_encoder_options / audio_encoder_options / fusion_options / decoder_options (`dict`): keyword
+            arguments of the part's factory (e.g. a small Swin: `{"embed_dim": 16, "depths": [1, 1, 1, 1]}`).
+        part_distributions (`dict`): for parts that other distributions provide, kind -> distribution; filled in
+            when the model is built, so that loading it where a plugin is missing names what to install.
+        lteb_levels / dltfb_levels (`list[int]`, defaults to `[1, 2, 3]` / `[4]`): levels (1 = finest) that get an
+            LTEB / a DLTFB; disjoint, either may be empty (the level passes unchanged).
+        loss_kl_weight / loss_cc_weight (`float`, defaults to 1.0 / -1.0): loss = w_kl KL + w_cc CC.
     """
 
     model_type = "dtfsal"
@@ -84,10 +99,26 @@ class DTFSalConfig(PretrainedConfig):
     amfb_audio_dim: int = 128
     amfb_stream_dim: int = 112
     decoder_dims: list[int] = field(default_factory=lambda: [96, 48, 24])
+    visual_encoder: str = "mvit_v2_s"
+    audio_encoder: str | None = "vggish"
+    fusion: str = "amfb"
+    decoder: str = "multi"
+    visual_encoder_options: dict = field(default_factory=dict)
+    audio_encoder_options: dict = field(default_factory=dict)
+    fusion_options: dict = field(default_factory=dict)
+    decoder_options: dict = field(default_factory=dict)
+    part_distributions: dict = field(default_factory=dict)
+    lteb_levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    dltfb_levels: list[int] = field(default_factory=lambda: [4])
+    loss_kl_weight: float = 1.0
+    loss_cc_weight: float = -1.0
     initializer_range: float = 0.02
     mvit_attention: str = "eager"
 
     def __post_init__(self, **kwargs):
+        if self.audio_encoder is None:  # no audio encoder is DTFSal(V)
+            self.use_audio, self.audio_encoder = False, "vggish"
+        self._check_parts()
         self._check_types()
         # JSON gives lists; tuples passed by users are normalised so saved configs compare equal.
         for name in _POSITIVE_INT_LISTS:
@@ -95,6 +126,30 @@ class DTFSalConfig(PretrainedConfig):
         self.audio_trunk_channels = [[int(c) for c in group] for group in self.audio_trunk_channels]
         super().__post_init__(**kwargs)
         self._validate()
+
+    def _check_parts(self) -> None:
+        """Part names are strings, options dicts, levels disjoint subsets of 1-4, loss weights finite numbers."""
+        for name in ("visual_encoder", "audio_encoder", "fusion", "decoder"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"`{name}` must name a part (see dtfsal_hf.plugins), got {getattr(self, name)!r}")
+            if not isinstance(getattr(self, f"{name}_options"), dict):
+                raise ValueError(f"`{name}_options` must be a dict of the part's arguments, got {getattr(self, f'{name}_options')!r}")
+        if not isinstance(self.part_distributions, dict):
+            raise ValueError(f"`part_distributions` must be a dict, got {self.part_distributions!r}")
+        for name in ("lteb_levels", "dltfb_levels"):
+            levels = getattr(self, name)
+            if not isinstance(levels, (list, tuple)) or not all(_is_positive_int(v) and int(v) <= 4 for v in levels):
+                raise ValueError(f"`{name}` must list levels among 1, 2, 3, 4, got {levels!r}")
+            setattr(self, name, sorted({int(v) for v in levels}))
+        both = sorted(set(self.lteb_levels) & set(self.dltfb_levels))
+        if both:
+            raise ValueError(f"a level gets an LTEB or a DLTFB, not both: level {both[0]} is in `lteb_levels` and `dltfb_levels`")
+        for name in ("loss_kl_weight", "loss_cc_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) < float("inf"):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+        if self.loss_kl_weight == 0 and self.loss_cc_weight == 0:
+            raise ValueError("`loss_kl_weight` and `loss_cc_weight` are both 0: the loss would be constant")
 
     def _check_types(self) -> None:
         """Every size a positive integer, every switch a bool, the rates in range; errors name the field."""

@@ -45,7 +45,8 @@ class ModelSettings:
     - `config_overrides`: `DTFSalConfig` fields to change, e.g. `{num_frames: 16}`.
     - `init_from`: a saved DTFSal folder or Hub id whose weights start the run. A visual-only checkpoint
       may start an audio-visual model: the audio branch and the AMFBs are then the only new weights.
-    - `visual_weights`: `kinetics400` (torchvision's MViTv2-S), a local `.pth` file, or null.
+    - `visual_weights`: `kinetics400` (torchvision's Kinetics-400 weights of the configured visual encoder), a local
+      `.pth` file, or null.
     - `audio_weights`: `audioset` (torchvggish's VGGish), a local `.pth` file, or null.
     """
 

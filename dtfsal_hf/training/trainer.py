@@ -48,21 +48,23 @@ CHECKPOINT_PREFIX = "step_"
 AUDIO_MODULES = ("audio_encoder.", "fusion_blocks.")
 
 
+def model_config(settings: ModelSettings) -> DTFSalConfig:
+    """The `DTFSalConfig` the model settings describe: `init_from`'s, or the paper's / tiny sizes, with the overrides."""
+    if settings.init_from:
+        return DTFSalConfig.from_pretrained(settings.init_from, use_audio=settings.use_audio, **settings.config_overrides)
+    if settings.size == "tiny":
+        return DTFSalConfig.tiny(use_audio=settings.use_audio, **settings.config_overrides)
+    return DTFSalConfig(use_audio=settings.use_audio, **settings.config_overrides)
+
+
 def build_model(settings: ModelSettings) -> DTFSalModel:
     """The model the settings describe, with its starting weights (a saved DTFSal, Kinetics-400, AudioSet)."""
-    if settings.init_from:
-        config = DTFSalConfig.from_pretrained(settings.init_from, use_audio=settings.use_audio, **settings.config_overrides)
-    elif settings.size == "tiny":
-        config = DTFSalConfig.tiny(use_audio=settings.use_audio, **settings.config_overrides)
-    else:
-        config = DTFSalConfig(use_audio=settings.use_audio, **settings.config_overrides)
+    config = model_config(settings)
     model = DTFSalModel(config)
     if settings.init_from:
         _load_initial_weights(model, settings.init_from)
     if settings.visual_weights:
-        from ..encoders import load_kinetics_mvit_weights
-
-        load_kinetics_mvit_weights(model.visual_encoder, *_weight_source(settings.visual_weights, "kinetics400"))
+        model.visual_encoder.load_pretrained(*_weight_source(settings.visual_weights, "kinetics400"))
     if settings.audio_weights:
         if not config.use_audio:
             raise ValueError("model.audio_weights is set, but the model has no audio branch (model.use_audio: false)")
