@@ -207,6 +207,38 @@ class DTFSalModel(DTFSalPreTrainedModel):
             self.frozen_parts.discard(name)
             part.train(self.training)
 
+    def part_groups(self) -> dict[str, list[str]]:
+        """The names `freeze_parts` takes: each top-level part of this model (`visual_encoder`,
+        `feature_enhancement`, `token_blocks`, `audio_encoder`, `audio_encoder.trunk` when it has one,
+        `fusion_blocks`, and the decoder's parts), and the groups `visual_branch` (the visual encoder, the
+        feature enhancement, the token blocks and the decoder: everything but the audio encoder and the fusion),
+        `audio_branch` (the audio encoder and the fusion) and `decoder`."""
+        parts = [name for name, _ in self.named_children()]
+        decoder = [name for name in ("decoder_heads", "fuse_maps", "decoder") if name in parts]
+        groups = {name: [name] for name in parts}
+        if hasattr(getattr(self, "audio_encoder", None), "trunk"):
+            groups["audio_encoder.trunk"] = ["audio_encoder.trunk"]
+        groups["decoder"] = decoder
+        groups["visual_branch"] = [n for n in ("visual_encoder", "feature_enhancement", "token_blocks") if n in parts] + decoder
+        groups["audio_branch"] = [n for n in ("audio_encoder", "fusion_blocks") if n in parts]
+        return groups
+
+    def freeze_parts(self, names, frozen: bool = True) -> "DTFSalModel":
+        """Freeze (`frozen=False`: unfreeze) parts by name (`part_groups`): no gradient, and eval mode whatever
+        `train()` says. E.g. `model.freeze_parts(["visual_branch"])` trains only the audio encoder and the fusion.
+        An unknown name raises a `ValueError` naming the choices. Returns the model."""
+        groups = self.part_groups()
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [name for name in names if name not in groups or not groups[name]]
+        if unknown:
+            raise ValueError(f"unknown part(s) to freeze {unknown}; this model has {sorted(n for n in groups if groups[n])}")
+        for name in names:
+            for part in groups[name]:
+                if part == "audio_encoder.trunk":
+                    self.config.freeze_audio_trunk = frozen
+                self._freeze(part, frozen)
+        return self
+
     def freeze_visual_encoder(self, frozen: bool = True) -> "DTFSalModel":
         """Keep the MViT encoder as it is (`frozen=False` undoes it): no gradient, and eval mode (no drop-path)
         whatever `train()` says. Returns the model."""

@@ -334,3 +334,20 @@ def test_the_feature_enhancement_reads_the_encoders_channels():
     assert [lateral.in_channels for lateral in model.feature_enhancement.laterals] == model.visual_encoder.out_channels
     stages = model.visual_encoder(torch.randn(1, 3, 8, 64, 96))
     assert [stage.shape[1] for stage in stages] == model.visual_encoder.out_channels
+
+
+def test_parts_freeze_by_name_and_the_visual_branch_leaves_only_audio_and_fusion_training():
+    model = tiny_model().freeze_parts(["visual_branch"]).train()
+    trained = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"audio_encoder", "fusion_blocks"}
+    assert not model.visual_encoder.training and not model.decoder_heads.training and model.fusion_blocks.training
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
+    model(**inputs, labels=torch.rand(2, *model.config.image_size)).loss.backward()
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+    model.freeze_parts("visual_branch", frozen=False).freeze_parts(["audio_encoder.trunk"]).train()
+    assert model.config.freeze_audio_trunk and not model.audio_encoder.trunk.training and model.visual_encoder.training
+    assert {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad} == {"audio_encoder"}
+    with pytest.raises(ValueError, match=r"unknown part\(s\) to freeze \['decoders'\]; this model has \[.*'visual_branch'"):
+        model.freeze_parts(["decoders"])
+    with pytest.raises(ValueError, match="unknown part"):
+        tiny_model(use_audio=False).freeze_parts(["audio_branch"])

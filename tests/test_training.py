@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from dtfsal_hf import DTFSalModel, DTFSalProcessor
 from dtfsal_hf.data import SyntheticConfig, generate_synthetic_dataset
 from dtfsal_hf.training import TrainingConfig, find_checkpoint, train
-from dtfsal_hf.training.trainer import Trainer, check_checkpoint
+from dtfsal_hf.training.trainer import Trainer, build_model, check_checkpoint
 from isolation import maps_with_package, maps_without_package, real_clip_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,3 +383,11 @@ def test_demo_checkpoint_uses_the_sound(tmp_path):
     average = cc(batch["input_features"].mean(0, keepdim=True).expand_as(batch["input_features"]))
     assert own > 0.5, own
     assert own - others >= 0.1 and own - average >= 0.05, (own, others, average)
+
+def test_parts_to_freeze_are_named_in_the_training_section():
+    config = TrainingConfig.from_dict({"model": {"size": "tiny"}, "training": {"freeze": ["visual_branch"]}})
+    assert config.training.freeze == ["visual_branch"]
+    model = build_model(config.model).freeze_parts(config.training.freeze)
+    assert not any(p.requires_grad for p in model.visual_encoder.parameters())
+    with pytest.raises(ValueError, match="training.freeze"):
+        TrainingConfig.from_dict({"training": {"freeze": "visual_branch"}})

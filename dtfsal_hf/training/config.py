@@ -96,7 +96,9 @@ class TrainingSettings:
     `max_steps_per_epoch` caps the optimizer steps of an epoch (null: the whole training set);
     `early_stopping_metric` is a validation metric (`cc`, `nss`, `auc_judd`, `sim`: higher is better;
     `kld`, `loss`: lower is better); `early_stopping_patience` 0 turns early stopping off.
-    `threads` sets `torch.set_num_threads` (null: leave torch's default).
+    `threads` sets `torch.set_num_threads` (null: leave torch's default). `freeze` lists parts of the model to
+    keep fixed, by `DTFSalModel.part_groups` name (e.g. `[visual_branch]`: only the audio encoder and the fusion
+    train), besides `freeze_audio_trunk` and `freeze_visual_encoder`.
     """
 
     epochs: int = 10
@@ -113,6 +115,7 @@ class TrainingSettings:
     gradient_checkpointing: bool = False
     freeze_audio_trunk: bool = True
     freeze_visual_encoder: bool = False
+    freeze: list[str] = field(default_factory=list)
     early_stopping_patience: int = 3
     early_stopping_metric: str = "cc"
     validation_metrics: list[str] = field(default_factory=lambda: ["cc", "nss", "auc_judd", "sim", "kld"])

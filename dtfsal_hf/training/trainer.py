@@ -306,6 +306,8 @@ class Trainer:
         if self.model.config.use_audio:
             self.model.freeze_audio_trunk(t.freeze_audio_trunk)
         self.model.freeze_visual_encoder(t.freeze_visual_encoder)
+        if t.freeze:
+            self.model.freeze_parts(t.freeze)
         if t.gradient_checkpointing:
             # The name transformers 5 keeps; `gradient_checkpointing_enable` is its deprecated alias.
             self.model.activation_checkpointing_enable()
