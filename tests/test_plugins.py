@@ -175,8 +175,8 @@ def test_the_registry_and_its_parts_load_as_remote_code_without_transformers_or_
     found, missing = sibling_import_closure([package_dir / "plugins.py"])
     assert not missing
     names = sorted(path.name for path in found)
-    assert names == ["audio_encoders.py", "decoders.py", "encoders.py", "fusion.py", "layers.py", "plugins.py",
-                     "video_encoders.py"]
+    assert names == ["audio_encoders.py", "decoders.py", "encoders.py", "fusion.py", "layers.py", "mvit_attention.py",
+                     "plugins.py", "video_encoders.py"]
     copy = tmp_path / "remote_module"
     copy.mkdir()
     for path in found:
