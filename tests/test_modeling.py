@@ -13,7 +13,7 @@ from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.complexity import PAPER_TOTALS, count_conv_linear_macs, count_parameters
 from dtfsal_hf.modeling_dtfsal import correlation_coefficient, kl_divergence, saliency_loss
 
-from isolation import run_without_package
+from isolation import check_remote_model_equals
 
 
 def tiny_model(use_audio: bool = True, **overrides) -> DTFSalModel:
@@ -107,26 +107,9 @@ def test_auto_classes_resolve_model_type(tmp_path):
 def test_remote_code_loads_without_the_package(tmp_path):
     model = tiny_model()
     folder = tmp_path / "model"
-    model.save_pretrained(folder)
+    check_remote_model_equals(model, folder, tmp_path)
     for name in ("configuration_dtfsal.py", "modeling_dtfsal.py", "layers.py", "encoders.py"):
         assert (folder / name).is_file(), name
-    inputs = DTFSalModel.build_dummy_inputs(model.config)
-    torch.save(inputs, tmp_path / "inputs.pt")
-    with torch.no_grad():
-        torch.save(model(**inputs).saliency_map, tmp_path / "expected.pt")
-    run_without_package(
-        f"""
-        import torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-        with torch.no_grad():
-            result = model(**inputs).saliency_map
-        assert torch.equal(result, torch.load({str(tmp_path / 'expected.pt')!r}))
-        """,
-        cwd=tmp_path,
-    )
 
 
 @pytest.mark.parametrize("name,use_audio", [("DTFSal", True), ("DTFSal(V)", False)])

@@ -16,7 +16,7 @@ from dtfsal_hf import plugins
 from dtfsal_hf.layers import DLTFB, LTEB
 from dtfsal_hf.modeling_dtfsal import correlation_coefficient, kl_divergence
 
-from isolation import run_without_package
+from isolation import check_remote_model_equals
 from test_plugins import PLUGIN_SOURCE, write_distribution
 
 SMALL_OPTIONS = {
@@ -70,25 +70,9 @@ def test_swapped_parts_load_as_remote_code_without_the_package(tmp_path):
     torch.manual_seed(0)
     model = DTFSalModel(tiny_config(visual_encoder="swin3d_t", fusion="cross_attention", decoder="unet")).eval()
     folder = tmp_path / "model"
-    model.save_pretrained(folder)
+    check_remote_model_equals(model, folder, tmp_path, loaded_class="model.decoder")
     for name in ("plugins.py", "video_encoders.py", "fusion.py", "decoders.py", "audio_encoders.py"):
         assert (folder / name).is_file(), name
-    inputs = DTFSalModel.build_dummy_inputs(model.config)
-    torch.save(inputs, tmp_path / "inputs.pt")
-    with torch.no_grad():
-        torch.save(model(**inputs).saliency_map, tmp_path / "expected.pt")
-    run_without_package(
-        f"""
-        import torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        assert type(model.decoder).__module__.startswith("transformers_modules"), type(model.decoder).__module__
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-        with torch.no_grad():
-            assert torch.equal(model(**inputs).saliency_map, torch.load({str(tmp_path / 'expected.pt')!r}))
-        """,
-        cwd=tmp_path,
-    )
 
 
 @pytest.fixture()
