@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProces
 from .configuration_dtfsal import DTFSalConfig
 from .feature_extraction_dtfsal import DTFSalFeatureExtractor
 from .modeling_dtfsal import DTFSalModel, DTFSalOutput, DTFSalPreTrainedModel
+from .pipeline_dtfsal import DTFSalVideoSaliencyPipeline, register_pipeline
 from .processing_dtfsal import DTFSalProcessor
 from .video_processing_dtfsal import DTFSalVideoProcessor
 
@@ -24,6 +25,8 @@ DTFSalModel.register_for_auto_class("AutoModel")
 DTFSalProcessor.register_for_auto_class("AutoProcessor")
 DTFSalVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 DTFSalFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+# `pipeline("video-saliency", model=...)`; `remote_code.add_pipeline(folder)` makes a saved folder carry it.
+register_pipeline()
 
 __all__ = [
     "DTFSalConfig",
@@ -33,5 +36,6 @@ __all__ = [
     "DTFSalFeatureExtractor",
     "DTFSalVideoProcessor",
     "DTFSalProcessor",
+    "DTFSalVideoSaliencyPipeline",
     "__version__",
 ]

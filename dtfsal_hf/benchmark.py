@@ -1,6 +1,6 @@
 """How fast DTFSal runs: inference paths measured side by side, in one run, against the MViTv2-S floor.
 
-`run_benchmark` times the model under each `InferencePath` (attention kernel, reduced precision, compilation,
+`run_benchmark` times the model under each `Runtime` of `PATHS` (attention kernel, reduced precision, compilation,
 memory format) on the same inputs, interleaving the paths repetition by repetition so that a machine whose
 load changes during the run slows every path alike. For each path it reports the latency per call and per
 clip, maps per second, the peak memory of a call, the FLOPs of a clip, the largest difference of its maps
@@ -35,21 +35,18 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.video.mvit import MViT
 
-from .complexity import dummy_inputs
 from .configuration_dtfsal import DTFSalConfig
-from .encoders import mvit_block_settings, set_mvit_attention
+from .encoders import mvit_block_settings
 from .modeling_dtfsal import DTFSalModel
+from .inference import PRESETS, Runtime, SaliencyPredictor, load_model_and_processor
 
 __all__ = [
-    "InferencePath",
     "PATHS",
     "DEFAULT_PATHS",
     "PathResult",
     "BenchmarkResult",
     "torchvision_mvit_v2_s",
     "prepare_path",
-    "FLOAT32_ENDS",
-    "keep_float32",
     "run_benchmark",
     "measure_video_throughput",
     "measure_video_memory",
@@ -58,68 +55,8 @@ __all__ = [
     "format_report",
 ]
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class InferencePath:
-    """One way of running the model.
-
-    Attributes:
-        name: short name, e.g. `"sdpa-bf16"`.
-        attention: MViT attention kernel (`set_mvit_attention`): `"eager"` (torchvision's matmul + softmax),
-            `"sdpa"` (`scaled_dot_product_attention`) or `"blocked"` (matrix products by blocks of queries).
-        precision: `"fp32"`, `"bf16"` or `"fp16"` (the last two under `torch.autocast`; the model runs its
-            deformable convolutions in fp32 itself, `layers.DeformableStream`).
-        compile: wrap the model in `torch.compile` (the first call compiles; its time is reported apart).
-        channels_last: convolution weights and the input video in `torch.channels_last_3d`.
-        float32_ends: under autocast, keep the patch embedding and the layers that write the map in fp32
-            (`FLOAT32_ENDS`, `keep_float32`).
-        devices: where the path applies (`"cpu"`, `"cuda"`).
-    """
-
-    name: str
-    attention: str = "sdpa"
-    precision: str = "fp32"
-    compile: bool = False
-    channels_last: bool = False
-    float32_ends: bool = False
-    devices: tuple[str, ...] = ("cpu", "cuda")
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return _DTYPES[self.precision]
-
-    def describe(self) -> str:
-        parts = [f"{self.attention} attention", self.precision + (" autocast" if self.precision != "fp32" else "")]
-        if self.float32_ends:
-            parts.append("fp32 ends")
-        if self.channels_last:
-            parts.append("channels-last-3d")
-        if self.compile:
-            parts.append("torch.compile")
-        return ", ".join(parts)
-
-
-PATHS = {
-    path.name: path
-    for path in (
-        InferencePath("eager-fp32", attention="eager"),
-        InferencePath("sdpa-fp32"),
-        InferencePath("blocked-fp32", attention="blocked"),
-        InferencePath("eager-bf16", attention="eager", precision="bf16"),
-        InferencePath("sdpa-bf16", precision="bf16"),
-        InferencePath("sdpa-bf16-cl", precision="bf16", channels_last=True),
-        InferencePath("blocked-bf16", attention="blocked", precision="bf16"),
-        InferencePath("blocked-bf16-cl", attention="blocked", precision="bf16", channels_last=True),
-        InferencePath("blocked-mixed", attention="blocked", precision="bf16", float32_ends=True),
-        InferencePath("blocked-mixed-cl", attention="blocked", precision="bf16", float32_ends=True, channels_last=True),
-        InferencePath("sdpa-mixed", precision="bf16", float32_ends=True),
-        InferencePath("compiled-sdpa-bf16", precision="bf16", compile=True),
-        InferencePath("sdpa-fp16", precision="fp16", devices=("cuda",)),
-        InferencePath("compiled-sdpa-fp16", precision="fp16", compile=True, devices=("cuda",)),
-    )
-}
+# The named runtimes of `dtfsal_hf.inference.runtime`: what the benchmark times is what the predictor runs.
+PATHS = PRESETS
 DEFAULT_PATHS = {
     "cpu": ("eager-fp32", "sdpa-fp32", "blocked-fp32", "sdpa-bf16", "blocked-bf16"),
     "cuda": ("eager-fp32", "sdpa-fp32", "sdpa-bf16", "sdpa-fp16", "compiled-sdpa-bf16"),
@@ -143,83 +80,24 @@ def torchvision_mvit_v2_s(num_frames: int = 32, image_size: Sequence[int] = (224
     )
 
 
-def _device_type(device: torch.device | str) -> str:
-    return torch.device(device).type
-
-
-def _check_path(path: InferencePath, device: torch.device) -> None:
-    if _device_type(device) not in path.devices:
-        raise ValueError(f"the path {path.name!r} runs on {', '.join(path.devices)}, not on {device}")
-
-
-# What a `float32_ends` path keeps in fp32: the patch embedding, which reads the pixels (in bf16 they would
-# be rounded to 3 significant digits), and the layers that write the map: each level's decoder head (its
-# logits, upsampled to the frame and through a sigmoid) and the 3 x 3 fusion of the four level maps. Together
-# 2% of the FLOPs; in bf16 they set most of the maps' average rounding error (full model fitted by
-# scripts/precision_check.py: mean absolute difference from fp32 15-50x smaller with them in fp32; the
-# largest difference, set by the backbone, stays).
-FLOAT32_ENDS = ("visual_encoder.conv_proj", "decoder_heads", "fuse_maps")
-
-_FLOAT32_CLASSES: dict[type, type] = {}
-
-
-def _float32_class(cls: type) -> type:
-    """A subclass of `cls` whose forward runs with autocast off and its floating-point inputs in fp32."""
-    if cls not in _FLOAT32_CLASSES:
-
-        def forward(self, *args, **kwargs):
-            args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-            with torch.autocast(args[0].device.type, enabled=False):
-                return cls.forward(self, *args, **kwargs)
-
-        _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
-    return _FLOAT32_CLASSES[cls]
-
-
-def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_ENDS) -> nn.Module:
-    """Run the named submodules of `model` (each module of a named `ModuleList`) in fp32 under autocast: their
-    inputs are cast to fp32 and autocast is off inside them; their outputs stay fp32. The class of each is
-    swapped for a subclass, so parameters, state-dict keys and deep copies are unchanged. Returns `model`."""
-    for name in names:
-        module = model.get_submodule(name)
-        for target in module if isinstance(module, nn.ModuleList) else [module]:
-            if type(target) not in _FLOAT32_CLASSES.values():
-                target.__class__ = _float32_class(type(target))
-    return model
-
-
-def prepare_path(module: nn.Module, path: InferencePath, device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
-    """A function running a copy of `module` (a `DTFSalModel` or a torchvision `MViT`) the way `path` says.
+def prepare_path(module: nn.Module, path: Runtime, device: torch.device | str = "cpu") -> Callable[[dict], torch.Tensor]:
+    """A function running a copy of `module` (a `DTFSalModel` or a torchvision `MViT`) as the runtime `path` says
+    (`Runtime.prepare`, `Runtime.saliency_maps`: what `SaliencyPredictor` runs).
 
     The function takes the model's keyword inputs (for an `MViT`: `{"videos": (B, 3, T, H, W)}`) and returns
     the saliency maps (B, H, W) (for an `MViT`: the logits), as float32.
     """
     device = torch.device(device)
-    _check_path(path, device)
-    module = set_mvit_attention(copy.deepcopy(module), path.attention).to(device).eval()
-    if path.float32_ends and not isinstance(module, MViT):
-        keep_float32(module)
-    if path.channels_last:
-        for child in module.modules():
-            if isinstance(child, nn.Conv3d):
-                child.to(memory_format=torch.channels_last_3d)
-    runner = torch.compile(module, dynamic=False) if path.compile else module
-    is_mvit = isinstance(module, MViT)
+    runner = path.prepare(copy.deepcopy(module), device)
+    if not isinstance(module, MViT):
+        return lambda inputs: path.saliency_maps(runner, inputs, device)
 
-    def run(inputs: dict) -> torch.Tensor:
-        inputs = {name: value.to(device) for name, value in inputs.items()}
-        if path.channels_last:
-            # (B, T, 3, H, W) -> channels-last-3d strides of its (B, 3, T, H, W) view, where the model reads it
-            key = "videos" if is_mvit else "pixel_values_videos"
-            video = inputs[key] if is_mvit else inputs[key].transpose(1, 2)
-            video = video.contiguous(memory_format=torch.channels_last_3d)
-            inputs[key] = video if is_mvit else video.transpose(1, 2)
-        with torch.inference_mode(), torch.autocast(device.type, path.autocast_dtype or torch.float32,
-                                                     enabled=path.autocast_dtype is not None):
-            output = runner(inputs["videos"]) if is_mvit else runner(**inputs).saliency_map
-        return output.float()
+    def run_backbone(inputs: dict) -> torch.Tensor:
+        videos = path.video_layout(inputs["videos"].to(device), time_axis=2)
+        with path.context(device):
+            return runner(videos).float()
 
-    return run
+    return run_backbone
 
 
 class _PeakRSS:
@@ -287,7 +165,7 @@ def _peak_memory_call(run: Callable, inputs: dict, device: torch.device) -> tupl
 def _count_flops(module: nn.Module, inputs: dict) -> int:
     """FLOPs of one call (FlopCounterMode, 2 per multiply-accumulate, attention included), counted on the eager
     fp32 form on the CPU: every path computes the same function."""
-    module = set_mvit_attention(copy.deepcopy(module), "eager").float().eval()
+    module = PATHS[REFERENCE_PATH].prepare(copy.deepcopy(module).float(), "cpu")
     counter = FlopCounterMode(display=False)
     with counter:
         if isinstance(module, MViT):
@@ -303,7 +181,7 @@ class PathResult:
 
     Attributes:
         network: `"DTFSal"`, `"DTFSal(V)"` or `"mvit_v2_s"` (torchvision's backbone alone).
-        path, description: the `InferencePath`'s name and description.
+        path, description: the `Runtime`'s name and description.
         batch_size: clips per call.
         latency_s: median seconds per call over the repetitions; `latencies_s` all of them.
         first_call_s: the first call (warm-up; with `torch.compile`, compilation).
@@ -407,7 +285,7 @@ def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 @dataclass
 class _Entry:
     network: str
-    path: InferencePath
+    path: Runtime
     batch_size: int
     run: Callable
     inputs: dict
@@ -454,7 +332,7 @@ def run_benchmark(
         raise ValueError(f"unknown paths {unknown}; choose from {sorted(PATHS)}")
     names = [REFERENCE_PATH] + [name for name in names if name != REFERENCE_PATH]
     for name in names:
-        _check_path(PATHS[name], device)
+        PATHS[name].check_device(device)
     if model is None:
         torch.manual_seed(0)
         model = DTFSalModel(config or DTFSalConfig())
@@ -462,7 +340,7 @@ def run_benchmark(
     model = model.eval()
     if inputs is None:
         torch.manual_seed(1)
-        inputs = dummy_inputs(config)
+        inputs = DTFSalModel.build_dummy_inputs(config)
     networks = {"DTFSal" if config.use_audio else "DTFSal(V)": (model, inputs)}
     if include_backbone:
         torch.manual_seed(0)
@@ -517,36 +395,17 @@ def run_benchmark(
             latency_s=statistics.median(entry.latencies), latencies_s=entry.latencies, first_call_s=entry.first_call_s,
             peak_memory_bytes=entry.peak_memory_bytes, flops_per_clip=flops[entry.network], max_abs_diff=diff, map_cc=cc,
         ))
-    settings = {"config": "custom" if config.to_dict() != DTFSalConfig(use_audio=config.use_audio).to_dict() else "paper",
+    settings = {"config": "paper" if _is_paper_config(config) else "custom",
                 "num_frames": config.num_frames, "image_size": list(config.image_size), "use_audio": config.use_audio,
                 "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device),
                 "skipped": skipped}
     return BenchmarkResult(machine=machine_description(device), settings=settings, results=results)
 
 
-class _AutocastModel(nn.Module):
-    """A `DTFSalModel` run under `torch.autocast`, for the whole-video predictor (which reads `.config`)."""
-
-    def __init__(self, model: DTFSalModel, path: InferencePath, device: torch.device):
-        super().__init__()
-        self.model = set_mvit_attention(copy.deepcopy(model), path.attention)
-        self.config = model.config
-        self.path, self.device_type = path, device.type
-
-    def forward(self, **inputs):
-        with torch.autocast(self.device_type, self.path.autocast_dtype or torch.float32,
-                            enabled=self.path.autocast_dtype is not None):
-            output = self.model(**inputs)
-        output.saliency_map = output.saliency_map.float()
-        return output
-
-
-def _video_predictor(model: DTFSalModel, path: InferencePath, device: torch.device, batch_size: int, stride: int):
-    from .inference import SaliencyPredictor
-
-    wrapped = _AutocastModel(model, path, device)
-    return SaliencyPredictor(wrapped, device=device, batch_size=batch_size, stride=stride, trained=True,
-                             model_id=f"benchmark:{path.name}")
+def _is_paper_config(config: DTFSalConfig) -> bool:
+    """Whether `config` is the paper's model (audio-visual or visual-only), whatever its attention kernel."""
+    paper = DTFSalConfig(use_audio=config.use_audio, mvit_attention=config.mvit_attention)
+    return config.to_dict() == paper.to_dict()
 
 
 def measure_video_throughput(
@@ -582,7 +441,9 @@ def measure_video_throughput(
               "decode_only_fps": decoded / decode_s, "strides": {}}
     reference = None
     for stride in sorted(set(int(s) for s in strides)):
-        predictor = _video_predictor(model, PATHS[path], device, batch_size, stride)
+        # The runtime is applied by the predictor, as `dtfsal predict` applies it.
+        predictor = SaliencyPredictor(copy.deepcopy(model), device=device, batch_size=batch_size, stride=stride,
+                                      trained=True, model_id=f"benchmark:{path}", runtime=PATHS[path])
         log(f"whole video: stride {stride}, {decoded} frames")
         start = time.perf_counter()
         maps = np.stack([m for _, _, m in predictor.iter_video_maps(video, max_frames=max_frames, progress=False)])
@@ -634,11 +495,8 @@ def _video_memory_probe(model_id: str, video: str, stride: int, batch_size: int)
     import resource
     import warnings
 
-    from .inference import SaliencyPredictor
-
     warnings.simplefilter("ignore")
-    predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride)
-    set_mvit_attention(predictor.model, "auto")
+    predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride, attention="auto")
     start = time.perf_counter()
     frames = sum(1 for _ in predictor.iter_video_maps(video, progress=False))
     return {"frames": frames, "seconds": time.perf_counter() - start,
@@ -808,8 +666,6 @@ def benchmark(
     whole-video throughput on `video` (with `video_path`, default the fastest path within 0.02 of the eager
     maps), and whole-video memory on `memory_video` looped to `memory_lengths` seconds."""
     if model_id is not None:
-        from .inference import load_model_and_processor
-
         model = load_model_and_processor(model_id)[0]
     else:
         torch.manual_seed(0)

@@ -21,10 +21,28 @@ def _add_info(subparsers) -> None:
     parser.add_argument("--visual-only", action="store_true", help="DTFSal(V): no audio branch")
     parser.add_argument("--tiny", action="store_true", help="the tiny test configuration")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (they run the model once)")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="the model of a training configuration (e.g. examples/configs/ablations/*.yaml), counted "
+                             "on the meta device: parameters and conv + linear multiply-accumulates")
     parser.set_defaults(handler=_run_info)
 
 
 def _run_info(args) -> int:
+    if args.config:
+        from .complexity import describe_config
+        from .training.config import TrainingConfig
+        from .training.trainer import model_config
+
+        import dataclasses
+        import os
+
+        settings = TrainingConfig.from_yaml(args.config).model
+        if settings.init_from and not os.path.isdir(settings.init_from):
+            # A stage-1 run not made yet: the sizes are the configuration's own (its init_from has the same).
+            print(f"(model.init_from {settings.init_from} is not there yet: counting the configuration's own sizes)")
+            settings = dataclasses.replace(settings, init_from=None)
+        print(describe_config(model_config(settings), title=args.config))
+        return 0
     from .complexity import describe_model
 
     print(describe_model(args.model, visual_only=args.visual_only, tiny=args.tiny, with_flops=not args.no_flops))
@@ -168,7 +186,11 @@ def _add_predict(subparsers) -> None:
         "Finished videos are skipped on a rerun; a failing video is reported and the others go on. Under "
         "`accelerate launch` or `torchrun` the videos are shared out between the processes.",
     )
-    parser.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR", help="video files, or folders of videos")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR",
+                        help="video files, folders of videos, or folders of frame images (one video each, its sound "
+                        "the .wav it holds, if any)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of folders of frame images (default: 30; video files use their own times)")
     parser.add_argument("--model", default="demo",
                         help="a trained model folder or Hub id; 'demo' (default): the bundled checkpoint; "
                         "'random' / 'random-tiny': the full-size / tiny model, untrained (maps are meaningless)")
@@ -176,6 +198,12 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: the process's GPU if any, else cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="weights and activations (default: float32)")
+    parser.add_argument("--attention", default="auto",
+                        help="MViT attention kernel, the same maps each way: auto (default: blocked matrix products "
+                        "on a CPU, sdpa elsewhere), sdpa, blocked, eager (torchvision's explicit form)")
+    parser.add_argument("--runtime", default=None, metavar="NAME",
+                        help="a named runtime of `dtfsal benchmark` (e.g. blocked-bf16: autocast; see docs/benchmarks.md); "
+                        "replaces --dtype and --attention")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call (default: 4)")
     parser.add_argument("--stride", type=int, default=1,
                         help="predict every N-th frame, interpolate the others in time: about N times faster (default: 1)")
@@ -215,7 +243,7 @@ def _run_predict(args) -> int:
     results = predict_job(
         args.videos, args.model, args.output, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
         stride=args.stride, alignment=args.alignment, normalize=None if args.no_normalize else "max",
-        blur_sigma=args.blur_sigma, max_frames=args.max_frames,
+        attention=args.attention, runtime=args.runtime, fps=args.fps, blur_sigma=args.blur_sigma, max_frames=args.max_frames,
         overlay_alpha=args.alpha, colormap=args.colormap, write_pngs=not args.no_pngs, write_npz=not args.no_npz,
         write_overlay=not args.no_overlay, overwrite=args.overwrite, progress=False if args.no_progress else None,
     )

@@ -168,23 +168,25 @@ def interpolate_maps(start_time: float, start_map: np.ndarray, end_time: float, 
     maps = []
     for time in times:
         weight = 1.0 if span <= 0 else min(max((time - start_time) / span, 0.0), 1.0)
-        maps.append((1.0 - weight) * start_map + weight * end_map)
+        interpolated = start_map * (1.0 - weight)
+        interpolated += weight * end_map
+        maps.append(interpolated)
     return maps
 
 
 def iter_frame_maps(predictions: Iterable[tuple[ClipWindow, np.ndarray]]) -> Iterator[tuple[object, np.ndarray]]:
     """Every frame with its map, from the clips of `iter_clips` paired with the maps predicted for their targets.
 
-    Frames between two targets get maps interpolated in time between the two predictions.
+    Frames between two targets get maps interpolated in time between the two predictions, one at a time: memory
+    holds two predicted maps and the one being handed out, whatever the stride.
     """
     previous = None  # (time, map) of the previous target
     for window, saliency_map in predictions:
         saliency_map = np.asarray(saliency_map)
         if previous is None:
             previous = (window.target.time, saliency_map)
-        times = [frame.time for frame in window.new_frames]
-        maps = interpolate_maps(previous[0], previous[1], window.target.time, saliency_map, times)
-        yield from zip(window.new_frames, maps)
+        for frame in window.new_frames:
+            yield frame, interpolate_maps(previous[0], previous[1], window.target.time, saliency_map, [frame.time])[0]
         previous = (window.target.time, saliency_map)
 
 

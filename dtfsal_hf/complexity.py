@@ -17,7 +17,8 @@ from torchvision.ops import DeformConv2d
 from .configuration_dtfsal import DTFSalConfig
 from .modeling_dtfsal import DTFSalModel
 
-__all__ = ["count_parameters", "count_conv_linear_macs", "count_flops", "dummy_inputs", "describe_model", "PAPER_TOTALS"]
+__all__ = ["count_parameters", "count_conv_linear_macs", "count_flops", "describe_model", "describe_config",
+           "PAPER_TOTALS"]
 
 # The paper's figures: parameters (M), "GFLOPs" (conv + linear GMACs at 32 x 224 x 384), fp32 size (MB).
 PAPER_TOTALS = {"DTFSal": (49.08, 297.91, 187.26), "DTFSal(V)": (40.73, 259.57, 155.37)}
@@ -25,16 +26,6 @@ PAPER_TOTALS = {"DTFSal": (49.08, 297.91, 187.26), "DTFSal(V)": (40.73, 259.57, 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
-
-
-def dummy_inputs(config: DTFSalConfig, batch_size: int = 1, device="cpu", dtype=torch.float32) -> dict:
-    """Random model inputs of the configuration's sizes."""
-    inputs = {"pixel_values_videos": torch.randn(batch_size, config.num_frames, 3, *config.image_size, device=device, dtype=dtype)}
-    if config.use_audio:
-        inputs["input_features"] = torch.randn(
-            batch_size, config.num_audio_examples, 1, *config.audio_input_size, device=device, dtype=dtype
-        )
-    return inputs
 
 
 def _layer_macs(module: nn.Module, inputs, output: torch.Tensor) -> int:
@@ -99,7 +90,7 @@ def describe_model(model_id: str | None = None, visual_only: bool = False, tiny:
         f" = {parameters * 4 / 1e6:.2f} MB",
     ]
     if with_flops:
-        inputs = dummy_inputs(config)
+        inputs = DTFSalModel.build_dummy_inputs(config)
         macs = count_conv_linear_macs(model, inputs, per_module=True)
         total_macs = sum(macs.values())
         lines.append(f"conv + linear multiply-accumulates: {total_macs / 1e9:.2f} G (the paper's 'GFLOPs')")
@@ -108,4 +99,24 @@ def describe_model(model_id: str | None = None, visual_only: bool = False, tiny:
     if not tiny and model_id is None:
         paper = PAPER_TOTALS[name]
         lines.append(f"paper: {paper[0]} M parameters, {paper[1]} GFLOPs, {paper[2]} MB")
+    return "\n".join(lines)
+
+
+def describe_config(config: DTFSalConfig, title: str = "configuration") -> str:
+    """Parameters and conv + linear multiply-accumulates of the model `config` describes, counted on the meta device
+    (no weights are made and nothing is computed, so any size counts in seconds), per top-level part."""
+    with torch.device("meta"):
+        model = DTFSalModel(config).eval()
+        macs = count_conv_linear_macs(model, DTFSalModel.build_dummy_inputs(config, device="meta"), per_module=True)
+    parameters = count_parameters(model)
+    parts = ", ".join(f"{kind} {getattr(config, kind)}" for kind in ("visual_encoder", "fusion", "decoder")
+                      if kind != "fusion" or config.use_audio)
+    lines = [
+        f"{title}: {config.num_frames} x {config.image_size[0]} x {config.image_size[1]} frames, "
+        f"{'audio-visual' if config.use_audio else 'visual only'}; {parts}; LTEB on levels {config.lteb_levels or 'none'}, "
+        f"DLTFB on levels {config.dltfb_levels or 'none'}",
+        f"parameters: {parameters / 1e6:.2f} M ({parameters:,}); fp32 size {parameters * 4 / 2**20:.2f} MiB",
+        f"conv + linear multiply-accumulates: {sum(macs.values()) / 1e9:.2f} G (the paper's 'GFLOPs')",
+    ]
+    lines += [f"  {part}: {value / 1e9:.2f} G" for part, value in macs.items()]
     return "\n".join(lines)

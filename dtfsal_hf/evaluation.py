@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -51,7 +52,10 @@ PROTOCOL_SAUC_OTHER = {"dhf1k": "videos", "stavis": "same-video"}
 DEFAULT_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "sauc")
 METRIC_TITLES = {"cc": "CC", "nss": "NSS", "auc_judd": "AUC-J", "sim": "SIM", "kld": "KLD", "sauc": "sAUC", "auc_borji": "AUC-B"}
 STAVIS_BLUR_SIGMA = 2.0
-CSV_NAME, SUMMARY_NAME = "per_video.csv", "summary.json"
+CSV_NAME, SUMMARY_NAME, STATE_NAME = "per_video.csv", "summary.json", "evaluation.json"
+# The values a per-video mean can take; a row outside them is not one this module wrote.
+METRIC_RANGES = {"cc": (-1.0, 1.0), "nss": (-math.inf, math.inf), "auc_judd": (0.0, 1.0), "sim": (0.0, 1.0),
+                 "kld": (0.0, math.inf), "sauc": (0.0, 1.0), "auc_borji": (0.0, 1.0)}
 
 
 def protocol_for(dataset: str) -> str:
@@ -333,9 +337,6 @@ class ModelPredictor:
 
     def __call__(self, record: VideoRecord, audio: AudioTrack | str = "own") -> np.ndarray:
         """`(N, h, w)` maps of `record` at the model's resolution; `audio`: `"own"` or the track to hear."""
-        from .clips import iter_batches, iter_clips
-        from .media import audio_window
-
         predictor = self.predictor_for(record)
         if not isinstance(audio, str):
             if not predictor.uses_audio:
@@ -346,14 +347,12 @@ class ModelPredictor:
             track = record.audio() if predictor.uses_audio else None
         else:
             raise ValueError(f"audio must be 'own' or an AudioTrack, got {audio!r}")
-        num_samples = predictor.processor.feature_extractor.num_samples
         maps: list[np.ndarray | None] = [None] * record.num_frames
-        clips = iter_clips(_record_frames(record), predictor.model.config.num_frames)
-        for batch in iter_batches(clips, predictor.batch_size):
-            windows = [audio_window(track, clip.end_time, num_samples) for clip in batch] if track is not None else None
-            for clip, saliency in zip(batch, predictor.predict_clips([clip.images for clip in batch], windows).numpy()):
-                if clip.target.index < record.num_frames:
-                    maps[clip.target.index] = saliency
+        # Causal clips, every frame a target, maps at the model's resolution as the model gives them: the one loop
+        # of `dtfsal predict` (`SaliencyLoop.iter_maps`).
+        for frame, saliency in predictor.iter_maps(_record_frames(record), audio=track, stride=1, progress=False,
+                                                   max_frames=record.num_frames, video_size=False):
+            maps[frame.index] = saliency
         missing = [i for i, m in enumerate(maps) if m is None]
         if missing:
             raise ValueError(f"{record.key}: expected {record.num_frames} frames, the video gave none for frames {missing[:5]}")
@@ -411,7 +410,11 @@ def evaluate_video(
     other_frames: int = 10,
     device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Per-frame scores of one video, `{metric: (N,) float64}` (NaN for frames without fixations)."""
+    """Per-frame scores of one video, `{metric: (N,) float64}` (NaN for frames without fixations).
+
+    Raises `ValueError`, naming the video and the frame, for a predicted map with NaN, infinite or negative values
+    (a saliency map is a non-negative density: KLD of a negative map is NaN, which averages would silently drop).
+    """
     if len(prediction) != record.num_frames:
         raise ValueError(f"{record.key}: expected {record.num_frames} predicted maps, got {len(prediction)}")
     scores = {name: np.full(record.num_frames, math.nan) for name in metrics}
@@ -419,35 +422,180 @@ def evaluate_video(
         fixations = record.fixation_map(frame)
         if not fixations.any():
             continue
+        frame_map = _checked_map(np.asarray(prediction[frame]), record, frame)
         target = torch.from_numpy(record.saliency_map(frame)).to(device)
-        predicted = prepare_prediction(np.asarray(prediction[frame])[None], fixations.shape, protocol)[0].to(device)
+        predicted = prepare_prediction(frame_map[None], fixations.shape, protocol)[0].to(device)
         other = pool.other_map(record, frame, fixations.shape, other_frames, fixations) if pool is not None and "sauc" in metrics else None
-        frame_scores = saliency_metrics.compute_metrics(
-            predicted, target, torch.from_numpy(fixations).to(device),
-            other_map=None if other is None else torch.from_numpy(other).to(device),
-            metrics=metrics, seed=_stable_seed(seed, record.key, frame) % (2**63),
-        )
+        try:
+            frame_scores = saliency_metrics.compute_metrics(
+                predicted, target, torch.from_numpy(fixations).to(device),
+                other_map=None if other is None else torch.from_numpy(other).to(device),
+                metrics=metrics, seed=_stable_seed(seed, record.key, frame) % (2**63),
+            )
+        except ValueError as error:
+            raise ValueError(f"{record.key}, frame {frame + 1}: {error}") from error
         for name, value in frame_scores.items():
             scores[name][frame] = float(value)
     return scores
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _checked_map(frame_map: np.ndarray, record: VideoRecord, frame: int) -> np.ndarray:
+    if not np.isfinite(frame_map).all():
+        raise ValueError(f"{record.key}: the predicted map of frame {frame + 1} holds NaN or infinite values")
+    lowest = float(frame_map.min()) if frame_map.size else 0.0
+    if lowest < 0:
+        raise ValueError(
+            f"{record.key}: the predicted map of frame {frame + 1} holds negative values (down to {lowest:.4g}); "
+            "saliency maps must be non-negative (a sigmoid or softmax output, or values clipped at 0)"
+        )
+    return frame_map
+
+
+def _row_problem(row: dict, columns: list[str], metrics: Sequence[str]) -> str | None:
+    """What is wrong with a CSV row, or None: every column present, counts and metric values that can be."""
+    if None in row or any(row.get(column) is None for column in columns):
+        return f"it has {len([v for v in row.values() if v is not None])} fields, expected {len(columns)}"
+    if not row["key"]:
+        return "its key is empty"
+    try:
+        total, scored = int(row["num_frames"]), int(row["scored_frames"])
+    except ValueError:
+        return f"its frame counts {row['num_frames']!r}, {row['scored_frames']!r} are not integers"
+    if not 0 <= scored <= total:
+        return f"it scores {scored} of {total} frames"
+    for name in metrics:
+        try:
+            value = float(row[name])
+        except ValueError:
+            return f"its {name} {row[name]!r} is not a number"
+        low, high = METRIC_RANGES[name]
+        if not math.isnan(value) and not (low <= value <= high and math.isfinite(value)):
+            return f"its {name} {value} lies outside [{low}, {high}]"
+    return None
+
+
+def _read_rows(path: Path, columns: list[str], metrics: Sequence[str], log: Callable[[str], None]) -> list[dict]:
+    """The rows of an earlier run's CSV. An incomplete last line (the disk filled up, the process was killed while
+    writing) is dropped and the file rewritten without it, so that video is scored again; any other row that is not
+    one this module writes is an error naming its line."""
     if not path.is_file():
         return []
     with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+        text = handle.read()
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is not None and list(reader.fieldnames) != columns:
+        raise ValueError(f"{path} has the columns {list(reader.fieldnames)}, expected {columns}: use another output "
+                         "folder or resume=False")
+    rows = list(reader)
+    problems = [_row_problem(row, columns, metrics) for row in rows]
+    torn = bool(rows) and (problems[-1] is not None or not text.endswith("\n"))
+    if torn:
+        log(f"{path}: dropped its incomplete last line ({rows[-1].get('key')!r}); that video is scored again")
+        rows, problems = rows[:-1], problems[:-1]
+    for index, problem in enumerate(problems):
+        if problem is not None:
+            raise ValueError(f"{path}, row {index + 2} ({rows[index].get('key')!r}): {problem}; remove the row or start "
+                             "over (--no-resume)")
+    keys = [row["key"] for row in rows]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise ValueError(f"{path} scores {duplicated[0]!r} twice; remove one row or start over (--no-resume)")
+    if torn or not text.endswith("\n"):
+        _write_rows(path, columns, rows)
+    return rows
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
+
+
+def _check_rows_match(rows: list[dict], records: Sequence[VideoRecord], path: Path) -> None:
+    """Rows of videos evaluated now must describe those videos (dataset, name, frame count)."""
+    by_key = {record.key: record for record in records}
+    for row in rows:
+        record = by_key.get(row["key"])
+        if record is None:
+            continue
+        seen = (row["dataset"], row["video"], int(row["num_frames"]))
+        wanted = (record.dataset, record.name, record.num_frames)
+        if seen != wanted:
+            raise ValueError(f"{path}: the row of {record.key} describes {seen} (dataset, video, frames), but the video "
+                             f"is {wanted}; start over (--no-resume)")
+
+
+def evaluation_state(records: Sequence[VideoRecord], protocol: str, metrics: Sequence[str], seed: int,
+                     pool_frames_per_video: int, other_frames: int, source: dict | None,
+                     audio: str | None = None, sauc_other: str | None = None) -> dict:
+    """What determines the rows of `per_video.csv`: what is scored (`source`: the predictions folder or the model),
+    the sound a model hears (`audio`, None for saved maps), the protocol, the metrics and the seed; with sAUC, also
+    its other map (`sauc_other`) and the pool (its settings and the videos drawn from, a fingerprint of their keys);
+    with shuffled sound, the videos whose sounds are swapped. The datasets, split and folds are recorded too."""
+    keys = "\n".join(sorted(record.key for record in records))
+    videos = {"videos": len(records), "videos_sha256": hashlib.sha256(keys.encode()).hexdigest()[:16]}
+    state = {
+        "source": source, "audio": audio, "protocol": protocol, "metrics": list(metrics), "seed": seed,
+        "datasets": sorted({record.dataset for record in records}), "split": records[0].split,
+        "folds": sorted({record.fold for record in records if record.fold is not None}),
+    }
+    if audio == "shuffled":
+        state["sound_partners"] = videos
+    if "sauc" in metrics:
+        state["shuffle_pool"] = {"other_map": sauc_other, "frames_per_video": pool_frames_per_video,
+                                 "other_frames": other_frames, **videos}
+    return state
+
+
+# Keys of the state that must match for rows to be reused; datasets, split and folds matter through the pool only.
+_RESUME_KEYS = ("source", "audio", "protocol", "metrics", "seed", "sound_partners", "shuffle_pool")
+
+
+def _resume_state(output_dir: Path, state: dict, resume: bool) -> bool:
+    """Whether the earlier rows can be reused; writes the state of this run. Raises when the folder holds scores of
+    another evaluation (or scores without a state), unless `resume` is False (then they are removed)."""
+    state_path, csv_path = output_dir / STATE_NAME, output_dir / CSV_NAME
+    if resume and csv_path.is_file():
+        if not state_path.is_file():
+            raise ValueError(f"{csv_path} has no {STATE_NAME} saying what was scored: use another output folder, or "
+                             "start over (--no-resume)")
+        try:
+            earlier = json.loads(state_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{state_path} is not valid JSON ({error}): start over (--no-resume)") from error
+        different = [key for key in _RESUME_KEYS if earlier.get(key) != state.get(key)]
+        if different:
+            key = different[0]
+            raise ValueError(
+                f"{output_dir} holds the scores of another evaluation ({key}: {earlier.get(key)!r}, now {state.get(key)!r}): "
+                "use another output folder, or start over (--no-resume)"
+            )
+        return True
+    for name in (CSV_NAME, SUMMARY_NAME):
+        (output_dir / name).unlink(missing_ok=True)
+    partial = state_path.with_name(STATE_NAME + ".tmp")
+    partial.write_text(json.dumps(state, indent=2))
+    partial.replace(state_path)
+    return False
 
 
 def _summarise(rows: list[dict], metrics: Sequence[str]) -> dict:
+    """Means over the videos with at least one scored frame (a video without fixations counts in no mean)."""
+    scored = [row for row in rows if int(row["scored_frames"]) > 0]
+
     def means(subset):
         return {name: saliency_metrics.nanmean([float(row[name]) for row in subset]) for name in metrics}
 
     datasets = sorted({row["dataset"] for row in rows})
     return {
-        "num_videos": len(rows),
-        "metrics": means(rows),
-        "per_dataset": {name: {"num_videos": sum(r["dataset"] == name for r in rows), "metrics": means([r for r in rows if r["dataset"] == name])} for name in datasets},
+        "num_videos": len(scored),
+        "num_unscored_videos": len(rows) - len(scored),
+        "metrics": means(scored),
+        "per_dataset": {name: {"num_videos": sum(r["dataset"] == name for r in scored),
+                               "metrics": means([r for r in scored if r["dataset"] == name])} for name in datasets},
     }
 
 
@@ -463,17 +611,24 @@ def evaluate(
     other_frames: int = 10,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    source: dict | None = None,
+    log: Callable[[str], None] | None = None,
     audio: str = "own",
     sauc_other: str = "auto",
 ) -> dict:
     """Evaluate every video, append one CSV row per video as it finishes, and write a JSON summary.
 
-    With `resume`, videos already in `output_dir/per_video.csv` are skipped. `audio` (one of
-    `AUDIO_MODES`) is the sound a `ModelPredictor` hears: each video's `"own"`, another evaluated
-    video's (`"shuffled"`, `sound_partners` seeded by `seed`), or `"silent"`; other predictors (saved
-    maps, baselines) hear nothing and take only `"own"`. `sauc_other` is sAUC's other map (one of
-    `SAUC_OTHER_MAPS`, or `"auto"`: the protocol's, `PROTOCOL_SAUC_OTHER`). Returns the summary:
-    `num_videos`, `metrics` (mean over videos), `per_dataset`, `protocol` and the settings.
+    `audio` (one of `AUDIO_MODES`) is the sound a `ModelPredictor` hears: each video's `"own"`, another evaluated
+    video's (`"shuffled"`, `sound_partners` seeded by `seed`), or `"silent"`; other predictors (saved maps,
+    baselines) hear nothing and take only `"own"`. `sauc_other` is sAUC's other map (one of `SAUC_OTHER_MAPS`, or
+    `"auto"`: the protocol's, `PROTOCOL_SAUC_OTHER`).
+
+    `output_dir/evaluation.json` records what is scored (`evaluation_state`; `source` describes the predictions,
+    e.g. `{"predictions": "/abs/folder"}` or `{"model": "id"}`, with the sound heard and the sAUC other map). With
+    `resume`, videos already in `per_video.csv` are skipped when the state matches; a folder holding the scores of
+    another evaluation is refused (`resume=False` starts over). An incomplete last CSV line is dropped and that
+    video scored again (`log` says so). Returns the summary: `num_videos` (videos with at least one scored frame),
+    `metrics` (mean over them), `per_dataset`, `protocol` and the settings.
     """
     if not records:
         raise ValueError("expected at least one video to evaluate, got none")
@@ -488,17 +643,20 @@ def evaluate(
         raise ValueError(f"sauc_other must be 'auto' or one of {list(SAUC_OTHER_MAPS)}, got {sauc_other!r}")
     partners = _audio_partners(records, predict_video, audio, seed)
     settings = {"audio": audio if isinstance(predict_video, ModelPredictor) else "", "sauc_other": sauc_other if "sauc" in metrics else ""}
+    log = log or tqdm.write
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = output_dir / CSV_NAME
     columns = ["key", "dataset", "fold", "video", *settings, "num_frames", "scored_frames", *metrics]
-    rows = _read_rows(csv_path) if resume else []
-    if rows and list(rows[0].keys()) != columns:
-        raise ValueError(f"{csv_path} has the columns {list(rows[0].keys())}, expected {columns}: use another output folder or resume=False")
-    _check_resumed_settings(rows, settings, csv_path)
+    state = evaluation_state(records, protocol, metrics, seed, pool_frames_per_video, other_frames, source,
+                             audio=settings["audio"] or None, sauc_other=settings["sauc_other"] or None)
+    if resume and csv_path.is_file():
+        _read_rows(csv_path, columns, metrics, log)  # other columns are the clearest reason to refuse: checked first
+    rows = _read_rows(csv_path, columns, metrics, log) if _resume_state(output_dir, state, resume) else []
+    _check_rows_match(rows, records, csv_path)
     done = {row["key"] for row in rows}
     pool = sauc_other_maps(records, sauc_other, pool_frames_per_video, seed, progress) if "sauc" in metrics else None
-    mode = "a" if rows else "w"
+    mode = "a" if csv_path.is_file() else "w"
     with csv_path.open(mode, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if mode == "w":
@@ -521,6 +679,7 @@ def evaluate(
     summary.update(
         split=records[0].split, folds=folds, protocol=protocol, seed=seed, audio=settings["audio"] or None,
         sauc_other=settings["sauc_other"] or None, pool_frames_per_video=pool_frames_per_video, other_frames=other_frames,
+        source=source,
     )
     if partners:
         summary["audio_partners"] = {key: partner.key for key, partner in sorted(partners.items())}
@@ -538,17 +697,6 @@ def _audio_partners(records: Sequence[VideoRecord], predict_video, audio: str, s
             f"{type(predict_video).__name__} gives maps already made (saved predictions or a baseline)"
         )
     return sound_partners(records, seed) if audio == "shuffled" else {}
-
-
-def _check_resumed_settings(rows: list[dict], settings: dict, csv_path: Path) -> None:
-    """Refuse to add videos scored one way to a CSV of videos scored another way."""
-    for row in rows:
-        differing = {name: row[name] for name, value in settings.items() if row[name] != value}
-        if differing:
-            raise ValueError(
-                f"{csv_path}: {row['key']} was scored with {differing}, this run asks "
-                f"{ {name: settings[name] for name in differing} }: use another output folder or resume=False"
-            )
 
 
 def _nan_to_none(value):
@@ -594,8 +742,9 @@ def run_evaluation(
                          "sound they were made with: give a model instead of predictions")
     records = _split_records(dataset, root, split, fold, fold_lists, max_videos)
     predict = PredictionFolder(predictions) if predictions is not None else load_model_predictor(model, batch_size, device)
+    source = {"predictions": str(Path(predictions).resolve())} if predictions is not None else {"model": model}
     options = dict(protocol=protocol, metrics=metrics, resume=resume, seed=seed, progress=progress, sauc_other=sauc_other)
-    summary = evaluate(records, predict, output_dir, audio=audio, **options)
+    summary = evaluate(records, predict, output_dir, audio=audio, source=source, **options)
     oracle = synthetic_oracle(records, Path(output_dir) / "visual_only_oracle", **options)
     if oracle is not None:
         summary["visual_only_oracle"] = {"num_videos": oracle["num_videos"], "metrics": oracle["metrics"]}
@@ -683,6 +832,8 @@ def evaluate_audio_controls(
     unknown = [mode for mode in modes if mode not in AUDIO_MODES]
     if unknown or not modes:
         raise ValueError(f"modes must be among {list(AUDIO_MODES)}, got {list(modes)}")
+    if isinstance(model, (str, os.PathLike)):
+        evaluate_options.setdefault("source", {"model": str(model)})
     return {mode: evaluate(records, predict, Path(output_dir) / mode, audio=mode, **evaluate_options) for mode in modes}
 
 
@@ -779,6 +930,7 @@ __all__ = [
     "evaluate",
     "evaluate_audio_controls",
     "evaluate_video",
+    "evaluation_state",
     "format_audio_controls",
     "format_table",
     "load_model_predictor",

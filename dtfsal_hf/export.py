@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .complexity import dummy_inputs
-from .encoders import set_mvit_attention
+from .inference.runtime import PRESETS
 from .modeling_dtfsal import DTFSalModel
 
 __all__ = ["ONNX_OPSET", "export_onnx", "check_onnx", "onnx_input_names"]
@@ -87,8 +86,9 @@ def export_onnx(
     _require_onnx()
     if opset < ONNX_OPSET:
         raise ValueError(f"opset must be at least {ONNX_OPSET} (DeformConv), got {opset}")
-    module = _SaliencyMapOutput(set_mvit_attention(copy.deepcopy(model), "eager").float().eval())
-    inputs = dummy_inputs(model.config, example_batch_size)
+    # torchvision's explicit attention in fp32, which every runtime runs (and fuses itself)
+    module = _SaliencyMapOutput(PRESETS["eager-fp32"].prepare(copy.deepcopy(model).float(), "cpu"))
+    inputs = DTFSalModel.build_dummy_inputs(model.config, example_batch_size)
     names = onnx_input_names(model)
     batch = torch.export.Dim("batch", min=1, max=max_batch_size)
     translations = {torch.ops.torchvision.deform_conv2d.default: _deform_conv2d_to_onnx()}
@@ -124,7 +124,7 @@ def check_onnx(
     generator = torch.Generator().manual_seed(seed)
     differences = {}
     for batch_size in batch_sizes:
-        batch = dummy_inputs(model.config, batch_size)
+        batch = DTFSalModel.build_dummy_inputs(model.config, batch_size)
         batch = {name: torch.randn(value.shape, generator=generator) for name, value in batch.items()}
         if inputs is not None:
             for name in names:

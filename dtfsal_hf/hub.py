@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "collect_model_files",
     "load_evaluation_summaries",
     "push_to_hub",
+    "secret_like_files",
 ]
 
 # The Hub lists no task that takes a video with its sound and returns saliency maps, and every listed task
@@ -271,6 +273,31 @@ def collect_model_files(model_dir: str | Path) -> list[Path]:
     return sorted(needed | extra)
 
 
+# File names that usually hold credentials, and credentials as they appear inside text files.
+_SECRET_NAMES = re.compile(r"token(?!izer)|secret|passw|credential|api[_-]?key|private[_-]?key|^\.env|\.env$|netrc|id_rsa|id_ed25519",
+                           re.IGNORECASE)
+_SECRET_TEXT = re.compile(
+    r"\bhf_[A-Za-z0-9]{30,}|\b(?:sk|ghp|gho|xox[bp])[-_][A-Za-z0-9_-]{20,}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+    r"|[\"']?(?:api[_-]?key|access[_-]?token|auth[_-]?token|password|secret)[\"']?\s*[:=]\s*[\"'][^\"']{8,}",
+    re.IGNORECASE,
+)
+
+
+def secret_like_files(files: Sequence[Path]) -> list[str]:
+    """`"<file>: <why>"` for each file whose name looks like a credential's (`*token*`, `.env`, `*secret*`...) or
+    whose text holds something that looks like one (a Hugging Face token `hf_...`, a private key, `"api_key": "..."`)."""
+    found = []
+    for path in files:
+        if _SECRET_NAMES.search(path.name):
+            found.append(f"{path.name}: its name looks like a credential's")
+            continue
+        if path.suffix in (".json", ".py", ".md", ".txt", ".yaml", ".yml") and path.stat().st_size < 10_000_000:
+            match = _SECRET_TEXT.search(path.read_text(encoding="utf-8", errors="replace"))
+            if match:
+                found.append(f"{path.name}: it holds what looks like a credential ({match.group(0)[:12]}...)")
+    return found
+
+
 def _parameter_count(weight_files: Sequence[Path]) -> int:
     from safetensors import safe_open
 
@@ -445,6 +472,13 @@ def push_to_hub(
     """
     _check_repo_id(repo_id)
     files = collect_model_files(model_dir)
+    secrets = secret_like_files(files)
+    if secrets:
+        warnings.warn(
+            f"{len(secrets)} file(s) to be published to {repo_id} may hold credentials: " + "; ".join(secrets)
+            + ". Remove them from the folder (or the credentials from them) if they should not be public",
+            UserWarning, stacklevel=2,
+        )
     evaluations = load_evaluation_summaries(evaluation_files)
     card = build_model_card(
         model_dir, repo_id, evaluations=evaluations, datasets=datasets, license=license,

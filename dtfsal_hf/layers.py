@@ -381,6 +381,8 @@ class AMFB(nn.Module):
         self.visual_dim = visual_dim
         self.audio_dim = audio_dim
         self.alignment = alignment
+        # The model passes `audio_times` and `visual_times` to a fusion block that says it takes them.
+        self.takes_times = alignment == "time"
         if alignment == "time":
             self.audio_steps = TimeAlignedAudio(audio_dim, audio_bands, audio_proj_dim)
             in_dim, step_dim = visual_dim, 2 * audio_proj_dim

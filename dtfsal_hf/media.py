@@ -161,6 +161,9 @@ def _decoded_video_frames(container, stream, path, convert: bool = True) -> Iter
             time = float(frame.pts * frame.time_base) if frame.pts is not None else None
             duration = float(frame.duration * frame.time_base) if frame.duration else None
             rotation = int(frame.rotation or 0)
+            if frame.is_corrupt:
+                # The decoder concealed damaged data: the picture is partly made up.
+                raise ValueError(f"{path} is corrupt: frame {count + 1} could not be decoded intact")
             count += 1
             yield time, duration, _to_rgb(frame, rotation) if convert else None, rotation
     except av.error.FFmpegError as error:
@@ -195,7 +198,9 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not a video, has no video stream, no decodable frame, or is corrupt.
+        ValueError: the file is not a video, has no video stream or no decodable frame; a frame is damaged (the
+            decoder flags it corrupt); or the file holds fewer frames than its header declares (truncated). The
+            last two are raised where they are found: the frames before them have been yielded.
     """
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -210,13 +215,45 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
             pending = (index, time, duration, image)
         if pending is None:
             raise ValueError(f"{path}: no video frame could be decoded (empty or truncated file)")
-        yield _finished_frame(pending, None, nominal)
-        if stream.frames and pending[0] + 1 < stream.frames - 1:
-            warnings.warn(
-                f"{path}: the container declares {stream.frames} frames but only {pending[0] + 1} could be "
-                "decoded; the file may be truncated",
-                stacklevel=2,
+        last = _finished_frame(pending, None, nominal)
+        yield last
+        _check_complete(path, stream, last, nominal, origin or 0.0)
+
+
+def _declared_video_duration(stream) -> float | None:
+    """The video track's length as its header gives it (Matroska writes it as a tag), in seconds."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION")
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _check_complete(path, stream, last: Frame, nominal: float, start: float = 0.0) -> None:
+    """Raise when fewer frames were decoded than the header declares: the file is truncated or damaged.
+
+    The frame count is compared where the container gives one (MP4, MOV, AVI: one frame of slack); otherwise the
+    end of the last frame is compared with the track's declared length (Matroska, WebM: 1.5 frames of slack).
+    Streams without either (MPEG-TS) cannot be checked. The declared length counts from time 0, the frames' times
+    from the track's `start`: a track starting late (an encoder delay, a copied stream) is not taken for a short one.
+    """
+    decoded = last.index + 1
+    if stream.frames:
+        if decoded < stream.frames - 1:
+            raise ValueError(
+                f"{path} is truncated or corrupt: the container declares {stream.frames} frames but only {decoded} "
+                "could be decoded"
             )
+        return
+    declared = _declared_video_duration(stream)
+    if declared is not None and start + last.end_time < declared - 1.5 * nominal:
+        raise ValueError(
+            f"{path} is truncated or corrupt: the video track declares {declared:.2f} s but frames could be decoded "
+            f"only up to {last.end_time:.2f} s ({decoded} frames)"
+        )
 
 
 def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -228,17 +265,36 @@ def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([f.image for f in frames]), np.array([f.time for f in frames], dtype=np.float64)
 
 
+class _PackedFloat:
+    """Decoded sound frames as packed float32 arrays (n, channels), whatever the format, layout or channel count.
+
+    Planar frames are never turned into arrays here: PyAV's `to_ndarray` reads the plane pointers of a planar
+    frame until it finds a null one, and a frame of 8 channels has none after its eighth, so it reads past the
+    end (a crash, 7.1 sound being common). Packed data has one plane whatever the channel count, including
+    layouts without a channel order. A new resampler is set up whenever the format or layout changes.
+    """
+
+    def __init__(self) -> None:
+        self.resampler, self.setup = None, None
+
+    def convert(self, frame: av.AudioFrame) -> Iterator[tuple[np.ndarray, int]]:
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if setup != self.setup:
+            self.resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+            self.setup = setup
+        for converted in self.resampler.resample(frame):
+            # (1, n * channels) interleaved -> (n, channels)
+            yield converted.to_ndarray().reshape(-1, converted.layout.nb_channels), converted.sample_rate
+
+
 def _audio_chunks(container, stream, path) -> Iterator[tuple[float | None, np.ndarray, int]]:
-    """(time, samples (channels, n) float32, sampling rate) of each decoded audio frame."""
-    resampler = None
+    """(time, samples (n, channels) float32, sampling rate) of each decoded audio frame."""
+    packed = _PackedFloat()
     try:
         for frame in container.decode(stream):
-            if resampler is None:
-                # Convert whatever the decoder gives (s16, s32p, fltp...) to planar float, channels and rate kept.
-                resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
             time = float(frame.pts * frame.time_base) if frame.pts is not None else None
-            for converted in resampler.resample(frame):
-                yield time, converted.to_ndarray(), converted.sample_rate
+            for samples, rate in packed.convert(frame):
+                yield time, samples, rate
                 time = None
     except av.error.FFmpegError as error:
         raise ValueError(f"{path}: the sound track is truncated or corrupt ({type(error).__name__}: {error})") from error
@@ -326,7 +382,7 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = TARGET_SAMPLING_RAT
             if resampler is None:
                 rate, start = chunk_rate, time if time is not None else _stream_start(stream)
                 resampler = _StreamingResampler(int(rate), sampling_rate)
-            resampler.add(samples.mean(axis=0, dtype=np.float32))
+            resampler.add(samples.mean(axis=1, dtype=np.float32))
     waveform = resampler.finish() if resampler is not None else np.zeros(0, dtype=np.float32)
     if waveform.shape[0] == 0:
         warnings.warn(f"{path}: the sound track holds no decodable samples: using silent audio", UserWarning, stacklevel=2)
@@ -373,9 +429,17 @@ def overlay_saliency(image: np.ndarray, saliency_map: np.ndarray, alpha: float =
         )
         saliency_map = resized[0, 0].numpy()
     saliency_map = np.clip(saliency_map, 0.0, 1.0)
-    colours = _colormap_table(colormap)[np.round(saliency_map * 255).astype(np.int64)]
-    weight = alpha * saliency_map[..., None]
-    return np.clip(image * (1.0 - weight) + colours * weight, 0, 255).astype(np.uint8)
+    levels = np.round(saliency_map * 255).astype(np.uint8)
+    weight = alpha * saliency_map
+    keep = 1.0 - weight
+    table = _colormap_table(colormap)
+    blended = np.empty(image.shape, dtype=np.uint8)
+    # Channel by channel, so a 4K frame needs a few (H, W) float32 planes rather than (H, W, 3) ones.
+    for channel in range(3):
+        plane = image[..., channel] * keep
+        plane += table[levels, channel] * weight
+        blended[..., channel] = np.clip(plane, 0, 255, out=plane)
+    return blended
 
 
 def _even(image: np.ndarray) -> np.ndarray:
@@ -472,7 +536,8 @@ def write_overlay_video(
     with av.open(str(path), mode="w", format="mp4") as container:
         video = container.add_stream("libx264", rate=rate)
         video.width, video.height = shape[1] + shape[1] % 2, shape[0] + shape[0] % 2
-        video.pix_fmt, video.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
+        # A short rate-control lookahead (veryfast's is 10 frames): 175 MB less for a 4K overlay.
+        video.pix_fmt, video.options = "yuv420p", {"crf": str(crf), "preset": "veryfast", "x264-params": "rc-lookahead=4"}
         video.codec_context.time_base = time_base
         sound = _AudioEncoder(container, *_source_audio(audio)) if audio is not None else None
         last_pts, count = -1, 0

@@ -7,6 +7,8 @@ serves folders saved otherwise (by an older version, or by hand) and the checks 
 - `add_remote_code(folder, {"AutoProcessor": DTFSalProcessor, ...})` copies the files that define the
   classes, and the sibling files they import, into the folder, and writes the `auto_map` entries where
   transformers looks for them;
+- `add_pipeline(folder)` adds the `video-saliency` pipeline (`pipeline_dtfsal.py`) and its `custom_pipelines`
+  entry;
 - `check_remote_loadable(folder)` refuses a folder whose model or processor would not load that way,
   naming what is missing.
 
@@ -143,6 +145,31 @@ def add_remote_code(folder: str | os.PathLike, auto_map: Mapping[str, type]) -> 
     return copied
 
 
+PIPELINE_TASK = "video-saliency"
+
+
+def add_pipeline(folder: str | os.PathLike) -> list[Path]:
+    """Copy the `video-saliency` pipeline's code (`pipeline_dtfsal.py` and the sibling files it imports) into a saved
+    model folder and name it in its `config.json` (`custom_pipelines`), as transformers' `Pipeline.save_pretrained`
+    does, so `pipeline("video-saliency", model=folder, trust_remote_code=True)` loads it without the package.
+    Returns the paths of the copied `.py` files."""
+    from .pipeline_dtfsal import DTFSalVideoSaliencyPipeline
+
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} holds no config.json; save the model there first")
+    copied = []
+    for source in remote_code_files([DTFSalVideoSaliencyPipeline]):
+        shutil.copyfile(source, folder / source.name)
+        copied.append(folder / source.name)
+    config = _read_json(config_file)
+    config["custom_pipelines"] = {PIPELINE_TASK: {
+        "impl": f"pipeline_dtfsal.{DTFSalVideoSaliencyPipeline.__name__}", "pt": ["AutoModel"], "type": "multimodal"}}
+    _write_json(config_file, config)
+    return copied
+
+
 # What `AutoConfig`/`AutoModel` and `AutoProcessor` need, with `trust_remote_code=True`, to build a saved
 # DTFSal model and processor without the package.
 MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModel")
@@ -207,4 +234,4 @@ def check_remote_loadable(folder: str | os.PathLike) -> None:
         )
 
 
-__all__ = ["add_remote_code", "check_remote_loadable", "remote_code_files", "sibling_import_closure"]
+__all__ = ["PIPELINE_TASK", "add_pipeline", "add_remote_code", "check_remote_loadable", "remote_code_files", "sibling_import_closure"]

@@ -1,7 +1,7 @@
 """The MViT attention kernels alone, at the first and third stage's shapes of DTFSal (32 x 224 x 384).
 
 Times the additive-mask SDPA (the decomposed relative-position logits written out as a mask), the folded
-SDPA (`dtfsal_hf.encoders.fold_rel_pos`: no mask, so flash attention applies) and the folded blocked matrix
+SDPA (`dtfsal_hf.mvit_attention.fold_rel_pos`: no mask, so flash attention applies) and the folded blocked matrix
 products (`blocked_attention`), and prints their largest difference from the masked form.
 
     python scripts/attention_kernels.py --device cuda --batch-size 32
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dtfsal_hf.encoders import _rel_pos_logits, blocked_attention, fold_rel_pos  # noqa: E402
+from dtfsal_hf.mvit_attention import _rel_pos_logits, blocked_attention, fold_rel_pos  # noqa: E402
 
 
 def rel_pos_mask(q, q_thw, k_thw, tables) -> torch.Tensor:

@@ -106,11 +106,11 @@ if step "profile" 40; then
 import torch
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.benchmark import PATHS, prepare_path
-from dtfsal_hf.complexity import dummy_inputs
+from dtfsal_hf import DTFSalModel
 torch.manual_seed(0)
 model = DTFSalModel(DTFSalConfig())
 run = prepare_path(model, PATHS["sdpa-bf16"], "cuda")
-inputs = {k: v.cuda() for k, v in dummy_inputs(model.config, batch_size=8).items()}
+inputs = {k: v.cuda() for k, v in DTFSalModel.build_dummy_inputs(model.config, batch_size=8).items()}
 for _ in range(2):
     run(inputs)
 torch.cuda.synchronize()

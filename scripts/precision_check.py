@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel  # noqa: E402
 from dtfsal_hf.benchmark import PATHS, machine_description, prepare_path  # noqa: E402
-from dtfsal_hf.encoders import set_mvit_attention  # noqa: E402
 from dtfsal_hf.modeling_dtfsal import correlation_coefficient  # noqa: E402
 
 
@@ -71,7 +70,7 @@ def make_batch(config: DTFSalConfig, batch_size: int, generator: torch.Generator
 def train(model: DTFSalModel, seconds: float, batch_size: int, device: torch.device, seed: int) -> list[dict]:
     """AdamW under bf16 autocast until `seconds` have passed; returns the loss every step."""
     generator = torch.Generator().manual_seed(seed)
-    set_mvit_attention(model, "sdpa").to(device).train()
+    model.set_mvit_attention("sdpa").to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.01)
     curve, start, step = [], time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
@@ -164,7 +163,7 @@ def main(argv=None) -> int:
         report["comparisons"] += rows
 
     if args.save:
-        set_mvit_attention(model, "eager").float().cpu().save_pretrained(args.save)
+        model.set_mvit_attention("eager").float().cpu().save_pretrained(args.save)
     curve = report.get("loss_curve", [])
     machine = report["machine"]
     print(f"\n{report['config']} DTFSal; {machine.get('gpu', machine.get('cpu'))}, torch {machine.get('torch')}")

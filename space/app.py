@@ -8,6 +8,9 @@ Environment variables (Space "Variables", or the shell when run locally with `py
 - `DTFSAL_MODEL`: the audio-visual model, a Hub id or a folder (default `DEFAULT_MODEL`);
 - `DTFSAL_MODEL_VISUAL`: the visual-only model DTFSal(V) (default `DEFAULT_VISUAL_MODEL`);
 - `DTFSAL_MAX_SECONDS`: how much of each video is processed (default 10 s on CPU, 120 s on a GPU);
+- `DTFSAL_MAX_MEGAPIXEL_FRAMES`: the same as pixels x frames (default 10 s of 1080p at 30 fps on CPU, 120 s on a
+  GPU), so a large video is cut sooner than a small one;
+- `DTFSAL_MAX_FRAME_PIXELS`: the largest frame taken (default 2560 x 1440); larger videos are refused;
 - `DTFSAL_DEVICE`: `cpu` or `cuda` (default: `cuda` when available).
 A Hub model that cannot be loaded (offline, not published yet) is replaced by the checkpoint embedded in
 the package (`demo`), and the page says so. Prediction itself is `dtfsal_hf.inference`'s, as in the CLI.
@@ -33,6 +36,7 @@ import pandas as pd
 import torch
 from huggingface_hub.errors import HfHubHTTPError
 from matplotlib import colormaps
+from PIL import Image
 
 from dtfsal_hf.inference import (
     DEMO_CHECKPOINT,
@@ -40,6 +44,7 @@ from dtfsal_hf.inference import (
     SaliencyPredictor,
     demo_message,
     is_synthetic_example,
+    iter_npz_maps,
     predict_to_folder,
     saliency_statistics,
     untrained_message,
@@ -60,8 +65,13 @@ COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
 # browsers name some (e.g. ".AVI", ".mkv") with no video type.
 VIDEO_FILE_TYPES = ["video", *VIDEO_EXTENSIONS]
 GALLERY_SIZE = 8
+GALLERY_MAX_SIDE = 960  # heat maps are shown at most this wide or high (a 4K map in RGBA float64 is 265 MB)
 DEFAULT_STRIDE = 4
 CPU_MAX_SECONDS, GPU_MAX_SECONDS = 10.0, 120.0
+# Pixels x frames processed: 10 s (CPU) or 120 s (GPU) of 1080p at 30 fps; a 4K video gets a quarter of that.
+CPU_MAX_MEGAPIXEL_FRAMES, GPU_MAX_MEGAPIXEL_FRAMES = 10 * 30 * 1920 * 1080 / 1e6, 120 * 30 * 1920 * 1080 / 1e6
+# The largest frame taken: at 2560x1440 a run with the demo model peaks at 1.7 GB, at 3840x2160 at 2.6 GB.
+MAX_FRAME_PIXELS = 2560 * 1440
 MAX_UPLOAD = "200mb"
 RESULTS_LIFETIME_S = 3600  # result folders older than this are deleted when a new run starts
 RESULTS_DIR = Path(tempfile.gettempdir()) / "dtfsal-space"
@@ -83,14 +93,35 @@ def model_id(variant: str) -> str:
     return os.environ.get(variable) or default
 
 
+def _positive_setting(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be positive, got {value:g}")
+    return value
+
+
 def length_cap() -> tuple[float, str]:
     """Seconds of each video processed, and why, as shown on the page."""
     on_gpu = device().startswith("cuda")
-    seconds = float(os.environ.get("DTFSAL_MAX_SECONDS") or (GPU_MAX_SECONDS if on_gpu else CPU_MAX_SECONDS))
-    if seconds <= 0:
-        raise ValueError(f"DTFSAL_MAX_SECONDS must be positive, got {seconds}")
+    seconds = _positive_setting("DTFSAL_MAX_SECONDS", GPU_MAX_SECONDS if on_gpu else CPU_MAX_SECONDS)
     hardware = "a GPU" if on_gpu else "CPU only"
     return seconds, f"this Space runs on {hardware}, so each video is limited to its first {seconds:g} s"
+
+
+def pixel_frames_cap() -> float:
+    """Pixels x frames of each video processed (so a large video is cut sooner than a small one)."""
+    on_gpu = device().startswith("cuda")
+    default = GPU_MAX_MEGAPIXEL_FRAMES if on_gpu else CPU_MAX_MEGAPIXEL_FRAMES
+    return _positive_setting("DTFSAL_MAX_MEGAPIXEL_FRAMES", default) * 1e6
+
+
+def frame_pixels_cap() -> int:
+    """The largest frame (pixels) the Space takes."""
+    return int(_positive_setting("DTFSAL_MAX_FRAME_PIXELS", MAX_FRAME_PIXELS))
 
 
 # Models
@@ -157,32 +188,71 @@ def check_video(path: str | None) -> VideoInfo:
         raise gr.Error(f"{name} cannot be used: {message}. Upload a video file (MP4, AVI, MOV, WebM, MKV...).")
     if info.width < 16 or info.height < 16:
         raise gr.Error(f"{name} is {info.width}x{info.height} pixels: the model needs at least 16x16.")
+    largest = frame_pixels_cap()
+    if info.width * info.height > largest:
+        raise gr.Error(
+            f"{name} is {info.width}x{info.height} ({info.width * info.height / 1e6:.1f} megapixels a frame): this Space "
+            f"takes frames of up to {largest / 1e6:.1f} megapixels{' (2560x1440)' if largest == MAX_FRAME_PIXELS else ''}. "
+            "Scale the video down, or run the app on your own machine."
+        )
     return info
 
 
-def frame_cap(info: VideoInfo, seconds: float) -> int | None:
-    """How many frames make the first `seconds` of the video; None when the video is not longer."""
-    if info.duration is not None and info.duration <= seconds:
-        return None
-    # Frames start at k / fps; those starting before `seconds` are kept.
-    return max(1, math.ceil(seconds * (info.fps or 30.0) - 1e-6))
+def frame_cap(info: VideoInfo, seconds: float, pixel_frames: float | None = None) -> int | None:
+    """How many frames are processed: those starting in the first `seconds`, and no more than `pixel_frames`
+    divided by the frame's pixels. None when the whole video is within both."""
+    by_time = None
+    if info.duration is None or info.duration > seconds:
+        # Frames start at k / fps; those starting before `seconds` are kept.
+        by_time = max(1, math.ceil(seconds * (info.fps or 30.0) - 1e-6))
+    by_pixels = None
+    if pixel_frames is not None:
+        by_pixels = max(1, int(pixel_frames // (info.width * info.height)))
+        known = info.num_frames or (info.duration * info.fps if info.duration and info.fps else None)
+        if known is not None and known <= by_pixels:
+            by_pixels = None
+    caps = [cap for cap in (by_time, by_pixels) if cap is not None]
+    return min(caps) if caps else None
+
+
+def cap_reason(info: VideoInfo, max_frames: int, seconds_reason: str, pixel_frames: float) -> str:
+    """Why a video was cut, for the summary: the time cap, or the pixels x frames cap of a large video."""
+    if max_frames == max(1, int(pixel_frames // (info.width * info.height))):
+        seconds = max_frames / (info.fps or 30.0)
+        return (f"at {info.width}x{info.height} this Space processes {max_frames} frames ({seconds:.1f} s; it takes "
+                f"{pixel_frames / 1e6:g} megapixel-frames of each video)")
+    return seconds_reason
 
 
 # Output
 
 
-def heat_maps(maps: np.ndarray, times: np.ndarray, colormap: str, count: int = GALLERY_SIZE) -> list[tuple]:
+def _gallery_size(height: int, width: int) -> tuple[int, int]:
+    scale = min(1.0, GALLERY_MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def heat_maps(maps, times: np.ndarray, colormap: str, count: int = GALLERY_SIZE) -> list[tuple]:
     """Up to `count` maps, evenly spaced in time, coloured with `colormap`, with their frame and time.
 
-    `maps` are (frames, height, width) uint8, as `maps.npz` stores them.
+    `maps` are (frames, height, width) uint8, as `maps.npz` stores them, or a path to `maps.npz` (read one map at
+    a time). Maps larger than `GALLERY_MAX_SIDE` are shown shrunk to it.
     """
-    indices = np.unique(np.linspace(0, len(maps) - 1, num=min(count, len(maps))).round().astype(int))
+    frames = len(times)
+    indices = np.unique(np.linspace(0, frames - 1, num=min(count, frames)).round().astype(int))
+    source = iter_npz_maps(maps) if isinstance(maps, (str, Path)) else iter(maps)
     table = colormaps[colormap]
     images = []
-    for index in indices:
-        saliency_map = maps[index].astype(np.float32) / 255.0
-        image = (table(saliency_map)[..., :3] * 255).astype(np.uint8)
+    for index, saliency_map in enumerate(source):
+        if index not in indices:
+            continue
+        height, width = _gallery_size(*saliency_map.shape)
+        if (height, width) != saliency_map.shape:
+            saliency_map = np.asarray(Image.fromarray(saliency_map).resize((width, height), Image.Resampling.BILINEAR))
+        image = (table(saliency_map.astype(np.float32) / 255.0)[..., :3] * 255).astype(np.uint8)
         images.append((image, f"frame {index + 1} · {times[index]:.2f} s"))  # numbered as the PNGs
+        if index == indices[-1]:
+            break
     return images
 
 
@@ -238,7 +308,8 @@ def predict(video, variant, stride, blur_sigma, opacity, colormap, progress=gr.P
     progress(0.0, desc="Loading the model")
     loaded = load_model(variant)
     seconds, reason = length_cap()
-    max_frames = frame_cap(info, seconds)
+    pixel_frames = pixel_frames_cap()
+    max_frames = frame_cap(info, seconds, pixel_frames)
 
     def report(done: int, total: int | None) -> None:
         progress((done, total), desc="Predicting saliency", unit="frames")
@@ -247,15 +318,18 @@ def predict(video, variant, stride, blur_sigma, opacity, colormap, progress=gr.P
         video, loaded.predictor, overlay_alpha=float(opacity), colormap=colormap, stride=int(stride),
         blur_sigma=float(blur_sigma), max_frames=max_frames, progress=report,
     )
+    # The maps are read back one at a time: a 4K map stack would not fit in memory as float64 copies.
     with np.load(outputs["npz"]) as saved:
-        maps, times = saved["maps"], saved["times"]
-    statistics = saliency_statistics(maps)
+        times = saved["times"]
+    statistics = saliency_statistics(iter_npz_maps(outputs["npz"]))
     centre, entropy = statistics_tables(statistics, times)
     archive = write_download(outputs, statistics, times)
-    cut = max_frames is not None and len(maps) >= max_frames
+    cut = max_frames is not None and len(times) >= max_frames
+    if cut:
+        reason = cap_reason(info, max_frames, reason, pixel_frames)
     caveats = _model_caveats(variant, loaded, video)
-    summary = _summary(Path(video).name, info, loaded, len(maps), cut, reason, time.perf_counter() - started, caveats)
-    return str(outputs["overlay"]), heat_maps(maps, times, colormap), centre, entropy, str(archive), summary
+    summary = _summary(Path(video).name, info, loaded, len(times), cut, reason, time.perf_counter() - started, caveats)
+    return str(outputs["overlay"]), heat_maps(outputs["npz"], times, colormap), centre, entropy, str(archive), summary
 
 
 def _predict_to_folder(video: str, predictor: SaliencyPredictor, **options) -> dict:

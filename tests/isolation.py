@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 BLOCK_PACKAGE = textwrap.dedent(
     """
@@ -132,3 +133,29 @@ def maps_with_package(folder, inputs: dict) -> dict:
     maps = torch.stack(processor.post_process_saliency(raw, target_sizes=tuple(inputs["size"])))
     return {"pixel_values_videos": features["pixel_values_videos"], "input_features": features["input_features"],
             "raw": raw, "maps": maps}
+
+
+def check_remote_model_equals(model, folder, work_dir, loaded_class: str = "model") -> None:
+    """Save `model` to `folder`, load it there with `AutoModel` and `trust_remote_code=True` where this package cannot
+    be imported, and check that its maps on random inputs equal the package model's exactly; `loaded_class` names
+    the object whose class must come from the remote code (`"model"`, or an attribute path such as
+    `"model.decoder"`)."""
+    import torch
+
+    model.save_pretrained(folder)
+    inputs = type(model).build_dummy_inputs(model.config)
+    torch.save(inputs, Path(work_dir) / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).saliency_map, Path(work_dir) / "expected.pt")
+    run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type({loaded_class}).__module__.startswith("transformers_modules"), type({loaded_class}).__module__
+        inputs = torch.load({str(Path(work_dir) / 'inputs.pt')!r})
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).saliency_map, torch.load({str(Path(work_dir) / 'expected.pt')!r}))
+        """,
+        cwd=work_dir,
+    )

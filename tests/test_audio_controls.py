@@ -25,8 +25,9 @@ from dtfsal_hf.evaluation import (
 )
 from dtfsal_hf.inference import SaliencyPredictor
 from dtfsal_hf.modeling_dtfsal import DTFSalModel
+from dtfsal_hf.processing_dtfsal import DTFSalProcessor
 
-WINDOW = 24560  # samples of one clip's audio window at 16 kHz
+WINDOW = DTFSalProcessor.from_model_config(DTFSalConfig.tiny()).feature_extractor.num_samples  # one clip's audio window at 16 kHz
 FPS = 25.0
 # Video name -> (tone in Hz, length of its sound in seconds). V2's sound is shorter than its 5 frames
 # (0.2 s), so a video paired with it hears V2's sound looped.
@@ -72,9 +73,9 @@ def heard(monkeypatch):
     calls = []
     original = SaliencyPredictor.predict_clips
 
-    def spy(self, clips, audio=None):
+    def spy(self, clips, audio=None, frame_times=None):
         calls.append([np.array(w, dtype=np.float64) for w in audio] if audio is not None else None)
-        return original(self, clips, audio)
+        return original(self, clips, audio, frame_times)
 
     monkeypatch.setattr(SaliencyPredictor, "predict_clips", spy)
     return calls
@@ -195,7 +196,7 @@ def test_cli_evaluate_with_shuffled_sound(avad, tiny_model, tmp_path, capsys, he
     # The command reports an expected error in one line and exits 1.
     capsys.readouterr()
     assert main(arguments + ["--audio", "own"]) == 1
-    assert "was scored with" in capsys.readouterr().err
+    assert "another evaluation (audio: 'shuffled', now 'own')" in capsys.readouterr().err
     assert main(["evaluate", "--dataset", "AVAD", "--root", str(avad), "--predictions", str(tmp_path),
                  "--output", str(tmp_path / "p"), "--audio", "silent"]) == 1
     assert "give a model instead of predictions" in capsys.readouterr().err

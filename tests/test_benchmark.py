@@ -19,7 +19,7 @@ from dtfsal_hf.benchmark import (
     torchvision_mvit_v2_s,
 )
 from dtfsal_hf.cli import main
-from dtfsal_hf.complexity import dummy_inputs
+from dtfsal_hf.inference import Runtime
 from dtfsal_hf.media import iter_frames, probe_video, write_overlay_video
 
 REAL_VIDEO = "/work/shared/data/dhf1k_002/002.AVI"
@@ -85,16 +85,16 @@ def test_floor_is_torchvisions_mvit_v2_s():
 
 def test_channels_last_path_gives_the_same_maps():
     model = tiny_model()
-    inputs = dummy_inputs(model.config, 1)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, 1)
     expected = prepare_path(model, PATHS["sdpa-fp32"])(inputs)
-    actual = prepare_path(model, PATHS["sdpa-fp32"].__class__("cl", channels_last=True))(inputs)
+    actual = prepare_path(model, Runtime("cl", attention="sdpa", channels_last=True))(inputs)
     assert (actual - expected).abs().max() < 1e-5
 
 
 def test_float32_ends_run_in_float32_under_autocast():
     import copy
 
-    from dtfsal_hf.benchmark import FLOAT32_ENDS, keep_float32
+    from dtfsal_hf.inference.runtime import FLOAT32_ENDS, keep_float32
 
     model = DTFSalModel.from_pretrained("dtfsal_hf/assets/demo-checkpoint").eval()
     kept = keep_float32(copy.deepcopy(model))
@@ -110,7 +110,7 @@ def test_float32_ends_run_in_float32_under_autocast():
 
     for name in ("visual_encoder.conv_proj", "decoder_heads.0", "fuse_maps", "fusion_blocks.0"):
         kept.get_submodule(name).register_forward_hook(record(name))
-    inputs = dummy_inputs(model.config, 1)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, 1)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         kept(**inputs)
     assert seen == {"visual_encoder.conv_proj": torch.float32, "decoder_heads.0": torch.float32,
@@ -155,3 +155,32 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert {r["path"] for r in data["results"]} == {"eager-fp32", "sdpa-fp32"}
     assert data["command"].startswith("dtfsal ")
+
+
+def test_the_whole_video_benchmark_times_the_predictor_under_the_runtime(small_video, monkeypatch):
+    from dtfsal_hf.inference import PRESETS, SaliencyPredictor
+
+    runtimes = []
+    original = SaliencyPredictor.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        runtimes.append(self.runtime)
+
+    monkeypatch.setattr(SaliencyPredictor, "__init__", recording)
+    measure_video_throughput(small_video, tiny_model(), "blocked-bf16", max_frames=10, strides=(1,))
+    assert runtimes == [PRESETS["blocked-bf16"]]
+
+
+def test_a_clip_through_the_predictor_is_the_benchmarks_path():
+    from dtfsal_hf.inference import PRESETS, SaliencyPredictor
+
+    model = tiny_model()
+    clip = torch.randint(0, 255, (8, 64, 96, 3), dtype=torch.uint8).numpy()
+    predictor = SaliencyPredictor(tiny_model(), runtime=PRESETS["blocked-bf16"])
+    inputs = predictor.processor(videos=[clip], silent_audio=True, return_tensors="pt")
+    expected = prepare_path(model, PRESETS["blocked-bf16"])(dict(inputs))
+    assert torch.equal(predictor.predict_clips([clip]), expected)
+    assert predictor.settings()["precision"] == "autocast" and predictor.model.config.mvit_attention == "blocked"
+    with pytest.raises(ValueError, match="needs precision='autocast'"):
+        Runtime(float32_ends=True)

@@ -13,18 +13,17 @@ from torchvision.models.video import mvit_v2_s
 from torchvision.models.video.mvit import _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.complexity import dummy_inputs
+from dtfsal_hf.modeling_dtfsal import DTFSalPreTrainedModel
 from dtfsal_hf.encoders import (
     AUDIOSET_VGGISH_URL,
     KINETICS400_MVIT_V2_S_URL,
     MViTStageEncoder,
     VGGishTrunk,
-    fold_rel_pos,
     load_audioset_vggish_weights,
     load_kinetics_mvit_weights,
     resize_rel_pos_tables,
-    set_mvit_attention,
 )
+from dtfsal_hf.mvit_attention import fold_rel_pos, set_mvit_attention
 
 MVIT_V2_S = dict(depths=[1, 2, 11, 2], dims=[96, 192, 384, 768], heads=[1, 2, 4, 8], kv_stride=[1, 8, 8])
 
@@ -130,7 +129,7 @@ def test_tables_have_their_axis_length_so_no_forward_resizes_them(monkeypatch):
     torch.manual_seed(0)
     model = DTFSalModel(DTFSalConfig.tiny()).eval()
     with torch.no_grad():
-        model(**dummy_inputs(model.config))
+        model(**DTFSalPreTrainedModel.build_dummy_inputs(model.config))
     assert resized == []
     # 16x24 tokens, keys and values pooled to 4x6 in every stage: H tables 2*16-1, 2*8-1, then 2*4-1 (the
     # keys outnumber the 2x3 queries of stage 4); W tables 2*24-1, 2*12-1, 2*6-1; T 2*4-1.
@@ -243,6 +242,101 @@ def test_encoder_gradient_checkpointing_matches():
         assert torch.allclose(grad, dict(model.named_parameters())[name].grad, atol=1e-6), name
 
 
+# --- published weights by URL: downloaded to the torch hub cache, checked, read as weights only -------------
+
+
+class CodeOnLoad:
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def _hash_name(path, stem: str) -> str:
+    import hashlib
+
+    return f"{stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
+
+
+@pytest.fixture()
+def served(tmp_path, monkeypatch):
+    """A folder served over http on 127.0.0.1 for the test only, and an empty torch hub cache (TORCH_HOME)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.timeout = 10
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "torch-home" / "hub" / "checkpoints"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_url_weights_are_checked_against_the_hash_in_their_name_and_cached(served):
+    from dtfsal_hf.encoders import load_state_dict_source
+
+    folder, url, cache = served
+    source = folder / "weights.pth"
+    state = {"features.0.weight": torch.randn(8, 1, 3, 3), "features.0.bias": torch.randn(8)}
+    torch.save(state, source)
+    name = _hash_name(source, "vggish")
+    source.rename(folder / name)
+    loaded = load_state_dict_source(f"{url}/{name}")
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+    assert (cache / name).is_file()
+    (folder / name).unlink()  # the cached copy is read from now on
+    assert torch.equal(load_state_dict_source(f"{url}/{name}")["features.0.bias"], state["features.0.bias"])
+    # Served content that does not match its name's hash is refused and not kept.
+    torch.save({"features.0.bias": torch.zeros(8)}, folder / "vggish-00000000.pth")
+    with pytest.raises(ValueError, match=r"The checkpoint downloaded from .*vggish-00000000\.pth.* is not the published file.*invalid hash value"):
+        load_state_dict_source(f"{url}/vggish-00000000.pth")
+    assert not (cache / "vggish-00000000.pth").exists()
+    with pytest.raises(OSError, match=r"Could not download the checkpoint .*absent-12345678\.pth.*404"):
+        load_state_dict_source(f"{url}/absent-12345678.pth")
+
+
+def test_a_served_pickle_that_runs_code_is_not_run(served, tmp_path):
+    """torch.hub.load_state_dict_from_url unpickled with weights_only=False: a file at the URL ran code."""
+    from dtfsal_hf.encoders import load_state_dict_source
+
+    folder, url, _ = served
+    marker = tmp_path / "ran"
+    evil = folder / "evil.pth"
+    torch.save(CodeOnLoad(f"open({str(marker)!r}, 'w').write('ran')"), evil)
+    name = _hash_name(evil, "mvit")  # the right hash: only reading it as weights protects
+    evil.rename(folder / name)
+    with pytest.raises(ValueError, match=r"Could not read the checkpoint .* \(weights only\)"):
+        load_state_dict_source(f"{url}/{name}")
+    assert not marker.exists()
+
+
+def test_a_file_planted_in_the_hub_cache_under_the_published_name_is_refused(tmp_path, monkeypatch):
+    """The default path of load_pretrained_encoders(): a pickle planted as mvit_v2_s-ae3be167.pth in the hub
+    cache was loaded without a hash check and ran code."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    for name in ("mvit_v2_s-ae3be167.pth", "vggish-10086976.pth"):
+        torch.save(CodeOnLoad(f"open({str(marker)!r}, 'w').write('ran')"), cache / name)
+    with pytest.raises(ValueError, match=r"cached checkpoint .*mvit_v2_s-ae3be167\.pth.* does not match the sha256 prefix"):
+        load_kinetics_mvit_weights(MViTStageEncoder(8, [64, 96], [1, 1, 2, 1], [16, 32, 64, 128], [1, 1, 2, 2], [1, 4, 4]))
+    with pytest.raises(ValueError, match=r"cached checkpoint .*vggish-10086976\.pth.* does not match"):
+        load_audioset_vggish_weights(VGGishTrunk([[8]]))
+    assert not marker.exists()
+
+
 def test_models_saved_with_torchvisions_table_layout_convert_to_the_same_maps(tmp_path, monkeypatch):
     import shutil
 
@@ -259,7 +353,7 @@ def test_models_saved_with_torchvisions_table_layout_convert_to_the_same_maps(tm
         for name, table in old.named_parameters():
             if "rel_pos" in name:
                 table.normal_()
-    inputs = dummy_inputs(old.config)
+    inputs = DTFSalPreTrainedModel.build_dummy_inputs(old.config)
     with torch.no_grad():
         expected = old(**inputs).saliency_map
     old.save_pretrained(tmp_path / "old")

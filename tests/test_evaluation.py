@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import re
 import math
 
 import numpy as np
@@ -69,18 +70,143 @@ def test_ground_truth_scores_best_and_uniform_scores_chance(avad, tmp_path):
 
 def test_resume_skips_scored_videos(avad, tmp_path):
     records = load_records("AVAD", avad, "test", fold="all")
-    evaluate(records[:2], uniform_predictor, tmp_path / "run", progress=False)
+    metrics = ("cc", "nss", "kld")  # without sAUC a video's scores do not depend on the other videos
+    evaluate(records[:2], uniform_predictor, tmp_path / "run", metrics=metrics, progress=False)
     seen = []
 
     def counting(record):
         seen.append(record.key)
         return uniform_predictor(record)
 
-    summary = evaluate(records, counting, tmp_path / "run", progress=False)
+    summary = evaluate(records, counting, tmp_path / "run", metrics=metrics, progress=False)
     assert seen == [records[2].key, records[3].key] and summary["num_videos"] == 4
     assert len(list(csv.DictReader((tmp_path / "run" / "per_video.csv").open()))) == 4
     with pytest.raises(ValueError, match="columns"):
         evaluate(records, uniform_predictor, tmp_path / "run", metrics=("cc",), progress=False)
+
+
+def test_resume_with_sauc_needs_the_same_videos(avad, tmp_path):
+    """sAUC's other maps are drawn from every video of the evaluation: rows scored with another set differ."""
+    records = load_records("AVAD", avad, "test", fold="all")
+    evaluate(records[:2], uniform_predictor, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"holds the scores of another evaluation \(shuffle_pool: .*'videos': 2.*'videos': 4"):
+        evaluate(records, uniform_predictor, tmp_path / "run", progress=False)
+    assert evaluate(records, uniform_predictor, tmp_path / "run", progress=False, resume=False)["num_videos"] == 4
+
+
+def _prediction_folders(avad, tmp_path):
+    good, flat = tmp_path / "good", tmp_path / "flat"
+    for folder, predict in ((good, ground_truth_predictor), (flat, uniform_predictor)):
+        folder.mkdir()
+        for record in load_records("AVAD", avad, "test", fold="all"):
+            np.savez(folder / f"{record.name}.npz", maps=predict(record))
+    return good, flat
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--predictions", "{flat}"], r"source: \{'predictions': '.*good'\}, now \{'predictions': '.*flat'\}"),
+    (["--predictions", "{good}", "--protocol", "dhf1k"], r"protocol: 'stavis', now 'dhf1k'"),
+    (["--predictions", "{good}", "--seed", "3"], r"seed: 0, now 3"),
+])
+def test_resume_refuses_the_scores_of_another_evaluation(avad, tmp_path, capsys, change, message):
+    """A resumed run with other predictions, protocol or seed used to reuse the old rows under the new settings."""
+    good, flat = _prediction_folders(avad, tmp_path)
+    base = ["evaluate", "--dataset", "avad", "--root", str(avad), "--output", str(tmp_path / "eval"), "--metrics", "cc,sim"]
+    assert main(base + ["--predictions", str(good)]) == 0
+    changed = [part.format(good=good, flat=flat) for part in change]
+    capsys.readouterr()
+    assert main(base + changed) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert main(base + changed + ["--no-resume"]) == 0
+    state = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert state["datasets"] == ["AVAD"] and state["split"] == "test" and state["folds"] == [1, 2, 3]
+    assert (state["source"]["predictions"], state["protocol"], state["seed"]) == (
+        str(flat if "{flat}" in change else good), "dhf1k" if "dhf1k" in change else "stavis", 3 if "3" in change else 0)
+    if "{flat}" in change:  # the new rows, not the old ones: a flat map has CC 0
+        assert json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]["cc"] == 0
+    capsys.readouterr()
+
+
+def test_resume_refuses_a_model_after_predictions(avad, tmp_path):
+    good, _ = _prediction_folders(avad, tmp_path)
+    run_evaluation("avad", avad, tmp_path / "eval", predictions=good, metrics=("cc",), progress=False)
+    with pytest.raises(ValueError, match=r"source: \{'predictions': .*\}, now \{'model': 'random-tiny'\}"):
+        run_evaluation("avad", avad, tmp_path / "eval", model="random-tiny", metrics=("cc",), progress=False)
+
+
+def test_a_torn_last_line_is_dropped_and_scored_again(avad, tmp_path):
+    """A disk that filled up mid-row left a partial line the next row was glued to (CC 9.17, a bogus dataset)."""
+    records = load_records("AVAD", avad, "test", fold="all")
+    clean = evaluate(records, ground_truth_predictor, tmp_path / "clean", progress=False)
+    evaluate(records, ground_truth_predictor, tmp_path / "torn", progress=False)
+    csv_path = tmp_path / "torn" / "per_video.csv"
+    text = csv_path.read_text()
+    csv_path.write_text(text[: len(text) - 25])  # the last row cut in its metrics
+    messages, seen = [], []
+
+    def counting(record):
+        seen.append(record.key)
+        return ground_truth_predictor(record)
+
+    summary = evaluate(records, counting, tmp_path / "torn", progress=False, log=messages.append)
+    assert seen == [records[3].key]
+    assert any("dropped its incomplete last line ('AVAD/fold3/V3')" in message for message in messages)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["key"] for row in rows] == [record.key for record in records]
+    assert summary["per_dataset"].keys() == {"AVAD"} and summary["num_videos"] == 4
+    for name, value in clean["metrics"].items():
+        assert summary["metrics"][name] == pytest.approx(value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda row: {**row, "cc": "9.17"}, r"row 2 \('AVAD/fold1/V1'\): its cc 9.17 lies outside \[-1.0, 1.0\]"),
+    (lambda row: {**row, "scored_frames": "x"}, r"row 2 .*frame counts '5', 'x' are not integers"),
+    (lambda row: {**row, "dataset": "DIEM"}, r"the row of AVAD/fold1/V1 describes \('DIEM', 'V1', 5\)"),
+])
+def test_rows_that_were_not_written_here_are_refused(avad, tmp_path, edit, message):
+    records = load_records("AVAD", avad, "test", fold="all")
+    evaluate(records, uniform_predictor, tmp_path / "run", progress=False, metrics=("cc", "nss"))
+    csv_path = tmp_path / "run" / "per_video.csv"
+    rows = list(csv.DictReader(csv_path.open()))
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([edit(rows[0])] + rows[1:])
+    with pytest.raises(ValueError, match=message):
+        evaluate(records, uniform_predictor, tmp_path / "run", progress=False, metrics=("cc", "nss"))
+
+
+def test_negative_or_nan_predictions_are_refused_naming_the_video(avad, tmp_path):
+    """A negative map gave KLD NaN, which the averages dropped silently."""
+    records = load_records("AVAD", avad, "test", fold=1)
+
+    def centred(record):
+        return ground_truth_predictor(record) - 0.5
+
+    with pytest.raises(ValueError, match=r"AVAD/fold1/V1: the predicted map of frame 1 holds negative values \(down to -0.5"):
+        evaluate(records, centred, tmp_path / "negative", progress=False)
+
+    def with_nan(record):
+        maps = ground_truth_predictor(record)
+        maps[2, 3, 4] = np.nan
+        return maps
+
+    with pytest.raises(ValueError, match=r"AVAD/fold1/V1: the predicted map of frame 3 holds NaN or infinite values"):
+        evaluate(records, with_nan, tmp_path / "nan", progress=False)
+
+
+def test_videos_without_a_scored_frame_are_not_counted(tmp_path):
+    root = write_stavis(tmp_path, "SumMe", ["a", "b", "c"], num_frames=3)
+    from scipy.io import savemat
+
+    for index in range(1, 4):
+        savemat(root / "annotations" / "SumMe" / "a" / f"fixMap_{index:05d}.mat", {"eyeMap": np.zeros((24, 32), np.uint8)})
+    records = load_records("SumMe", root, "test", fold=1)
+    summary = evaluate(records, ground_truth_predictor, tmp_path / "out", protocol="dhf1k", progress=False,
+                       metrics=("cc", "nss"))
+    unscored = sum(record.name == "a" for record in records)
+    assert summary["num_videos"] == len(records) - unscored and summary["num_unscored_videos"] == unscored
+    assert summary["per_dataset"]["SumMe"]["num_videos"] == len(records) - unscored
 
 
 def test_frames_without_fixations_are_skipped(tmp_path):
@@ -188,7 +314,7 @@ def test_each_protocol_uses_its_own_sauc_other_map(avad, tmp_path, monkeypatch):
     alone = evaluate(records[:1], ground_truth_predictor, tmp_path / "alone", progress=False, metrics=("sauc",))
     assert 0.5 < alone["metrics"]["sauc"] <= 1
     assert math.isnan(evaluate(records[:1], ground_truth_predictor, tmp_path / "alone-b", sauc_other="videos", progress=False, metrics=("sauc",))["metrics"]["sauc"])
-    with pytest.raises(ValueError, match="was scored with"):
+    with pytest.raises(ValueError, match=r"another evaluation \(shuffle_pool: \{'other_map': 'same-video'"):
         evaluate(records, ground_truth_predictor, tmp_path / "stavis", sauc_other="videos", progress=False, metrics=("sauc",))
     with pytest.raises(ValueError, match="sauc_other must be"):
         evaluate(records, ground_truth_predictor, tmp_path / "x", sauc_other="frames", progress=False)

@@ -9,8 +9,7 @@ import sys
 import torch
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.complexity import dummy_inputs
-from dtfsal_hf.encoders import set_mvit_attention
+from dtfsal_hf.mvit_attention import set_mvit_attention
 
 try:
     import pytest
@@ -28,7 +27,7 @@ def _tiny(use_audio: bool = True) -> DTFSalModel:
 def test_cuda_maps_equal_cpu_maps():
     for use_audio in (True, False):
         model = _tiny(use_audio)
-        inputs = dummy_inputs(model.config, batch_size=2)
+        inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
         # Full fp32 on the GPU: cuDNN convolutions use TF32 by default, which is not what this compares.
         tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -46,7 +45,7 @@ def test_cuda_maps_equal_cpu_maps():
 
 def test_cuda_bf16_autocast_stays_close():
     model = _tiny()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         expected = model(**inputs).saliency_map
         for attention in ("sdpa", "blocked"):
@@ -60,7 +59,7 @@ def test_cuda_bfloat16_weights_run_and_return_bfloat16():
     """`model.to("cuda", torch.bfloat16)`: the deformable convolutions run in float32 inside, the maps come back
     in bfloat16 close to the float32 ones."""
     model = _tiny()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         expected = model(**inputs).saliency_map
         half = copy.deepcopy(model).to("cuda", torch.bfloat16)
@@ -71,7 +70,7 @@ def test_cuda_bfloat16_weights_run_and_return_bfloat16():
 
 def test_cuda_training_step_lowers_the_loss():
     model = set_mvit_attention(_tiny(), "sdpa").cuda().train()
-    inputs = {k: v.cuda() for k, v in dummy_inputs(model.config, batch_size=2).items()}
+    inputs = {k: v.cuda() for k, v in DTFSalModel.build_dummy_inputs(model.config, batch_size=2).items()}
     labels = torch.rand(2, *model.config.image_size, device="cuda")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,7 @@ from huggingface_hub.errors import (
 )
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.hub import build_model_card, collect_model_files, load_evaluation_summaries, push_to_hub
+from dtfsal_hf.hub import build_model_card, collect_model_files, load_evaluation_summaries, push_to_hub, secret_like_files
 from dtfsal_hf.processing_dtfsal import DTFSalProcessor
 
 from dtfsal_hf.inference import DEMO_CHECKPOINT, SaliencyPredictor
@@ -596,3 +597,19 @@ def test_cli_push_publishes_with_the_same_function(hub, model_dir, evaluation_fi
     assert capsys.readouterr().out.strip().endswith(f"/{repo_id}/commit/{commit.commit_id}")
     assert commit.title == "First release"
     assert api.model_info(repo_id).card_data.license == "mit"
+
+
+def test_push_warns_about_files_that_look_like_credentials(hub, model_dir, tmp_path):
+    """Top-level JSON and Python files are published: a saved token would go up silently."""
+    folder = tmp_path / "copy"
+    shutil.copytree(model_dir, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the saved model itself raises no warning
+        assert secret_like_files(collect_model_files(folder)) == []
+    (folder / "hf_token.json").write_text('{"note": "saved by a script"}')
+    (folder / "run_settings.json").write_text(json.dumps({"lr": 1e-4, "hub": "hf_" + "a1B2c3D4e5" * 4}))
+    (folder / ".env").write_text("HF_TOKEN=hf_abc\n")  # not published (not .json/.py), so not named
+    with pytest.warns(UserWarning, match=r"2 file\(s\) to be published to dtfsal-test/secrets may hold credentials: "
+                      r"hf_token\.json: its name looks like a credential's; run_settings\.json: it holds what looks like "
+                      r"a credential \(hf_a1B2c3D4e\.\.\.\)"):
+        push_to_hub(folder, "dtfsal-test/secrets", endpoint=hub.endpoint, token=False)

@@ -220,7 +220,7 @@ def test_random_models_are_reproducible():
 
 
 def test_demo_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(inference, "DEMO_CHECKPOINT", tmp_path / "demo-checkpoint")
+    monkeypatch.setattr(inference.loading, "DEMO_CHECKPOINT", tmp_path / "demo-checkpoint")
     with pytest.raises(FileNotFoundError, match="demo checkpoint is not bundled"):
         SaliencyPredictor.from_pretrained("demo")
 
@@ -375,6 +375,29 @@ def test_statistics_of_known_maps():
     np.testing.assert_allclose(uint8["center_x"], stats["center_x"])
 
 
+def test_statistics_stream_one_map_at_a_time(tmp_path):
+    """The Space peaked at 16 GB on a 2 s 4K upload: the statistics made float64 copies of the whole stack."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    maps = rng.integers(0, 256, (6, 1080, 1920), dtype=np.uint8)  # 12 MB
+    tracemalloc.start()
+    whole = saliency_statistics(maps)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 24e6  # the old code needed about 37 bytes a pixel: 460 MB here
+    streamed = saliency_statistics(iter(maps))
+    weights = maps[4].astype(np.float64) / maps[4].sum()
+    positive = weights[weights > 0]
+    for name in inference.STATISTICS:
+        np.testing.assert_allclose(streamed[name], whole[name])
+    assert whole["entropy"][4] == pytest.approx(-(positive * np.log2(positive)).sum(), rel=1e-12)
+    assert whole["center_x"][4] == pytest.approx((weights.sum(0) * np.arange(1920)).sum(), rel=1e-12)
+    assert whole["mean"][4] == pytest.approx(maps[4].mean(), rel=1e-12)
+    with pytest.raises(ValueError, match="at least one frame"):
+        saliency_statistics(iter([]))
+
+
 def test_statistics_of_an_empty_map_are_nan():
     stats = saliency_statistics(np.zeros((4, 4), np.uint8))
     assert np.isnan(stats["center_x"][0]) and np.isnan(stats["entropy"][0]) and stats["mean"][0] == 0
@@ -445,7 +468,7 @@ def test_a_folder_that_is_not_a_saved_model_is_named(tmp_path):
 
 
 def test_fast_attention_by_default_gives_the_eager_maps(video):
-    from dtfsal_hf.encoders import MViTAutoAttention
+    from dtfsal_hf.mvit_attention import MViTAutoAttention
 
     def build(attention=None):
         torch.manual_seed(0)
@@ -506,3 +529,74 @@ def test_prefetch_raises_the_producers_error_and_stops_when_closed():
 
     time.sleep(0.3)
     assert len(started) <= count + 1  # the producer stopped
+
+
+def test_the_demo_checkpoints_maps_of_its_example_are_unchanged():
+    """Maps of the bundled example by the demo checkpoint, stored before the predictor was rebuilt on one loop."""
+    reference = np.load(Path(__file__).parent / "data" / "demo_synthetic_example_maps.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = SaliencyPredictor.from_pretrained("demo").predict_video(
+            inference.DEMO_CHECKPOINT.parent / inference.SYNTHETIC_EXAMPLE_NAME, progress=False)
+    assert np.abs(result.maps[reference["frames"]] - reference["maps"]).max() <= 1e-6
+    assert np.abs(result.maps.astype(np.float64).sum(axis=(1, 2)) - reference["sums"]).max() <= 1e-6 * result.maps[0].size
+    assert np.array_equal(result.times, reference["times"])
+
+
+def test_frames_from_memory_give_the_files_maps(predictor, video, prediction):
+    from dtfsal_hf.media import iter_frames, read_frames
+
+    timed = [(frame.image, frame.time) for frame in iter_frames(video)]
+    # The last frame lasts 1 / fps, as the file's does.
+    from_pairs = np.stack([m for _, m in predictor.iter_maps(iter(timed), audio=video, fps=FPS, progress=False)])
+    assert np.abs(from_pairs - prediction.maps).max() < 1e-6
+    frames = list(iter_frames(video))
+    from_frames = np.stack([m for _, m in predictor.iter_maps(frames, audio=video, progress=False)])
+    assert np.abs(from_frames - prediction.maps).max() < 1e-6
+    # Untimed arrays are 1 / fps apart: at the video's own rate, the same maps.
+    images, _ = read_frames(video)
+    from_arrays = np.stack([m for _, m in predictor.iter_maps(list(images), audio=video, fps=FPS, progress=False)])
+    assert np.abs(from_arrays - prediction.maps).max() < 1e-5
+
+
+def test_a_folder_of_frames_with_its_wav_is_one_video(predictor, video, prediction, tmp_path, capsys):
+    import wave
+
+    from PIL import Image
+
+    from dtfsal_hf import cli
+    from dtfsal_hf.media import load_audio, read_frames
+
+    images, _ = read_frames(video)
+    folder = tmp_path / "clip_frames"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{index + 1:05d}.png")
+    track = load_audio(video)
+    samples = np.round(np.clip(track.waveform, -1, 1) * 32767).astype(np.int16)
+    with wave.open(str(folder / "sound.wav"), "wb") as handle:
+        handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(16000)
+        handle.writeframes(samples.tobytes())
+    heard = load_audio(folder / "sound.wav")
+    from_folder = np.stack([m for _, m in predictor.iter_maps(folder, fps=FPS, progress=False)])
+    from_arrays = np.stack([m for _, m in predictor.iter_maps(list(images), audio=heard, fps=FPS, progress=False)])
+    assert np.array_equal(from_folder, from_arrays)
+    assert np.abs(from_folder - prediction.maps).max() < 0.05  # the same frames and (16-bit) sound
+    silent = np.stack([m for _, m in predictor.iter_maps(list(images), audio=np.zeros(16000, np.float32),
+                                                         sampling_rate=16000, fps=FPS, progress=False)])
+    assert np.abs(silent - from_arrays).max() > 1e-3  # control: the folder's sound is heard
+
+    status = cli.main(["predict", str(folder), "--output", str(tmp_path / "out"), "--model", "random-tiny",
+                       "--fps", str(FPS), "--no-progress"])
+    assert status == 0, capsys.readouterr()
+    with np.load(tmp_path / "out" / "clip_frames" / "maps.npz") as saved:
+        assert saved["maps"].shape == (len(images), *SIZE)
+        assert np.allclose(saved["times"], np.arange(len(images)) / FPS)
+    assert set(streams_of(tmp_path / "out" / "clip_frames" / "overlay.mp4")) == {"video", "audio"}
+
+
+def test_frames_in_memory_are_checked(predictor):
+    with pytest.raises(ValueError, match=r"frame 1 must be a \(height, width, 3\) uint8"):
+        list(predictor.iter_maps([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], progress=False))
+    with pytest.raises(ValueError, match="frames is empty"):
+        list(predictor.iter_maps([], progress=False))

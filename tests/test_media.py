@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+import hostile_media
 from dtfsal_hf import media
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -219,14 +220,42 @@ def test_truncated_file_with_index_at_the_end_is_refused(tmp_path, extension):
         media.load_audio(truncated)
 
 
-def test_truncated_stream_gives_the_frames_that_are_there(tmp_path):
+def test_truncated_stream_gives_the_frames_that_are_there_then_an_error(tmp_path):
     source = make_video(tmp_path / "full.mkv", num_frames=24)
     truncated = tmp_path / "truncated.mkv"
     truncated.write_bytes(source.read_bytes()[: int(source.stat().st_size * 0.6)])
-    frames = list(media.iter_frames(truncated))
+    frames = []
+    with pytest.raises(ValueError, match="truncated.mkv is truncated or corrupt: the video track declares 2.40 s"):
+        for frame in media.iter_frames(truncated):
+            frames.append(frame)
     assert 0 < len(frames) < 24
     levels = [float(frame.image[8:].mean()) for frame in frames]
     np.testing.assert_allclose(levels, [frame_level(i) for i in range(len(frames))], atol=4)
+
+
+DAMAGES = {
+    "mp4 index first, cut": ("mp4", "libx264", {"movflags": "faststart"}, lambda s, t: hostile_media.truncated(s, t, 0.5),
+                             "declares 96 frames but only"),
+    "mp4 index first, cut near the end": ("mp4", "libx264", {"movflags": "faststart"},
+                                          lambda s, t: hostile_media.truncated(s, t, 0.93), "declares 96 frames but only"),
+    "avi cut": ("avi", "mpeg4", None, lambda s, t: hostile_media.truncated(s, t, 0.6), "declares 96 frames but only"),
+    "avi with a block zeroed": ("avi", "mpeg4", None, hostile_media.zeroed_block, "is (truncated or )?corrupt"),
+    "avi with bytes flipped": ("avi", "mpeg4", None, hostile_media.flipped_bytes, r"is corrupt: frame \d+ could not"),
+    "webm cut": ("webm", "libvpx-vp9", None, lambda s, t: hostile_media.truncated(s, t, 0.9), "the video track declares"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_partly_decodable_files_raise_after_their_frames(tmp_path, damage):
+    extension, codec, options, damaged, message = DAMAGES[damage]
+    source = hostile_media.make_clip(tmp_path / f"full.{extension}", codec, None, num_frames=96, options=options)
+    assert len(list(media.iter_frames(source))) == 96
+    target = damaged(source, tmp_path / f"damaged.{extension}")
+    decoded = 0
+    with pytest.raises(ValueError, match=message):
+        for _ in media.iter_frames(target):
+            decoded += 1
+    assert 0 < decoded < 96  # frames decode, then the error: the file is not silently taken as complete
 
 
 def test_text_file_named_mp4_is_refused(tmp_path):
@@ -358,3 +387,57 @@ def test_streaming_resampler_equals_resampling_at_once(rate, length):
     expected = resample_audio(waveform, rate, 16000)
     assert result.shape == expected.shape
     np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
+# --- sound of any channel count and layout -------------------------------------------------------------------
+
+SOUND_FILES = [
+    *(("mkv", "pcm_s16le", layout, 48000) for layout in
+      ("mono", "stereo", "2.1", "quad", "5.0", "5.1", "6.1", "7.1", "octagonal", "hexadecagonal")),
+    ("mp4", "aac", "5.1", 48000),
+    ("mp4", "aac", "7.1", 48000),
+    ("mp4", "aac", "7.1", 22050),
+    ("avi", "pcm_s16le", "7.1", 44100),
+    ("mov", "pcm_s16le", "7.1(wide)", 32000),
+]
+
+
+def test_sound_of_every_channel_count_and_layout_is_the_mean_of_its_channels(tmp_path):
+    """7.1 sound used to end the process (PyAV reads planar 8-channel frames past their planes): each file is read
+    in a child process, at 16 kHz and at its own rate (the overlay's), and gives the mean of its channels."""
+    files, expected = [], {}
+    for extension, codec, layout, rate in SOUND_FILES:
+        name = f"{codec}-{layout.replace('(', '_').replace(')', '')}-{rate}.{extension}"
+        path = hostile_media.make_clip(tmp_path / name, "libx264" if extension != "avi" else "mpeg4", codec, layout, rate)
+        files.append(path)
+        expected[str(path)] = (float(hostile_media.channel_levels(layout).mean()), rate, codec == "aac")
+    for channels in (8, 9):
+        path = hostile_media.make_unordered_wav(tmp_path / f"unordered-{channels}.wav", channels)
+        files.append(path)
+        expected[str(path)] = (float((0.05 * (np.arange(channels) + 1)).mean()), None, False)
+    results = hostile_media.sound_in_child(files)
+    for path, (level, rate, lossy) in expected.items():
+        # A sound file without pictures is read at 16 kHz only (the overlay reads the sound of videos).
+        for name, wanted_rate in (("model", 16000), ("overlay", rate))[: 2 if rate else 1]:
+            result = results[path][name]
+            assert "error" not in result, (path, result)
+            assert result["rate"] == wanted_rate, (path, name, result)
+            assert result["peak_hz"] == pytest.approx(TONE_HZ, abs=5), (path, name, result)
+            assert result["rms"] == pytest.approx(level / np.sqrt(2), rel=0.1 if lossy else 0.02), (path, name, result)
+
+
+def test_sound_whose_layout_changes_midway_is_converted():
+    """A track switching between stereo and 7.1 (broadcast recordings do) gets a new resampler at each change,
+    where one resampler refuses frames of another layout."""
+    tone = np.round(8000 * np.sin(2 * np.pi * TONE_HZ * np.arange(1024) / 16000)).astype(np.int16)
+    frames = []
+    for layout in ("stereo", "7.1", "stereo"):
+        channels = av.AudioLayout(layout).nb_channels
+        frame = av.AudioFrame.from_ndarray(np.repeat(tone, channels)[None], format="s16", layout=layout)
+        frame.sample_rate = 16000
+        frames.append(frame)
+    converter = media._PackedFloat()
+    converted = [samples for frame in frames for samples, _ in converter.convert(frame)]
+    assert [samples.shape for samples in converted] == [(1024, 2), (1024, 8), (1024, 2)]
+    for samples in converted:
+        np.testing.assert_allclose(samples.mean(axis=1), tone / 32768, atol=1e-6)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.complexity import PAPER_TOTALS, count_conv_linear_macs, count_parameters, dummy_inputs
+from dtfsal_hf.complexity import PAPER_TOTALS, count_conv_linear_macs, count_parameters
 from dtfsal_hf.modeling_dtfsal import (
     correlation_coefficient,
     frame_step_times,
@@ -19,7 +19,7 @@ from dtfsal_hf.modeling_dtfsal import (
     saliency_loss,
 )
 
-from isolation import run_without_package
+from isolation import check_remote_model_equals
 
 
 def tiny_model(use_audio: bool = True, **overrides) -> DTFSalModel:
@@ -30,7 +30,7 @@ def tiny_model(use_audio: bool = True, **overrides) -> DTFSalModel:
 @pytest.mark.parametrize("use_audio", [True, False])
 def test_output_shapes_and_range(use_audio):
     model = tiny_model(use_audio)
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         output = model(**inputs)
     assert output.saliency_map.shape == (2, 64, 96)
@@ -41,7 +41,7 @@ def test_output_shapes_and_range(use_audio):
 
 def test_loss_is_kl_minus_cc():
     model = tiny_model()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     labels = torch.rand(2, 64, 96)
     with torch.no_grad():
         output = model(**inputs, labels=labels)
@@ -64,7 +64,7 @@ def test_loss_terms_by_hand():
 @pytest.mark.parametrize("use_audio", [True, False])
 def test_gradients_reach_every_trainable_parameter(use_audio):
     model = tiny_model(use_audio).train()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     model(**inputs, labels=torch.rand(2, 64, 96)).loss.backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert missing == []
@@ -79,7 +79,7 @@ def test_audio_trunk_frozen_by_default():
 
 def test_audio_changes_the_map():
     model = tiny_model()
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     with torch.no_grad():
         first = model(**inputs).saliency_map
         inputs["input_features"] = torch.randn_like(inputs["input_features"]) * 3
@@ -93,7 +93,7 @@ def test_save_load_round_trip(tmp_path, use_audio):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     loaded = DTFSalModel.from_pretrained(tmp_path).eval()
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     with torch.no_grad():
         assert torch.equal(model(**inputs).saliency_map, loaded(**inputs).saliency_map)
     ignore = {"_name_or_path"}
@@ -113,26 +113,9 @@ def test_auto_classes_resolve_model_type(tmp_path):
 def test_remote_code_loads_without_the_package(tmp_path):
     model = tiny_model()
     folder = tmp_path / "model"
-    model.save_pretrained(folder)
+    check_remote_model_equals(model, folder, tmp_path)
     for name in ("configuration_dtfsal.py", "modeling_dtfsal.py", "layers.py", "encoders.py"):
         assert (folder / name).is_file(), name
-    inputs = dummy_inputs(model.config)
-    torch.save(inputs, tmp_path / "inputs.pt")
-    with torch.no_grad():
-        torch.save(model(**inputs).saliency_map, tmp_path / "expected.pt")
-    run_without_package(
-        f"""
-        import torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-        with torch.no_grad():
-            result = model(**inputs).saliency_map
-        assert torch.equal(result, torch.load({str(tmp_path / 'expected.pt')!r}))
-        """,
-        cwd=tmp_path,
-    )
 
 
 @pytest.mark.parametrize("name,use_audio", [("DTFSal", True), ("DTFSal(V)", False)])
@@ -143,7 +126,7 @@ def test_full_size_counts_match_the_paper(name, use_audio):
     paper_params, paper_gmacs, _ = PAPER_TOTALS[name]
     params = count_parameters(model) / 1e6
     assert abs(params - paper_params) / paper_params <= 0.015, params
-    gmacs = count_conv_linear_macs(model, dummy_inputs(config, device="meta")) / 1e9
+    gmacs = count_conv_linear_macs(model, DTFSalModel.build_dummy_inputs(config, device="meta")) / 1e9
     assert abs(gmacs - paper_gmacs) / paper_gmacs <= 0.10, gmacs
 
 
@@ -155,7 +138,7 @@ def test_full_size_audio_compute_is_the_papers_split():
         config = DTFSalConfig(use_audio=use_audio)
         with torch.device("meta"):
             model = DTFSalModel(config).eval()
-        totals[use_audio] = count_conv_linear_macs(model, dummy_inputs(config, device="meta"), per_module=True)
+        totals[use_audio] = count_conv_linear_macs(model, DTFSalModel.build_dummy_inputs(config, device="meta"), per_module=True)
     paper_split = PAPER_TOTALS["DTFSal"][1] - PAPER_TOTALS["DTFSal(V)"][1]
     split = (sum(totals[True].values()) - sum(totals[False].values())) / 1e9
     assert abs(split - paper_split) / paper_split <= 0.10, split
@@ -173,7 +156,7 @@ def test_audio_window_covers_the_clip_and_as_much_context(config):
 
 def test_without_frame_times_the_frames_are_at_the_nominal_rate():
     model = tiny_model()
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     nominal = nominal_frame_times(8, model.config.frame_rate)
     assert nominal[0, -1, 1] == 0.0 and torch.allclose(nominal[0, 1:, 0] - nominal[0, :-1, 0], torch.tensor(1 / 25))
     with torch.no_grad():
@@ -190,7 +173,7 @@ def test_without_frame_times_the_frames_are_at_the_nominal_rate():
 def test_stretch_alignment_is_the_trilinear_resampling_and_ignores_times():
     model = tiny_model(audio_alignment="stretch")
     assert not hasattr(model.fusion_blocks[0], "audio_steps") and model.fusion_blocks[0].audio_proj.in_channels == 64
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     nominal = nominal_frame_times(8, model.config.frame_rate)
     with torch.no_grad():
         assert torch.equal(model(**inputs).saliency_map, model(**inputs, frame_times=nominal - 0.16).saliency_map)
@@ -232,7 +215,7 @@ def test_full_size_level_shapes():
 )
 def test_bad_inputs_name_the_problem(change, message):
     model = tiny_model()
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     change(inputs)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("`", ".")):
         model(**inputs)
@@ -283,7 +266,7 @@ def test_unreadable_checkpoint_is_refused(tmp_path):
 
 def _reference_and_inputs():
     model = tiny_model()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         return model, inputs, model(**inputs).saliency_map
 
@@ -339,12 +322,80 @@ def test_activation_checkpointing_gives_no_warning_of_ours():
         model(**inputs, labels=labels).loss.backward()
 
 
-def test_offline_encoder_download_says_local_files_can_be_passed(monkeypatch):
+def test_offline_encoder_download_says_local_files_can_be_passed(monkeypatch, tmp_path):
     from urllib.error import URLError
 
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the weights must be downloaded
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(OSError, match=r"Could not download .*pass them: model\.load_pretrained_encoders\(mvit_source="):
         tiny_model().load_pretrained_encoders()
+
+
+def test_dummy_inputs_fit_the_model_on_its_device_and_dtype():
+    model = tiny_model().to(torch.bfloat16)
+    inputs = model.dummy_inputs
+    assert inputs["pixel_values_videos"].shape == (1, 8, 3, 64, 96) and inputs["input_features"].shape == (1, 1, 1, 64, 64)
+    assert all(value.dtype == torch.bfloat16 for value in inputs.values())
+    with torch.no_grad():
+        assert model(**inputs).saliency_map.shape == (1, 64, 96)
+    assert set(tiny_model(use_audio=False).dummy_inputs) == {"pixel_values_videos"}
+
+
+def test_a_frozen_visual_encoder_gets_no_gradient_and_stays_in_eval_mode():
+    torch.manual_seed(0)
+    model = DTFSalModel(DTFSalConfig.tiny(backbone_stochastic_depth=0.5))
+    videos = torch.randn(2, 3, 8, 64, 96)
+
+    def two_training_passes():
+        model.train()
+        with torch.no_grad():
+            return [model.visual_encoder(videos)[-1] for _ in range(2)]
+
+    first, second = two_training_passes()
+    assert not torch.equal(first, second)  # control: drop-path is on in training mode
+    assert model.freeze_visual_encoder() is model
+    first, second = two_training_passes()
+    assert torch.equal(first, second)
+    assert not any(m.training for m in model.visual_encoder.modules())
+    assert all(m.training for m in model.token_blocks.modules())
+    assert not any(p.requires_grad for p in model.visual_encoder.parameters())
+    model.freeze_visual_encoder(False).train()
+    assert all(p.requires_grad for p in model.visual_encoder.parameters()) and model.visual_encoder.training
+
+
+def test_the_frozen_audio_trunk_is_recorded_in_the_configuration():
+    model = tiny_model().train()
+    assert model.audio_encoder.trunk.training and not model.config.freeze_audio_trunk
+    model.freeze_audio_trunk().train()
+    assert not model.audio_encoder.trunk.training and model.config.freeze_audio_trunk
+    assert not any(p.requires_grad for p in model.audio_encoder.trunk.parameters())
+    with pytest.raises(ValueError, match="no audio trunk"):
+        tiny_model(use_audio=False).freeze_audio_trunk()
+
+
+def test_the_feature_enhancement_reads_the_encoders_channels():
+    model = tiny_model()
+    assert model.visual_encoder.out_channels == [16, 32, 64, 128]
+    assert [lateral.in_channels for lateral in model.feature_enhancement.laterals] == model.visual_encoder.out_channels
+    stages = model.visual_encoder(torch.randn(1, 3, 8, 64, 96))
+    assert [stage.shape[1] for stage in stages] == model.visual_encoder.out_channels
+
+
+def test_parts_freeze_by_name_and_the_visual_branch_leaves_only_audio_and_fusion_training():
+    model = tiny_model().freeze_parts(["visual_branch"]).train()
+    trained = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"audio_encoder", "fusion_blocks"}
+    assert not model.visual_encoder.training and not model.decoder_heads.training and model.fusion_blocks.training
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
+    model(**inputs, labels=torch.rand(2, *model.config.image_size)).loss.backward()
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+    model.freeze_parts("visual_branch", frozen=False).freeze_parts(["audio_encoder.trunk"]).train()
+    assert model.config.freeze_audio_trunk and not model.audio_encoder.trunk.training and model.visual_encoder.training
+    assert {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad} == {"audio_encoder"}
+    with pytest.raises(ValueError, match=r"unknown part\(s\) to freeze \['decoders'\]; this model has \[.*'visual_branch'"):
+        model.freeze_parts(["decoders"])
+    with pytest.raises(ValueError, match="unknown part"):
+        tiny_model(use_audio=False).freeze_parts(["audio_branch"])

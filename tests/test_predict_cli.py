@@ -90,7 +90,7 @@ def test_overlay_of_the_dhf1k_clip_keeps_sound_and_length(tmp_path, capsys):
 
 
 def test_missing_demo_checkpoint_is_a_clear_error(videos, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(inference, "DEMO_CHECKPOINT", tmp_path / "absent")
+    monkeypatch.setattr(inference.loading, "DEMO_CHECKPOINT", tmp_path / "absent")
     assert cli.main(["predict", str(videos["good"]), "--output", str(tmp_path)]) == 1
     assert re.match(r"dtfsal predict: error: The demo checkpoint is not bundled.*'random' / 'random-tiny'",
                     capsys.readouterr().err)
@@ -156,3 +156,25 @@ def test_two_processes_share_the_videos(videos, tmp_path):
         handled_by[name] = marker["process_index"]
     assert set(handled_by.values()) == {0, 1}
     assert "2 of 4 videos" in log
+
+
+def test_the_attention_kernel_is_chosen_on_the_command_line(videos, tmp_path, capsys, monkeypatch):
+    kernels = []
+    original = inference.SaliencyPredictor.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        kernels.append(self.model.config.mvit_attention)
+
+    monkeypatch.setattr(inference.SaliencyPredictor, "__init__", recording)
+    maps = {}
+    for kernel in ("eager", "blocked"):
+        status, _ = run_cli(capsys, videos["good"], "--output", tmp_path / kernel, *TINY, "--attention", kernel,
+                            "--no-overlay", "--no-pngs")
+        assert status == 0
+        with np.load(tmp_path / kernel / "a_good" / "maps.npz") as saved:
+            maps[kernel] = saved["maps"].astype(int)
+    assert kernels == ["eager", "blocked"]
+    assert np.abs(maps["eager"] - maps["blocked"]).max() <= 1
+    status = cli.main(["predict", str(videos["good"]), "--output", str(tmp_path / "x"), *TINY, "--attention", "flash"])
+    assert status == 1 and "attention must be one of" in capsys.readouterr().err

@@ -7,13 +7,14 @@ import torch
 from torchvision.models.video.mvit import MultiscaleAttention, _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.complexity import dummy_inputs
-from dtfsal_hf.encoders import (
+from dtfsal_hf.mvit_attention import (
     MViTAutoAttention,
     MViTBlockedAttention,
+    MVIT_ATTENTIONS,
     MViTSDPAttention,
     blocked_attention,
     fold_rel_pos,
+    mvit_attention_of,
     set_mvit_attention,
 )
 
@@ -75,7 +76,7 @@ def test_attention_block_matches_on_a_non_square_grid(stride_q, attention):
 @pytest.mark.parametrize("use_audio", [True, False])
 def test_model_maps_match(use_audio, attention):
     model = tiny_model(use_audio)
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     with torch.no_grad():
         expected = model(**inputs).saliency_map
         actual = set_mvit_attention(model, attention)(**inputs).saliency_map
@@ -83,12 +84,12 @@ def test_model_maps_match(use_audio, attention):
 
 
 def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
-    import dtfsal_hf.encoders as encoders
+    import dtfsal_hf.mvit_attention as kernels
 
     calls = []
-    monkeypatch.setattr(encoders, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
+    monkeypatch.setattr(kernels, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
     model = set_mvit_attention(tiny_model(), "auto")
-    inputs = dummy_inputs(model.config)
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
     with torch.no_grad():
         model(**inputs)
     blocks = len(model.visual_encoder.blocks)
@@ -100,7 +101,7 @@ def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
 
 def test_gradients_match():
     model = tiny_model().train()
-    inputs = dummy_inputs(model.config, batch_size=2)
+    inputs = DTFSalModel.build_dummy_inputs(model.config, batch_size=2)
     labels = torch.rand(2, *model.config.image_size)
     gradients = {}
     for attention in ("eager", "sdpa", "auto"):
@@ -127,3 +128,25 @@ def test_switching_keeps_keys_and_round_trips():
 def test_unknown_attention_is_refused():
     with pytest.raises(ValueError, match="attention must be one of"):
         set_mvit_attention(tiny_model(), "flash")
+
+
+def test_the_kernel_travels_with_the_model(tmp_path):
+    model = tiny_model()
+    assert model.config.mvit_attention == "eager" and mvit_attention_of(model) == "eager"
+    assert model.set_mvit_attention("blocked") is model
+    assert model.config.mvit_attention == "blocked" and mvit_attention_of(model) == "blocked"
+    model.save_pretrained(tmp_path)
+    loaded = DTFSalModel.from_pretrained(tmp_path)
+    assert loaded.config.mvit_attention == "blocked" and mvit_attention_of(loaded) == "blocked"
+    built = DTFSalModel(DTFSalConfig.tiny(mvit_attention="sdpa"))
+    assert mvit_attention_of(built) == "sdpa"
+
+
+def test_the_configuration_names_the_same_kernels_and_refuses_others():
+    from dtfsal_hf.configuration_dtfsal import _MVIT_ATTENTIONS
+
+    assert _MVIT_ATTENTIONS == MVIT_ATTENTIONS
+    with pytest.raises(ValueError, match="`mvit_attention` must be one of"):
+        DTFSalConfig.tiny(mvit_attention="flash")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        tiny_model().set_mvit_attention("flash")

@@ -29,9 +29,11 @@ from huggingface_hub import SpaceCard
 from matplotlib import colormaps
 from PIL import Image
 
+import hostile_media
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.inference import DEMO_CHECKPOINT
-from dtfsal_hf.media import load_audio, probe_video, read_frames
+from dtfsal_hf.media import VideoInfo, load_audio, probe_video, read_frames
+from dtfsal_hf.npz_stream import NpzMapWriter
 from dtfsal_hf.processing_dtfsal import DTFSalProcessor
 from space_server import APP, DHF1K_CLIP, REPO_ROOT, running_space
 
@@ -312,3 +314,62 @@ def test_options_outside_their_choices_are_refused(client):
         client.predict(handle_file(str(DHF1K_CLIP)), "audio-visual", 4, 0.0, 0.5, "rainbow-ish", api_name="/predict")
     with pytest.raises(AppError, match=r"Value 0 is less than minimum value 1"):
         client.predict(handle_file(str(DHF1K_CLIP)), "audio-visual", 0, 0.0, 0.5, "jet", api_name="/predict")
+
+
+# Hostile input: large frames, long large videos, odd names, 7.1 sound
+
+
+def test_frames_over_the_pixel_cap_are_refused(app, monkeypatch, tmp_path):
+    video = hostile_media.make_clip(tmp_path / "wide.mp4", num_frames=4, size=(48, 64))
+    monkeypatch.setenv("DTFSAL_MAX_FRAME_PIXELS", str(64 * 48 - 1))
+    with pytest.raises(gr.Error, match=r"wide\.mp4 is 64x48 \(0\.0 megapixels a frame\): this Space takes frames of up to"):
+        app.check_video(str(video))
+    monkeypatch.setenv("DTFSAL_MAX_FRAME_PIXELS", str(64 * 48))
+    assert app.check_video(str(video)).width == 64
+    monkeypatch.delenv("DTFSAL_MAX_FRAME_PIXELS")
+    assert app.frame_pixels_cap() == 2560 * 1440
+
+
+def test_frame_cap_counts_pixels_as_well_as_seconds(app):
+    def info(width, height, seconds, fps=30.0):
+        return VideoInfo("v.mp4", width, height, 0, fps, int(seconds * fps), seconds, "h264", True)
+
+    budget = 10 * 30 * 1920 * 1080
+    assert app.frame_cap(info(1920, 1080, 8.0), 10.0, budget) is None  # within both caps
+    assert app.frame_cap(info(1920, 1080, 20.0), 10.0, budget) == 300  # the time cap
+    assert app.frame_cap(info(2560, 1440, 20.0), 10.0, budget) == budget // (2560 * 1440)  # 168 frames, 5.6 s
+    assert app.frame_cap(info(640, 360, 20.0), 10.0, budget) == 300
+    reason = app.cap_reason(info(2560, 1440, 20.0), 168, "time", budget)
+    assert reason.startswith("at 2560x1440 this Space processes 168 frames (5.6 s;")
+    assert app.cap_reason(info(640, 360, 20.0), 300, "the time cap", budget) == "the time cap"
+
+
+def test_gallery_of_large_maps_is_shrunk_and_read_one_map_at_a_time(app, tmp_path):
+    maps = np.zeros((5, 1440, 2560), np.uint8)
+    maps[:, 700:740, 1200:1300] = 255
+    writer = NpzMapWriter(tmp_path / "maps.npz")
+    for index, saliency_map in enumerate(maps):
+        writer.add(saliency_map, index / 30)
+    writer.close()
+    gallery = app.heat_maps(tmp_path / "maps.npz", np.arange(5) / 30, "jet", count=3)
+    assert [caption for _, caption in gallery] == ["frame 1 · 0.00 s", "frame 3 · 0.07 s", "frame 5 · 0.13 s"]
+    assert all(image.shape == (540, 960, 3) for image, _ in gallery)
+    red = (np.asarray(colormaps["jet"](1.0)[:3]) * 255).astype(np.uint8)
+    assert (gallery[0][0][270, 469] == red).all()  # the hot block, at its place in the smaller picture
+
+
+def test_an_upload_named_dots_stays_in_its_run_folder(client, app, tmp_path):
+    """`...mp4` has the stem `..`: its outputs went to the Space's results folder itself, beside other runs."""
+    video = hostile_media.make_clip(tmp_path / "...mp4", num_frames=8)
+    result = client.predict(handle_file(str(video)), "audio-visual", 4, 0.0, 0.5, "jet", api_name="/predict")
+    assert result[5].startswith("**...mp4**: 8 frames predicted")  # the name reached the app as it was
+    assert probe_video(result[0]).has_audio
+    assert not any((app.RESULTS_DIR / name).exists() for name in ("overlay.mp4", "maps", "maps.npz", "done.json"))
+
+
+def test_an_upload_with_71_sound_is_predicted_with_its_sound(client, tmp_path):
+    """A 7.1 track used to end the Space's process."""
+    video = hostile_media.make_clip(tmp_path / "surround.mp4", num_frames=12, layout="7.1")
+    result = client.predict(handle_file(str(video)), "audio-visual", 4, 0.0, 0.5, "jet", api_name="/predict")
+    overlay = load_audio(result[0])
+    assert np.abs(overlay.waveform).max() > 0.05 and "12 frames predicted" in result[5]

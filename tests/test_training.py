@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from dtfsal_hf import DTFSalModel, DTFSalProcessor
 from dtfsal_hf.data import SyntheticConfig, generate_synthetic_dataset
 from dtfsal_hf.training import TrainingConfig, find_checkpoint, train
+from dtfsal_hf.training.trainer import Trainer, build_model, check_checkpoint
 from isolation import maps_with_package, maps_without_package, real_clip_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +63,58 @@ def final_weights(output: Path) -> dict[str, torch.Tensor]:
     return load_file(find_checkpoint(output, True) / "model.safetensors")
 
 
+class CodeOnLoad:
+    """Pickled, this object runs `code` when unpickled: what a planted file may hold."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(CodeOnLoad(f"open({str(marker)!r}, 'w').write('ran')"), path)
+
+
+# ----------------------------------------------------------------------------------------- disk cache
+def test_disk_cache_holds_tensors_and_a_planted_pickle_never_runs(synthetic_root, tmp_path):
+    """The cache used to be read with torch.load(weights_only=False): a file planted under its name ran code."""
+    import numpy as np
+
+    from dtfsal_hf import DTFSalConfig
+    from dtfsal_hf.data import SaliencyClipDataset, load_records
+    from dtfsal_hf.training.config import DataSettings
+    from dtfsal_hf.training.data import IndexedClips, build_clip_dataset, clip_policy
+
+    records = load_records("SyntheticAV", synthetic_root, "train", fold=1)[:1]
+    settings = DataSettings(cache="disk", cache_dir=str(tmp_path / "cache"))
+    processor = DTFSalProcessor.from_model_config(DTFSalConfig.tiny())
+    fresh = IndexedClips(SaliencyClipDataset(records, clip_policy(settings, 8, 10), processor=processor,
+                                             keep_ground_truth=True), True)
+    marker = tmp_path / "ran"
+    for suffix in (".pt", ".safetensors"):
+        plant_pickle(tmp_path / "cache" / f"validation-{fresh.fingerprint()}{suffix}", marker)
+    with pytest.warns(UserWarning, match="is not a readable cache of these clips"):
+        built = build_clip_dataset(records, settings, processor, 8, 10, True, "validation", progress=False)
+    assert not marker.exists()
+    read = build_clip_dataset(records, settings, processor, 8, 10, True, "validation", progress=False)
+    assert len(read) == len(fresh) == len(built) > 0
+    for index in (0, len(fresh) - 1):
+        expected, cached = fresh[index], read[index]
+        assert cached.keys() == expected.keys()
+        for key, value in expected.items():
+            assert type(cached[key]) is type(value), key
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(cached[key], value), key
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(cached[key], value)
+                assert cached[key].dtype == value.dtype
+            else:
+                assert cached[key] == value
+
+
 # ------------------------------------------------------------------------------------- configuration
 def test_unknown_yaml_key_is_named(tmp_path):
     path = tmp_path / "run.yaml"
@@ -75,6 +129,47 @@ def test_wrong_type_is_named_and_numbers_written_as_text_are_read():
     config = TrainingConfig.from_yaml(None, ["training.learning_rate=1e-3", "data.train=[{dataset: DIEM, root: x}]"])
     assert config.training.learning_rate == pytest.approx(1e-3)
     assert config.data.train[0].dataset == "DIEM" and config.data.train[0].split == "train"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.config_overrides={use_audio: 'no'}", r"model\.config_overrides\.use_audio: set model\.use_audio instead"),
+    ("model.config_overrides={feature_dimm: 32}", r"unknown key model\.config_overrides\.feature_dimm"),
+    ("model.config_overrides={feature_dim: -3}", r"model\.config_overrides: `feature_dim` must be a positive integer, got -3"),
+    ("model.config_overrides={num_frames: 7.5}", r"`num_frames` must be a positive integer, got 7\.5"),
+    ("model.config_overrides={image_size: [64, -96]}", r"`image_size` must be a list of positive integers"),
+    ("training.learning_rate=.nan", r"training\.learning_rate must be a finite number > 0, got nan"),
+    ("training.learning_rate=inf", r"training\.learning_rate must be a finite number > 0, got inf"),
+    ("training.weight_decay=-0.1", r"training\.weight_decay must be a finite number >= 0, got -0\.1"),
+    ("training.adam_betas=[0.9, 1.0]", r"training\.adam_betas needs two values in \[0, 1\), got \[0\.9, 1\.0\]"),
+    ("training.adam_betas=[-0.1, 0.9]", r"training\.adam_betas needs two values in \[0, 1\)"),
+    ("training.max_grad_norm=-1", r"training\.max_grad_norm must be a finite number > 0"),
+    ("training.seed=-1", r"training\.seed must lie in \[0, 2\*\*32\), got -1"),
+    ("training.validation_metrics=[cc, sauc]", r"training\.validation_metrics must be names among"),
+    ("training.threads=0", r"training\.threads must be at least 1, got 0"),
+    ("data.num_workers=-2", r"data\.num_workers must be at least 0, got -2"),
+    ("data.train_target_stride=0", r"data\.train_target_stride must be at least 1, got 0"),
+    ("output.logging_steps=0", r"output\.logging_steps must be at least 1, got 0"),
+    ("training.batch_size=1.5", r"training\.batch_size must be int, got 1\.5"),
+])
+def test_bad_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig.from_yaml(None, ["model.size=tiny", override])
+
+
+def test_settings_built_in_python_are_checked_too():
+    """A `ModelSettings(use_audio="no")` was taken as true: "no" is a non-empty string."""
+    from dtfsal_hf import DTFSalConfig
+    from dtfsal_hf.training.config import ModelSettings, TrainingSettings
+
+    with pytest.raises(ValueError, match=r"model\.use_audio must be bool, got 'no'"):
+        TrainingConfig(model=ModelSettings(use_audio="no"))
+    with pytest.raises(ValueError, match=r"training\.weight_decay must be a finite number >= 0"):
+        TrainingConfig(training=TrainingSettings(weight_decay=-1.0))
+    with pytest.raises(ValueError, match=r"`use_audio` must be true or false, got 'no'"):
+        DTFSalConfig(use_audio="no")
+    with pytest.raises(ValueError, match=r"`backbone_dims` must be a list of positive integers, got \[96, 'x', 384, 768\]"):
+        DTFSalConfig(backbone_dims=[96, "x", 384, 768])
+    assert TrainingConfig.from_yaml(None, ["model.use_audio=no"]).model.use_audio is False  # YAML's no is false
 
 
 def test_paper_recipe_is_the_default():
@@ -155,15 +250,57 @@ def test_interrupted_run_resumes_to_the_same_weights(synthetic_root, cache_dir, 
 
     first = train(config, callbacks=[interrupt_at_step_3])
     assert first["status"] == "interrupted" and first["global_step"] == 3
+    # A copy whose newest checkpoint (step 3) is damaged: resuming it falls back to step 2.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(interrupted, damaged)
+    newest = damaged / "checkpoints" / "step_00000003" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
     resumed = train(config, resume=True)
     assert resumed["status"] == "completed" and resumed["global_step"] == summary["global_step"]
+    expected = final_weights(straight)
+    assert_same_weights(final_weights(interrupted), expected)
+    assert [e["validation"]["cc"] for e in resumed["history"]] == pytest.approx(
+        [e["validation"]["cc"] for e in summary["history"]], abs=1e-6)
 
-    expected, actual = final_weights(straight), final_weights(interrupted)
+    messages = []
+    fallback = Trainer(small_config(synthetic_root, cache_dir, damaged))
+    fallback._print = messages.append
+    assert fallback.train(resume=True)["status"] == "completed"
+    assert f"resume: skipping step_00000003: {newest} cannot be read" in messages[0]
+    assert messages[1] == "resume: falling back to step_00000002, the newest complete checkpoint"
+    assert messages[2].startswith(f"resumed from {damaged / 'checkpoints' / 'step_00000002'} (epoch 1, step 2)")
+    assert_same_weights(final_weights(damaged), expected)
+
+    # A checkpoint is data: pickles planted in it are refused or never unpickled.
+    planted, marker = tmp_path / "planted", tmp_path / "ran"
+    shutil.copytree(find_checkpoint(straight, True), planted)
+    plant_pickle(planted / "random_states_0.pkl", marker)  # Accelerate's: read weights-only, and not needed
+    assert train(small_config(synthetic_root, cache_dir, tmp_path / "elsewhere"), resume=str(planted))["status"] == "completed"
+    assert not marker.exists()
+    plant_pickle(planted / "custom_checkpoint_0.pkl", marker)  # what register_for_checkpointing used to write
+    with pytest.raises(ValueError, match=r"custom_checkpoint_0\.pkl is a pickle, which this loop neither writes nor reads"):
+        train(small_config(synthetic_root, cache_dir, tmp_path / "elsewhere"), resume=str(planted))
+    (planted / "custom_checkpoint_0.pkl").unlink()
+    plant_pickle(planted / "optimizer.bin", marker)
+    with pytest.raises(ValueError, match=r"optimizer\.bin cannot be read as weights \(UnpicklingError"):
+        train(small_config(synthetic_root, cache_dir, tmp_path / "elsewhere"), resume=str(planted))
+    assert not marker.exists()
+
+
+def assert_same_weights(actual: dict, expected: dict) -> None:
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert [e["validation"]["cc"] for e in resumed["history"]] == pytest.approx(
-        [e["validation"]["cc"] for e in summary["history"]], abs=1e-6)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path):
+    messages = []
+    assert find_checkpoint(tmp_path, True, log=messages.append) is None
+    assert messages == [f"resume: no checkpoint in {tmp_path / 'checkpoints'}: starting from scratch"]
+    (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no usable checkpoint in .*: all 1 are damaged or incomplete"):
+        find_checkpoint(tmp_path, True, log=messages.append)
+    assert "resume: skipping step_00000004: " in messages[-1] and "model.safetensors is missing" in messages[-1]
 
 
 # ------------------------------------------------------------------------------------- two processes
@@ -207,7 +344,8 @@ def test_two_cpu_processes_train_one_model(synthetic_root, cache_dir, tmp_path):
     assert ranks[0]["step"] == ranks[1]["step"] == -(-ranks[0]["clips"] // 4)
     assert ranks[0]["digest"] == ranks[1]["digest"], "the two processes ended with different weights"
     checkpoint = find_checkpoint(tmp_path / "run", True)
-    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert {p.name for p in checkpoint.glob("rng_state_*.json")} == {"rng_state_0.json", "rng_state_1.json"}
+    check_checkpoint(checkpoint, num_processes=2)  # every process's random states are there, as JSON
 
 
 # ------------------------------------------------------------------------- what the paper claims to learn
@@ -236,3 +374,12 @@ def test_demo_checkpoint_uses_the_sound(tmp_path):
     own, shuffled = (summaries[mode]["metrics"]["cc"] for mode in ("own", "shuffled"))
     oracle = synthetic_oracle(records, tmp_path / "oracle", metrics=("cc",))["metrics"]["cc"]
     assert own >= 0.6 and own - shuffled >= 0.15 and own > oracle, (own, shuffled, oracle)
+
+
+def test_parts_to_freeze_are_named_in_the_training_section():
+    config = TrainingConfig.from_dict({"model": {"size": "tiny"}, "training": {"freeze": ["visual_branch"]}})
+    assert config.training.freeze == ["visual_branch"]
+    model = build_model(config.model).freeze_parts(config.training.freeze)
+    assert not any(p.requires_grad for p in model.visual_encoder.parameters())
+    with pytest.raises(ValueError, match="training.freeze"):
+        TrainingConfig.from_dict({"training": {"freeze": "visual_branch"}})

@@ -7,7 +7,7 @@ runs it on several GPUs or machines.
 
 from .config import DataSettings, DataSource, ModelSettings, OutputSettings, TrainingConfig, TrainingSettings
 from .data import CachedClips, IndexedClips, build_clip_dataset, collate_clips, hold_out, prepare_synthetic
-from .trainer import LoopState, Trainer, apply_freezing, build_model, find_checkpoint, train
+from .trainer import LoopState, Trainer, build_model, find_checkpoint, train
 
 __all__ = [
     "CachedClips",
@@ -20,7 +20,6 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "TrainingSettings",
-    "apply_freezing",
     "build_clip_dataset",
     "build_model",
     "collate_clips",

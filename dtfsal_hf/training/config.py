@@ -9,6 +9,7 @@ a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 CACHE_MODES = ("none", "memory", "disk")
 MODEL_SIZES = ("paper", "tiny")
 LOWER_IS_BETTER = ("loss", "kld")
+# Metrics the validation loop computes (sAUC needs other videos' fixations, which a loader of clips has not).
+VALIDATION_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "auc_borji")
 
 
 @dataclass
@@ -42,7 +45,8 @@ class ModelSettings:
     - `config_overrides`: `DTFSalConfig` fields to change, e.g. `{num_frames: 16}`.
     - `init_from`: a saved DTFSal folder or Hub id whose weights start the run. A visual-only checkpoint
       may start an audio-visual model: the audio branch and the AMFBs are then the only new weights.
-    - `visual_weights`: `kinetics400` (torchvision's MViTv2-S), a local `.pth` file, or null.
+    - `visual_weights`: `kinetics400` (torchvision's Kinetics-400 weights of the configured visual encoder), a local
+      `.pth` file, or null.
     - `audio_weights`: `audioset` (torchvggish's VGGish), a local `.pth` file, or null.
     """
 
@@ -92,7 +96,9 @@ class TrainingSettings:
     `max_steps_per_epoch` caps the optimizer steps of an epoch (null: the whole training set);
     `early_stopping_metric` is a validation metric (`cc`, `nss`, `auc_judd`, `sim`: higher is better;
     `kld`, `loss`: lower is better); `early_stopping_patience` 0 turns early stopping off.
-    `threads` sets `torch.set_num_threads` (null: leave torch's default).
+    `threads` sets `torch.set_num_threads` (null: leave torch's default). `freeze` lists parts of the model to
+    keep fixed, by `DTFSalModel.part_groups` name (e.g. `[visual_branch]`: only the audio encoder and the fusion
+    train), besides `freeze_audio_trunk` and `freeze_visual_encoder`.
     """
 
     epochs: int = 10
@@ -109,6 +115,7 @@ class TrainingSettings:
     gradient_checkpointing: bool = False
     freeze_audio_trunk: bool = True
     freeze_visual_encoder: bool = False
+    freeze: list[str] = field(default_factory=list)
     early_stopping_patience: int = 3
     early_stopping_metric: str = "cc"
     validation_metrics: list[str] = field(default_factory=lambda: ["cc", "nss", "auc_judd", "sim", "kld"])
@@ -165,32 +172,95 @@ class TrainingConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def validate(self) -> None:
+        """Check every key's type (also for sections built in Python) and value; errors name the key."""
+        self._check_types()
         _choice("model.size", self.model.size, MODEL_SIZES)
         _choice("training.mixed_precision", self.training.mixed_precision, MIXED_PRECISION)
         _choice("data.cache", self.data.cache, CACHE_MODES)
+        self._validate_model()
+        self._validate_training()
+        self._validate_data()
+        o = self.output
+        if o.checkpoint_every_steps < 0 or o.keep_checkpoints < 1:
+            raise ValueError("output.checkpoint_every_steps must be >= 0 and output.keep_checkpoints >= 1, got "
+                             f"{o.checkpoint_every_steps} and {o.keep_checkpoints}")
+        _at_least("output.logging_steps", o.logging_steps, 1)
+
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(TrainingConfig)
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if not isinstance(value, hints[section.name]):
+                raise ValueError(f"{section.name} must be a {hints[section.name].__name__}, got {value!r}")
+            section_hints = typing.get_type_hints(type(value))
+            for item in dataclasses.fields(value):
+                where = f"{section.name}.{item.name}"
+                setattr(value, item.name, _convert(section_hints[item.name], getattr(value, item.name), where))
+
+    def _validate_model(self) -> None:
+        from ..configuration_dtfsal import DTFSalConfig
+
+        overrides = self.model.config_overrides
+        from transformers import PretrainedConfig
+
+        known = {f.name for f in dataclasses.fields(DTFSalConfig)} - {f.name for f in dataclasses.fields(PretrainedConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown key model.config_overrides.{unknown[0]}: expected DTFSalConfig fields, "
+                             f"one of {sorted(known)}")
+        if "use_audio" in overrides:
+            raise ValueError("model.config_overrides.use_audio: set model.use_audio instead")
+        try:
+            (DTFSalConfig.tiny if self.model.size == "tiny" else DTFSalConfig)(use_audio=self.model.use_audio, **overrides)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"model.config_overrides: {error}") from None
+
+    def _validate_training(self) -> None:
         t = self.training
         for name in ("epochs", "batch_size", "validation_batch_size", "gradient_accumulation_steps", "lr_step_epochs"):
-            if getattr(t, name) < 1:
-                raise ValueError(f"training.{name} must be at least 1, got {getattr(t, name)}")
-        if t.learning_rate <= 0 or not 0 < t.lr_gamma <= 1:
-            raise ValueError(f"training.learning_rate must be > 0 and lr_gamma in (0, 1], got {t.learning_rate} and {t.lr_gamma}")
-        if t.early_stopping_patience < 0:
-            raise ValueError(f"training.early_stopping_patience must be >= 0, got {t.early_stopping_patience}")
+            _at_least(f"training.{name}", getattr(t, name), 1)
+        if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
+            raise ValueError(f"training.learning_rate must be a finite number > 0, got {t.learning_rate}")
+        if not (math.isfinite(t.lr_gamma) and 0 < t.lr_gamma <= 1):
+            raise ValueError(f"training.lr_gamma must lie in (0, 1], got {t.lr_gamma}")
+        if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+            raise ValueError(f"training.weight_decay must be a finite number >= 0, got {t.weight_decay}")
+        if len(t.adam_betas) != 2 or not all(math.isfinite(beta) and 0 <= beta < 1 for beta in t.adam_betas):
+            raise ValueError(f"training.adam_betas needs two values in [0, 1), got {t.adam_betas}")
+        if t.max_grad_norm is not None and not (math.isfinite(t.max_grad_norm) and t.max_grad_norm > 0):
+            raise ValueError(f"training.max_grad_norm must be a finite number > 0 (or null), got {t.max_grad_norm}")
+        _at_least("training.early_stopping_patience", t.early_stopping_patience, 0)
+        for name in ("max_steps_per_epoch", "threads"):
+            if getattr(t, name) is not None:
+                _at_least(f"training.{name}", getattr(t, name), 1)
+        if not 0 <= t.seed < 2**32:
+            raise ValueError(f"training.seed must lie in [0, 2**32), got {t.seed}")
+        unknown = [name for name in t.validation_metrics if name not in VALIDATION_METRICS]
+        if unknown or not t.validation_metrics:
+            raise ValueError(f"training.validation_metrics must be names among {list(VALIDATION_METRICS)}, got "
+                             f"{t.validation_metrics}")
         metrics = set(t.validation_metrics) | {"loss"}
         if t.early_stopping_metric not in metrics:
             raise ValueError(f"training.early_stopping_metric must be one of {sorted(metrics)}, got {t.early_stopping_metric!r}")
-        if len(t.adam_betas) != 2:
-            raise ValueError(f"training.adam_betas needs two values, got {t.adam_betas}")
-        if not 0 <= self.data.validation_fraction < 1:
-            raise ValueError(f"data.validation_fraction must lie in [0, 1), got {self.data.validation_fraction}")
-        if self.data.cache == "disk" and not self.data.cache_dir:
+
+    def _validate_data(self) -> None:
+        d = self.data
+        if not (math.isfinite(d.validation_fraction) and 0 <= d.validation_fraction < 1):
+            raise ValueError(f"data.validation_fraction must lie in [0, 1), got {d.validation_fraction}")
+        if d.cache == "disk" and not d.cache_dir:
             raise ValueError("data.cache: disk needs data.cache_dir")
-        if self.output.checkpoint_every_steps < 0 or self.output.keep_checkpoints < 1:
-            raise ValueError("output.checkpoint_every_steps must be >= 0 and output.keep_checkpoints >= 1")
+        for name in ("train_target_stride", "validation_target_stride", "test_target_stride"):
+            _at_least(f"data.{name}", getattr(d, name), 1)
+        _at_least("data.num_workers", d.num_workers, 0)
 
     @property
     def higher_is_better(self) -> bool:
         return self.training.early_stopping_metric not in LOWER_IS_BETTER
+
+
+def _at_least(name: str, value: int, lowest: int) -> None:
+    if value < lowest:
+        raise ValueError(f"{name} must be at least {lowest}, got {value}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -116,7 +117,9 @@ class CachedClips(torch.utils.data.Dataset):
     """Every sample of a dataset computed once and kept (in memory, optionally saved to disk).
 
     The processed clips of a small set (the synthetic one) fit in memory; reading JPEGs and computing
-    the log-mel for every clip of every epoch would cost more than training the tiny model.
+    the log-mel for every clip of every epoch would cost more than training the tiny model. The disk cache is one
+    safetensors file (tensors and a JSON description, nothing that runs code when read); a file that cannot be
+    read as the cache of these clips is rebuilt.
     """
 
     def __init__(self, samples: list[dict], video_keys: list[str], video_datasets: list[str]):
@@ -126,13 +129,16 @@ class CachedClips(torch.utils.data.Dataset):
 
     @classmethod
     def build(cls, dataset: IndexedClips, cache_file: Path | None = None, progress: bool = True, name: str = "clips") -> "CachedClips":
+        fingerprint = dataset.fingerprint()
         if cache_file is not None and cache_file.is_file():
-            return cls(torch.load(cache_file, weights_only=False), dataset.video_keys, dataset.video_datasets)
+            samples = _read_cache(cache_file, fingerprint, len(dataset))
+            if samples is not None:
+                return cls(samples, dataset.video_keys, dataset.video_datasets)
         samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"caching {name}", disable=not progress)]
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(f".partial-{os.getpid()}")
-            torch.save(samples, partial)
+            partial = cache_file.with_name(f"{cache_file.name}.partial-{os.getpid()}")
+            _write_cache(partial, samples, fingerprint)
             os.replace(partial, cache_file)
         return cls(samples, dataset.video_keys, dataset.video_datasets)
 
@@ -141,6 +147,58 @@ class CachedClips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.samples[index]
+
+
+def _write_cache(path: Path, samples: list[dict], fingerprint: str) -> None:
+    """Samples as safetensors: tensor `"<index>/<key>"` for each value; the metadata say which values were numpy
+    arrays or ints, so they come back as they were."""
+    from safetensors.torch import save_file
+
+    tensors, kinds = {}, {}
+    for index, sample in enumerate(samples):
+        for key, value in sample.items():
+            if isinstance(value, torch.Tensor):
+                kinds[key], tensor = "torch", value
+            elif isinstance(value, np.ndarray):
+                kinds[key], tensor = "numpy", torch.from_numpy(value)
+            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                kinds[key], tensor = "int", torch.tensor(int(value), dtype=torch.int64)
+            else:
+                raise TypeError(f"cannot cache the sample value {key!r} of type {type(value).__name__}")
+            tensors[f"{index}/{key}"] = tensor.detach().cpu().contiguous().clone()
+    metadata = {"fingerprint": fingerprint, "samples": str(len(samples)), "kinds": json.dumps(kinds, sort_keys=True)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _read_cache(path: Path, fingerprint: str, count: int) -> list[dict] | None:
+    """The cached samples, or None (with a warning) when the file is not the cache of these clips."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as cache:
+            metadata = cache.metadata() or {}
+            kinds = json.loads(metadata.get("kinds", "{}"))
+            if metadata.get("fingerprint") != fingerprint or metadata.get("samples") != str(count):
+                raise ValueError("it describes other clips")
+            if not isinstance(kinds, dict) or set(cache.keys()) != {f"{i}/{key}" for i in range(count) for key in kinds}:
+                raise ValueError("its tensors are not those of the clips")
+            samples = [{key: _restored(cache.get_tensor(f"{i}/{key}"), kind) for key, kind in kinds.items()}
+                       for i in range(count)]
+    except (OSError, ValueError, SafetensorError) as error:
+        warnings.warn(f"{path} is not a readable cache of these clips ({error}): building it again", UserWarning,
+                      stacklevel=3)
+        return None
+    return samples
+
+
+def _restored(tensor: torch.Tensor, kind: str):
+    if kind == "numpy":
+        return tensor.numpy()
+    if kind == "int":
+        return int(tensor)
+    if kind == "torch":
+        return tensor
+    raise ValueError(f"unknown kind of cached value {kind!r}")
 
 
 def collate_clips(samples: list[dict]) -> dict:
@@ -171,7 +229,7 @@ def build_clip_dataset(
         return dataset
     cache_file = None
     if settings.cache == "disk":
-        cache_file = Path(settings.cache_dir) / f"{name}-{dataset.fingerprint()}.pt"
+        cache_file = Path(settings.cache_dir) / f"{name}-{dataset.fingerprint()}.safetensors"
     return CachedClips.build(dataset, cache_file, progress=progress, name=name)
 
 

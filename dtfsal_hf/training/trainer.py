@@ -1,9 +1,11 @@
 """The training loop on Accelerate: one process, many GPUs or many machines with the same code.
 
 A run writes, under `output.dir`:
-- `checkpoints/step_XXXXXXXX/` — `Accelerator.save_state` (model, optimizer, scheduler, gradient scaler,
-  every process's RNG states) plus the loop's own position, written under a temporary name and renamed
-  when complete, so an interrupted save never looks like a checkpoint;
+- `checkpoints/step_XXXXXXXX/` — `Accelerator.save_state` (model as safetensors, optimizer and gradient scaler
+  as weights-only torch files) plus `trainer_state.json` (the loop's position and history, the learning-rate
+  schedule, Accelerate's step) and `rng_state_<process>.json` (each process's Python, NumPy and torch random
+  states), written under a temporary name and renamed when complete, so an interrupted save never looks like a
+  checkpoint. Reading one runs no code: safetensors, `torch.load(weights_only=True)` and JSON only;
 - `best/` — the best model so far (`save_pretrained`, with its processor), ready for `dtfsal push`;
 - `logs/` — TensorBoard (loss, learning rate, validation metrics); `history.json` — one entry per epoch;
 - `test/summary.json` — the best model on the test splits, when `data.test` names some.
@@ -46,21 +48,23 @@ CHECKPOINT_PREFIX = "step_"
 AUDIO_MODULES = ("audio_encoder.", "fusion_blocks.")
 
 
+def model_config(settings: ModelSettings) -> DTFSalConfig:
+    """The `DTFSalConfig` the model settings describe: `init_from`'s, or the paper's / tiny sizes, with the overrides."""
+    if settings.init_from:
+        return DTFSalConfig.from_pretrained(settings.init_from, use_audio=settings.use_audio, **settings.config_overrides)
+    if settings.size == "tiny":
+        return DTFSalConfig.tiny(use_audio=settings.use_audio, **settings.config_overrides)
+    return DTFSalConfig(use_audio=settings.use_audio, **settings.config_overrides)
+
+
 def build_model(settings: ModelSettings) -> DTFSalModel:
     """The model the settings describe, with its starting weights (a saved DTFSal, Kinetics-400, AudioSet)."""
-    if settings.init_from:
-        config = DTFSalConfig.from_pretrained(settings.init_from, use_audio=settings.use_audio, **settings.config_overrides)
-    elif settings.size == "tiny":
-        config = DTFSalConfig.tiny(use_audio=settings.use_audio, **settings.config_overrides)
-    else:
-        config = DTFSalConfig(use_audio=settings.use_audio, **settings.config_overrides)
+    config = model_config(settings)
     model = DTFSalModel(config)
     if settings.init_from:
         _load_initial_weights(model, settings.init_from)
     if settings.visual_weights:
-        from ..encoders import load_kinetics_mvit_weights
-
-        load_kinetics_mvit_weights(model.visual_encoder, *_weight_source(settings.visual_weights, "kinetics400"))
+        model.visual_encoder.load_pretrained(*_weight_source(settings.visual_weights, "kinetics400"))
     if settings.audio_weights:
         if not config.use_audio:
             raise ValueError("model.audio_weights is set, but the model has no audio branch (model.use_audio: false)")
@@ -86,27 +90,15 @@ def _load_initial_weights(model: DTFSalModel, source: str) -> None:
         logger.info("init_from %s: %d audio-branch tensors start from scratch", source, len(missing))
 
 
-def apply_freezing(model: DTFSalModel, freeze_audio_trunk: bool, freeze_visual_encoder: bool) -> None:
-    """Frozen parts get no gradient and stay in eval mode (no drop-path), whatever `model.train()` says."""
-    if model.config.use_audio:
-        model.config.freeze_audio_trunk = freeze_audio_trunk
-        model.audio_encoder.trunk.requires_grad_(not freeze_audio_trunk)
-    if freeze_visual_encoder:
-        model.visual_encoder.requires_grad_(False)
-
-
-def _set_train_mode(wrapped: torch.nn.Module, model: DTFSalModel, settings) -> None:
-    """`wrapped` is what Accelerate prepared (DDP, ...), `model` the DTFSalModel inside."""
-    wrapped.train()
-    if settings.freeze_visual_encoder:
-        model.visual_encoder.eval()
-    if model.config.use_audio and settings.freeze_audio_trunk:
-        model.audio_encoder.trunk.eval()
+TRAINER_STATE_NAME = "trainer_state.json"
+RNG_STATE_NAME = "rng_state_{}.json"
+MODEL_FILE, OPTIMIZER_FILE = "model.safetensors", "optimizer.bin"
 
 
 @dataclass
 class LoopState:
-    """Where the loop stands; saved with every checkpoint (`register_for_checkpointing`)."""
+    """Where the loop stands; saved with every checkpoint as JSON (`trainer_state.json`), the random states
+    (`rng`, this process's at the moment of the save) in `rng_state_<process>.json`."""
 
     epoch: int = 0
     batches_in_epoch: int = 0
@@ -120,39 +112,133 @@ class LoopState:
     history: list = field(default_factory=list)
     rng: dict = field(default_factory=dict)
 
-    def state_dict(self) -> dict:
-        self.rng = _capture_rng()
-        return dict(self.__dict__)
+    def to_dict(self) -> dict:
+        """Everything but the random states, as JSON types."""
+        return {key: value for key, value in self.__dict__.items() if key != "rng"}
 
-    def load_state_dict(self, values: dict) -> None:
-        self.__dict__.update(values)
+    @classmethod
+    def from_dict(cls, values: dict) -> "LoopState":
+        expected = {f for f in cls.__dataclass_fields__ if f != "rng"}
+        if not isinstance(values, dict) or set(values) != expected:
+            raise ValueError(f"expected the keys {sorted(expected)}, got {sorted(values) if isinstance(values, dict) else values!r}")
+        return cls(**values)
 
 
 def _capture_rng() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    """This process's random states as JSON types (the torch states as base64)."""
+    import base64
+
+    def encoded(tensor: torch.Tensor) -> str:
+        return base64.b64encode(tensor.numpy().tobytes()).decode("ascii")
+
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+            "torch": encoded(torch.get_rng_state()),
+            "cuda": [encoded(state) for state in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None}
 
 
 def _restore_rng(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
+    import base64
+
+    def decoded(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
+
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(decoded(states["torch"]))
     if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([decoded(state) for state in states["cuda"]])
 
 
-def find_checkpoint(output_dir: str | Path, resume: str | bool) -> Path | None:
-    """`resume=True`: the latest complete checkpoint of the run (None if it has none); a path: that one."""
+def _read_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error})") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} holds a {type(content).__name__}, not a JSON object")
+    return content
+
+
+def check_checkpoint(folder: str | Path, num_processes: int = 1) -> None:
+    """Raise `ValueError` naming the file when `folder` is not a complete, readable checkpoint of this loop.
+
+    Every file is read as `resume` reads it (safetensors, `torch.load(weights_only=True)`, JSON), so reading runs
+    no code; a truncated or damaged file, or one missing, is named.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    needed = [MODEL_FILE, OPTIMIZER_FILE, TRAINER_STATE_NAME] + [RNG_STATE_NAME.format(i) for i in range(num_processes)]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder / missing[0]} is missing: the checkpoint is incomplete")
+    pickles = sorted(folder.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise ValueError(f"{pickles[0]} is a pickle, which this loop neither writes nor reads")
+    try:
+        with safe_open(str(folder / MODEL_FILE), framework="pt") as weights:
+            for key in weights.keys():
+                weights.get_slice(key)
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"{folder / MODEL_FILE} cannot be read ({error})") from error
+    for name in [OPTIMIZER_FILE] + [n for n in ("scaler.pt",) if (folder / n).is_file()]:
+        try:
+            torch.load(folder / name, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many kinds for a damaged or unsafe file
+            raise ValueError(f"{folder / name} cannot be read as weights ({type(error).__name__}: {error})") from error
+    state = _read_json(folder / TRAINER_STATE_NAME)
+    try:
+        LoopState.from_dict(state.get("loop"))
+        if not isinstance(state.get("scheduler"), dict) or not isinstance(state.get("accelerator_step"), int):
+            raise ValueError("expected 'loop', 'scheduler' and 'accelerator_step'")
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{folder / TRAINER_STATE_NAME} is not a state of this loop ({error})") from error
+    for index in range(num_processes):
+        path = folder / RNG_STATE_NAME.format(index)
+        rng = _read_json(path)
+        if set(rng) != {"python", "numpy", "torch", "cuda"}:
+            raise ValueError(f"{path} is not a set of random states (keys {sorted(rng)})")
+
+
+def _checkpoints(output_dir: str | Path) -> list[Path]:
+    folder = Path(output_dir) / "checkpoints"
+    return sorted(folder.glob(f"{CHECKPOINT_PREFIX}*[0-9]")) if folder.is_dir() else []
+
+
+def find_checkpoint(output_dir: str | Path, resume: str | bool, num_processes: int = 1,
+                    log: Callable[[str], None] | None = None) -> Path | None:
+    """The checkpoint to resume from. `resume=True`: the newest complete one of the run; a damaged or incomplete
+    newest one is named and the one before it taken (`log` says so); None, said too, when the run has none. A path:
+    that one, which must be complete. `num_processes` is the number of processes whose random states it must hold."""
+    log = log or (lambda message: None)
     if resume is False or resume is None:
         return None
     if resume is not True:
         path = Path(resume)
         if not path.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {path}")
+        check_checkpoint(path, num_processes)
         return path
-    folder = Path(output_dir) / "checkpoints"
-    found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*[0-9]")) if folder.is_dir() else []
-    return found[-1] if found else None
+    found = _checkpoints(output_dir)
+    if not found:
+        log(f"resume: no checkpoint in {Path(output_dir) / 'checkpoints'}: starting from scratch")
+        return None
+    for newer, candidate in enumerate(reversed(found)):
+        try:
+            check_checkpoint(candidate, num_processes)
+        except ValueError as error:
+            log(f"resume: skipping {candidate.name}: {error}")
+            continue
+        if newer:
+            log(f"resume: falling back to {candidate.name}, the newest complete checkpoint")
+        return candidate
+    raise ValueError(f"no usable checkpoint in {Path(output_dir) / 'checkpoints'}: all {len(found)} are damaged or "
+                     "incomplete (see above); remove them to start from scratch")
 
 
 class Trainer:
@@ -216,7 +302,12 @@ class Trainer:
     def _setup_model(self) -> None:
         t = self.config.training
         self.model = build_model(self.config.model)
-        apply_freezing(self.model, t.freeze_audio_trunk, t.freeze_visual_encoder)
+        # Frozen parts get no gradient and stay in eval mode (no drop-path) whatever `train()` says.
+        if self.model.config.use_audio:
+            self.model.freeze_audio_trunk(t.freeze_audio_trunk)
+        self.model.freeze_visual_encoder(t.freeze_visual_encoder)
+        if t.freeze:
+            self.model.freeze_parts(t.freeze)
         if t.gradient_checkpointing:
             # The name transformers 5 keeps; `gradient_checkpointing_enable` is its deprecated alias.
             self.model.activation_checkpointing_enable()
@@ -236,8 +327,8 @@ class Trainer:
         prepared = self.accelerator.prepare(*prepared)
         self.model, self.optimizer, self.train_loader = prepared[:3]
         self.validation_loader = prepared[3] if len(prepared) > 3 else None
-        # StepLR counts epochs, not optimizer steps, so it is not prepared (which would step it per process).
-        self.accelerator.register_for_checkpointing(self.scheduler, self.state)
+        # StepLR counts epochs, not optimizer steps, so it is not prepared (which would step it per process); it is
+        # saved with the loop's state as JSON (register_for_checkpointing would pickle it).
 
     # ------------------------------------------------------------------------------------------ run
     def train(self, resume: str | bool | None = None) -> dict:
@@ -246,9 +337,9 @@ class Trainer:
         self._setup_model()
         self._setup_data()
         self._setup_optimisation()
-        checkpoint = find_checkpoint(self.output_dir, resume) if resume else None
+        checkpoint = find_checkpoint(self.output_dir, resume, self.accelerator.num_processes, self._print) if resume else None
         if checkpoint is not None:
-            self.accelerator.load_state(str(checkpoint))
+            self._load_checkpoint(checkpoint)
             self._print(f"resumed from {checkpoint} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
         self._write_run_files()
         self._init_trackers()
@@ -302,7 +393,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, restore_rng: bool) -> str:
         t, accelerator = self.config.training, self.accelerator
-        _set_train_mode(self.model, self._unwrapped, t)
+        self.model.train()
         steps_per_epoch = self._steps_per_epoch()
         steps_done = math.ceil(self.state.batches_in_epoch / t.gradient_accumulation_steps)
         bar = tqdm(total=steps_per_epoch, initial=steps_done, desc=f"epoch {epoch + 1}/{t.epochs}",
@@ -438,7 +529,7 @@ class Trainer:
                                          torch.from_numpy(fixations), metrics=metrics)
                 batch_rows.append([video, float(losses[i])] + [float(scores[name]) for name in metrics])
             rows.append(self.accelerator.gather_for_metrics(torch.tensor(batch_rows, dtype=torch.float64, device=self.accelerator.device)))
-        _set_train_mode(self.model, self._unwrapped, self.config.training)
+        self.model.train()
         overall, self._last_per_dataset = _video_means(torch.cat(rows).cpu(), ["loss"] + metrics, dataset)
         return overall
 
@@ -484,6 +575,7 @@ class Trainer:
             shutil.rmtree(partial)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
+        self._save_loop_state(partial)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if final.exists():
@@ -492,6 +584,26 @@ class Trainer:
             for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*[0-9]"))[: -self.config.output.keep_checkpoints]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
+
+    def _save_loop_state(self, folder: Path) -> None:
+        """The loop's position, the schedule and Accelerate's step as JSON (main process), and each process's
+        random states (taken now, as `save_state` took Accelerate's)."""
+        rng = _capture_rng()
+        (folder / RNG_STATE_NAME.format(self.accelerator.process_index)).write_text(json.dumps(rng))
+        if self.accelerator.is_main_process:
+            state = {"loop": self.state.to_dict(), "scheduler": self.scheduler.state_dict(),
+                     "accelerator_step": int(self.accelerator.step)}
+            (folder / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=1))
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        """`Accelerator.load_state` (model from safetensors, optimizer and scaler weights-only) and the loop's JSON."""
+        self.accelerator.load_state(str(folder))
+        state = _read_json(folder / TRAINER_STATE_NAME)
+        self.state = LoopState.from_dict(state["loop"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.accelerator.step = state["accelerator_step"]
+        self.state.rng = _read_json(folder / RNG_STATE_NAME.format(self.accelerator.process_index))
+        _restore_rng(self.state.rng)
 
     def _export_best(self, entry: dict) -> None:
         """`save_pretrained` of the model and its processor, swapped in only once complete."""
@@ -602,4 +714,4 @@ def train(config: TrainingConfig, resume: str | bool | None = None, callbacks: S
     return Trainer(config, callbacks).train(resume)
 
 
-__all__ = ["LoopState", "Trainer", "apply_freezing", "build_model", "find_checkpoint", "train"]
+__all__ = ["LoopState", "Trainer", "build_model", "check_checkpoint", "find_checkpoint", "train"]

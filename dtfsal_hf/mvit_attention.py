@@ -1,0 +1,254 @@
+"""MViTv2 attention kernels: one function, four ways to compute it.
+
+torchvision's `MultiscaleAttention` computes softmax(scale * q k^T + rel_pos) v explicitly (matmul, the
+decomposed relative-position logits added, softmax, matmul). Here the relative-position term is folded into the
+query-key product (`fold_rel_pos`), so a kernel that takes no mask applies:
+
+- `"eager"`: torchvision's explicit form;
+- `"sdpa"`: `scaled_dot_product_attention` on the extended queries and keys (flash attention on CUDA);
+- `"blocked"`: plain matrix products by blocks of queries (`blocked_attention`; inference);
+- `"auto"`: `"blocked"` for inference on a CPU, `"sdpa"` otherwise.
+
+`set_mvit_attention(module, kernel)` switches every attention inside a module; `DTFSalModel.set_mvit_attention`
+does it for a model and records the choice in its configuration (`DTFSalConfig.mvit_attention`), so a saved and
+reloaded model runs the same kernel. Parameters and state-dict keys are the same for every kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.video.mvit import MultiscaleAttention
+
+__all__ = [
+    "MVIT_ATTENTIONS",
+    "MViTSDPAttention",
+    "MViTBlockedAttention",
+    "MViTAutoAttention",
+    "fold_rel_pos",
+    "blocked_attention",
+    "mvit_attention_of",
+    "set_mvit_attention",
+]
+
+MVIT_ATTENTIONS = ("eager", "sdpa", "blocked", "auto")
+
+
+def _rel_pos_index(q_size: int, k_size: int, device) -> torch.Tensor:
+    """Table row of each (query, key) position pair along one axis, as torchvision's `_add_rel_pos` computes it:
+    distances are scaled up to the finer of the two grids and shifted to be non-negative."""
+    q_ratio, k_ratio = max(k_size / q_size, 1.0), max(q_size / k_size, 1.0)
+    distance = torch.arange(q_size, device=device)[:, None] * q_ratio
+    distance = distance - (torch.arange(k_size, device=device)[None, :] + (1.0 - k_size)) * k_ratio
+    return distance.long()
+
+
+def _rel_pos_table(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """(q_size, k_size, head_dim) embeddings of one axis; the table is first resized (linearly) to
+    2 * max(q, k) - 1 rows where it has another length, as torchvision does."""
+    length = int(2 * max(q_size, k_size) - 1)
+    if table.shape[0] != length:
+        # (L, d) -> (1, d, L) for 1-D interpolation along L, then back
+        table = F.interpolate(table.t()[None], size=length, mode="linear")[0].t()
+    return table[_rel_pos_index(q_size, k_size, table.device)]
+
+
+def _rel_pos_logits(
+    q: torch.Tensor,
+    q_thw: tuple[int, int, int],
+    k_thw: tuple[int, int, int],
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    rel_pos_t: torch.Tensor,
+) -> torch.Tensor:
+    """Each patch query's relative-position logits per key coordinate: (B, heads, Nq, Tk + Hk + Wk), the
+    columns being q . R_t[t_q, t_k] for every key time t_k, then q . R_h[h_q, h_k], then q . R_w[w_q, w_k]."""
+    (q_t, q_h, q_w), (k_t, k_h, k_w) = q_thw, k_thw
+    batch, heads, _, dim = q.shape
+    grid_q = q[:, :, 1:].reshape(batch, heads, q_t, q_h, q_w, dim)
+    rel_t = torch.einsum("bythwc,tkc->bythwk", grid_q, _rel_pos_table(rel_pos_t, q_t, k_t).to(q.dtype))
+    rel_h = torch.einsum("bythwc,hkc->bythwk", grid_q, _rel_pos_table(rel_pos_h, q_h, k_h).to(q.dtype))
+    rel_w = torch.einsum("bythwc,wkc->bythwk", grid_q, _rel_pos_table(rel_pos_w, q_w, k_w).to(q.dtype))
+    return torch.cat([rel_t, rel_h, rel_w], dim=-1).flatten(2, 4)
+
+
+def _key_coordinates(k_thw: tuple[int, int, int], width: int, device, dtype) -> torch.Tensor:
+    """(1 + Nk, width) one-hot rows: key (t, h, w) has ones in columns t, Tk + h and Tk + Hk + w; the class
+    token's row and the columns past Tk + Hk + Wk are zero."""
+    k_t, k_h, k_w = k_thw
+    eye_t, eye_h, eye_w = (torch.eye(n, device=device, dtype=dtype) for n in k_thw)
+    grid = (k_t, k_h, k_w)
+    coordinates = torch.cat(
+        [
+            eye_t[:, None, None].expand(*grid, k_t),
+            eye_h[None, :, None].expand(*grid, k_h),
+            eye_w[None, None, :].expand(*grid, k_w),
+        ],
+        dim=-1,
+    ).reshape(k_t * k_h * k_w, k_t + k_h + k_w)
+    return F.pad(coordinates, (0, width - coordinates.shape[1], 1, 0))
+
+
+def fold_rel_pos(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_thw: tuple[int, int, int],
+    k_thw: tuple[int, int, int],
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    rel_pos_t: torch.Tensor,
+    scale: float,
+    multiple: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MViTv2's attention logits as one product: returns `q_aug`, `k_aug` with
+    q_aug . k_aug = scale * q . k + (decomposed relative-position term).
+
+    `q` (B, heads, 1 + Nq, d) and `k` (B, heads, 1 + Nk, d), class token first, unscaled. Each query is
+    extended by its Tk + Hk + Wk relative-position logits (`_rel_pos_logits`) and each key by the one-hot code of
+    its (t, h, w) (`_key_coordinates`), so the product picks, for query i and key j, exactly
+    q_i . (R_t[t_i, t_j] + R_h[h_i, h_j] + R_w[w_i, w_j]); the class token's extensions are zero, as its row
+    and column of torchvision's term are. Both are zero-padded to a width that is a multiple of `multiple`
+    (d = 96 in MViTv2-S: 96 + 16 + 7 + 12 = 131 -> 136 at 32 x 224 x 384). Attention kernels then need no
+    additive mask, whose (1 + Nq) x (1 + Nk) entries per head would be written and read once more.
+    """
+    batch, heads, _, dim = q.shape
+    rel = _rel_pos_logits(q, q_thw, k_thw, rel_pos_h, rel_pos_w, rel_pos_t)
+    extra = rel.shape[-1]
+    width = -(-(dim + extra) // multiple) * multiple
+    q_aug = torch.cat([q * scale, F.pad(rel, (0, width - dim - extra, 1, 0))], dim=-1)
+    coordinates = _key_coordinates(k_thw, width - dim, k.device, k.dtype)
+    k_aug = torch.cat([k, coordinates.expand(batch, heads, -1, -1)], dim=-1)
+    return q_aug, k_aug
+
+
+# Logits held at once by the blocked kernel: 4M entries (8 MiB in bf16), a block of queries that stays in the
+# last-level cache.
+BLOCKED_LOGITS = 1 << 22
+
+
+def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_logits: int = BLOCKED_LOGITS) -> torch.Tensor:
+    """softmax(q k^T) v (no scale, no mask) by blocks of queries with plain batched matrix products.
+
+    For inference on CPUs: in bf16 the matrix products run at the CPU's bf16 matrix rate (oneDNN), where
+    PyTorch's fused CPU attention kernel runs no faster than in fp32; each block's logits stay in cache.
+    Logits are rounded to the inputs' dtype before the softmax (which accumulates in fp32). No autograd.
+    """
+    batch, heads, num_q, width = q.shape
+    num_k = k.shape[2]
+    q, k_t, v = q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), v.flatten(0, 1)
+    out = v.new_empty(batch * heads, num_q, v.shape[-1])
+    rows = max(1, max_logits // (batch * heads * num_k))
+    for start in range(0, num_q, rows):
+        logits = torch.bmm(q[:, start : start + rows], k_t)
+        torch.bmm(torch.softmax(logits, dim=-1), v, out=out[:, start : start + rows])
+    return out.view(batch, heads, num_q, -1)
+
+
+def _pooled_residual(x: torch.Tensor, q: torch.Tensor, with_class_token: bool) -> torch.Tensor:
+    """x + q, the class token included only when `with_class_token`; out of place, since the attention kernel
+    keeps `x` for its backward pass."""
+    if with_class_token:
+        return x + q
+    return torch.cat([x[:, :, :1], x[:, :, 1:] + q[:, :, 1:]], dim=2)
+
+
+class MViTSDPAttention(MultiscaleAttention):
+    """torchvision's `MultiscaleAttention` computed with `scaled_dot_product_attention`.
+
+    Same parameters and the same function: softmax(scale * q k^T + rel_pos) v, then the pooled-query residual
+    (patch tokens only when `residual_with_cls_embed` is False, as in MViTv2-S) and the output projection. The
+    relative-position term is folded into the product (`fold_rel_pos`), so no mask is built and the fused
+    kernels that take none (flash attention on CUDA) apply. The explicit form holds the logits and their
+    softmax at once, which is where its time goes at 32 x 224 x 384 (the first stage attends 86,017 queries to
+    1,345 keys).
+    """
+
+    kernel = "sdpa"
+
+    def _use_blocked(self, q: torch.Tensor) -> bool:
+        if torch.is_grad_enabled() and (q.requires_grad or self.rel_pos_h.requires_grad):
+            return False  # the blocked kernel has no backward pass: training runs the fused kernel
+        return self.kernel == "blocked" or (self.kernel == "auto" and q.device.type == "cpu")
+
+    def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        batch, tokens, _ = x.shape
+        # (B, N, 3 * C) -> three (B, heads, N, head_dim)
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(dim=2)
+        k_thw = thw
+        if self.pool_k is not None:
+            k, k_thw = self.pool_k(k, thw)
+        if self.pool_v is not None:
+            v = self.pool_v(v, thw)[0]
+        if self.pool_q is not None:
+            q, thw = self.pool_q(q, thw)
+        if self.rel_pos_h is None:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scaler)
+        else:
+            q_aug, k_aug = fold_rel_pos(q, k, thw, k_thw, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.scaler)
+            if self._use_blocked(q):
+                x = blocked_attention(q_aug, k_aug, v)
+            else:
+                # Fused kernels want one head width for q, k and v: v is zero-padded, its extra columns dropped.
+                v_aug = F.pad(v, (0, q_aug.shape[-1] - v.shape[-1]))
+                x = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., : v.shape[-1]]
+        if self.residual_pool:
+            x = _pooled_residual(x, q, self.residual_with_cls_embed)
+        # (B, heads, N, head_dim) -> (B, N, C)
+        x = x.transpose(1, 2).reshape(batch, -1, self.output_dim)
+        return self.project(x), thw
+
+
+class MViTBlockedAttention(MViTSDPAttention):
+    """`MViTSDPAttention` whose inference runs `blocked_attention` (plain matrix products by blocks of queries)
+    on any device; with autograd it runs the fused kernel."""
+
+    kernel = "blocked"
+
+
+class MViTAutoAttention(MViTSDPAttention):
+    """`MViTSDPAttention` choosing per call: `blocked_attention` for inference on a CPU (fastest there, in bf16
+    more than 2x), `scaled_dot_product_attention` elsewhere and for training."""
+
+    kernel = "auto"
+
+
+_ATTENTION_CLASSES = {
+    "eager": MultiscaleAttention,
+    "sdpa": MViTSDPAttention,
+    "blocked": MViTBlockedAttention,
+    "auto": MViTAutoAttention,
+}
+
+
+def set_mvit_attention(module: nn.Module, attention: str) -> nn.Module:
+    """Switch every MViT attention inside `module` (a `DTFSalModel`, an `MViTStageEncoder`, torchvision's
+    `mvit_v2_s`) to another kernel for the same function:
+
+    - `"eager"`: torchvision's explicit form (matmul, + relative-position logits, softmax, matmul);
+    - `"sdpa"`: `scaled_dot_product_attention` on queries and keys extended by the relative-position terms;
+    - `"blocked"`: the same extension, then plain matrix products by blocks of queries (inference);
+    - `"auto"`: `"blocked"` for inference on a CPU, `"sdpa"` otherwise.
+
+    Parameters and state-dict keys do not change. Returns `module`.
+    """
+    if attention not in MVIT_ATTENTIONS:
+        raise ValueError(f"attention must be one of {MVIT_ATTENTIONS}, got {attention!r}")
+    target = _ATTENTION_CLASSES[attention]
+    for child in module.modules():
+        if isinstance(child, MultiscaleAttention):
+            # Subclasses without state of their own: swapping the class swaps only `forward`.
+            child.__class__ = target
+    return module
+
+
+_KERNEL_OF_CLASS = {cls: name for name, cls in _ATTENTION_CLASSES.items()}
+
+
+def mvit_attention_of(module: nn.Module) -> str | None:
+    """The kernel the MViT attentions inside `module` run (`MVIT_ATTENTIONS`), None when it holds none; a
+    `ValueError` when they run different kernels."""
+    kernels = {_KERNEL_OF_CLASS.get(type(child), "eager") for child in module.modules() if isinstance(child, MultiscaleAttention)}
+    if len(kernels) > 1:
+        raise ValueError(f"the MViT attentions of this module run different kernels: {sorted(kernels)}")
+    return kernels.pop() if kernels else None
