@@ -110,6 +110,7 @@ def _add_evaluate(subparsers) -> None:
                         "protocol's); auto (default): the protocol's")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call")
     parser.add_argument("--device", default=None, help="device for the model (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_evaluate)
 
 
@@ -125,7 +126,7 @@ def _run_evaluate(args) -> int:
             args.dataset, args.root, args.output, args.model, split=args.split, fold=args.fold,
             fold_lists=args.fold_lists, protocol=args.protocol, metrics=metrics, max_videos=args.max_videos,
             resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
-            sauc_other=args.sauc_other,
+            sauc_other=args.sauc_other, progress=not args.no_progress,
         )
         print(format_audio_controls(summaries))
         return 0
@@ -134,7 +135,7 @@ def _run_evaluate(args) -> int:
         predictions=args.predictions, model=args.model, protocol=args.protocol,
         metrics=metrics, max_videos=args.max_videos,
         resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        audio=args.audio, sauc_other=args.sauc_other,
+        audio=args.audio, sauc_other=args.sauc_other, progress=not args.no_progress,
     )
     print(format_table(summary))
     return 0

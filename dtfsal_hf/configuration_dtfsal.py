@@ -35,7 +35,7 @@ def _is_positive_int(value) -> bool:
 
 
 class DTFSalConfig(PretrainedConfig):
-    r"""Configuration of [`DTFSalModel`]. Defaults give the paper's audio-visual model (49.07M parameters; the paper's 49.08M).
+    r"""Configuration of [`DTFSalModel`]. Defaults give the paper's audio-visual model (49.08M parameters; the paper's 49.08M).
 
     Args:
         num_frames (`int`, defaults to 32): frames per input clip.

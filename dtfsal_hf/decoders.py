@@ -64,6 +64,9 @@ class SaliencyDecoderHead(nn.Module):
         self.frames_left = frames
         self.blocks = nn.Sequential(*layers)
         self.to_map = nn.Conv3d(in_dim, 1, (1, 3, 3), padding=(0, 1, 1))
+        # Small logits at start (`DTFSalPreTrainedModel._init_weights`): a He-initialised last layer saturates the
+        # sigmoid (logits of tens) on most pixels, where no gradient passes.
+        self.to_map.logit_init = True
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         decoded = self.blocks(features)
@@ -165,6 +168,7 @@ class UNetDecoder(nn.Module):
         self.up_blocks = nn.ModuleList(_UNetBlock(in_dim + feature_dim, dim) for in_dim, dim in zip(in_dims, dims))
         last = dims[-1] if dims else feature_dim
         self.to_map = nn.Conv3d(last, 1, (level_frames, 3, 3), padding=(0, 1, 1))
+        self.to_map.logit_init = True  # small logits at start, as `SaliencyDecoderHead`'s
 
     def forward(self, levels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, None]:
         """`levels`: L tensors (B, C*, T, H_i, W_i) -> (map (B, H, W), None)."""

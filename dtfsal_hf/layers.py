@@ -245,6 +245,8 @@ class TimeAlignedAudio(nn.Module):
         self.audio_dim = audio_dim
         self.audio_bands = audio_bands
         self.band_proj = nn.Linear(audio_dim * audio_bands, proj_dim)
+        # Initialised for unit gain from its fan-in (see `ConvStream`), not at a fixed small scale.
+        self.band_proj.fan_in_init = "linear"
 
     def forward(self, audio: torch.Tensor, token_times: torch.Tensor, step_times: torch.Tensor) -> torch.Tensor:
         batch, channels, examples, rows, bands = audio.shape
@@ -257,21 +259,32 @@ class TimeAlignedAudio(nn.Module):
         _check_times(step_times, "visual step times", (batch, None, 2))
         # (B, C, A, h, w) -> (B, A*h, C*w): one token per example row, its bands side by side
         tokens = self.band_proj(audio.permute(0, 2, 3, 1, 4).reshape(batch, examples * rows, channels * bands))
-        present, context = time_pooling_weights(token_times.to(tokens.dtype), step_times.to(tokens.dtype))
-        return torch.cat([present @ tokens, context @ tokens], dim=-1)
+        # The weights from float32 times whatever the features' dtype: bfloat16 resolves 1.5 s to 8 ms only.
+        present, context = time_pooling_weights(token_times.float(), step_times.float())
+        return torch.cat([present.to(tokens.dtype) @ tokens, context.to(tokens.dtype) @ tokens], dim=-1)
 
 
 class ConvStream(nn.Module):
     """Reduce channels, a per-frame k x k convolution with BatchNorm and ReLU, expand back.
 
     With `step_dim`, a per-time-step vector (the time-aligned sound) joins the point-wise reduction: it is
-    reduced once per time step and broadcast over H x W, which equals reducing its copy at every pixel.
+    reduced once per time step and broadcast over H x W, which equals reducing its copy at every pixel. The
+    visual and the sound's reductions are each normalised per channel (BatchNorm) before they are added.
     """
 
     def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int, step_dim: int = 0):
         super().__init__()
         self.reduce = nn.Conv3d(in_channels, stream_dim, 1)
         self.step_reduce = nn.Linear(step_dim, stream_dim, bias=False) if step_dim else None
+        if self.step_reduce is not None:
+            # The sound joins the picture at the picture's scale: He-initialised from its fan-in, as the
+            # point-wise convolution it adds to is. At a fixed small scale (0.02) it would start at about 1% of
+            # the visual part, and the product of two such layers has almost no gradient to grow from.
+            self.step_reduce.fan_in_init = "relu"
+            # Each part normalised per channel before the sum, so neither can drown the other by growing: the
+            # stream's BatchNorm comes after the sum and is blind to how the two parts' scales compare.
+            self.visual_norm = nn.BatchNorm3d(stream_dim)
+            self.step_norm = nn.BatchNorm1d(stream_dim)
         self.conv = _spatial_conv(stream_dim, stream_dim, kernel_size, bias=False)
         self.norm = nn.BatchNorm3d(stream_dim)
         self.act = nn.ReLU(inplace=True)
@@ -281,8 +294,16 @@ class ConvStream(nn.Module):
         """`features` (B, C, T, H, W) and `steps` (B, T, step_dim) -> (B, stream_dim, T, H, W)."""
         reduced = self.reduce(features)
         if self.step_reduce is not None:
-            # (B, T, S) -> (B, S, T, 1, 1), broadcast over H and W
-            reduced = reduced + self.step_reduce(steps).transpose(1, 2)[..., None, None]
+            # (B, T, S) -> (B, S, T), normalised per channel over batch and steps -> (B, S, T, 1, 1), broadcast
+            # over H and W
+            sound = self.step_reduce(steps).transpose(1, 2)
+            if self.training and sound.shape[0] * sound.shape[2] == 1:
+                # One value per channel (a batch of one clip of one step) has no batch statistics: the running ones.
+                norm = self.step_norm
+                sound = F.batch_norm(sound, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+            else:
+                sound = self.step_norm(sound)
+            reduced = self.visual_norm(reduced) + sound[..., None, None]
         return reduced
 
     def forward(self, features: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:

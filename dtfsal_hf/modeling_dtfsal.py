@@ -157,6 +157,12 @@ class DTFSalPreTrainedModel(PreTrainedModel):
             # Offset predictors start at zero: a deformable stream begins as a plain convolution.
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif getattr(module, "fan_in_init", None):
+            # The time-aligned sound's projections (layers.TimeAlignedAudio, layers.ConvStream): unit gain from
+            # their fan-in, so the sound enters AMFB's streams at the scale of the visual features.
+            init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity=module.fan_in_init)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif getattr(module, "logit_init", False):
             init.trunc_normal_(module.weight, std=std)
             init.zeros_(module.bias)
@@ -169,7 +175,7 @@ class DTFSalPreTrainedModel(PreTrainedModel):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm3d)):
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm3d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, MultiscaleAttention) and module.rel_pos_h is not None:

@@ -14,69 +14,16 @@ from PIL import Image
 from dtfsal_hf import DTFSalConfig, DTFSalModel, DTFSalProcessor, inference, media
 from dtfsal_hf.clips import iter_clips
 from dtfsal_hf.inference import SaliencyPredictor, predict_to_folder, saliency_statistics
+from videos import FPS, SIZE, streams_of, write_test_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DHF1K_VIDEO = REPO_ROOT.parent / "shared/data/dhf1k_002/002.AVI"
-FPS = 25
-SIZE = (72, 128)  # (height, width): not the tiny model's 64x96, so maps must be resized back
-
-
-def write_test_video(path: Path, num_frames: int = 12, with_audio: bool = True, size=SIZE, fps: int = FPS) -> Path:
-    """H.264 + AAC: a white square moving right over a grey background, and a 440 Hz tone."""
-    height, width = size
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.time_base = Fraction(1, fps)
-        audio = container.add_stream("aac", rate=16000) if with_audio else None
-        if audio is not None:
-            audio.layout = "mono"
-        for index in range(num_frames):
-            image = np.full((height, width, 3), 60, np.uint8)
-            left = (index * 4) % (width - 16)
-            image[height // 2 - 8 : height // 2 + 8, left : left + 16] = 255
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = index, Fraction(1, fps)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-        if audio is not None:
-            _encode_tone(container, audio, num_frames / fps)
-    return path
-
-
-def _encode_tone(container, stream, seconds: float) -> None:
-    rate, frame_size = 16000, stream.codec_context.frame_size or 1024
-    samples = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
-    for start in range(0, samples.shape[0], frame_size):
-        frame = av.AudioFrame.from_ndarray(samples[None, start : start + frame_size].copy(), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = rate, start
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-
-
-def streams_of(path: Path) -> dict:
-    """{"video": (duration s, frames), "audio": (duration s, codec)} of an MP4, read back with PyAV."""
-    found = {}
-    with av.open(str(path)) as container:
-        for stream in container.streams:
-            duration = float(stream.duration * stream.time_base) if stream.duration else None
-            found[stream.type] = (duration, stream.frames if stream.type == "video" else stream.codec_context.name)
-    return found
-
-
 def dhf1k_video() -> Path:
     if not DHF1K_VIDEO.is_file():
         pytest.skip(f"DHF1K sample clip not found at {DHF1K_VIDEO}")
     return DHF1K_VIDEO
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model gains nothing from threads; on a shared machine they only compete.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -532,7 +479,8 @@ def test_prefetch_raises_the_producers_error_and_stops_when_closed():
 
 
 def test_the_demo_checkpoints_maps_of_its_example_are_unchanged():
-    """Maps of the bundled example by the demo checkpoint, stored before the predictor was rebuilt on one loop."""
+    """Maps of the bundled example by the demo checkpoint, stored when the checkpoint was trained: any change to the
+    frames-to-maps path (or to the model's arithmetic) shows here."""
     reference = np.load(Path(__file__).parent / "data" / "demo_synthetic_example_maps.npz")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -149,14 +149,21 @@ def test_time_aligned_projection_keeps_the_mel_bands_apart():
     assert block(low, token_times, step_times)[0, 0, 0] == 1.0 and block(high, token_times, step_times)[0, 0, 0] == 0.0
 
 
-def test_step_audio_in_the_reduction_equals_reducing_its_copy_at_every_pixel():
-    stream = ConvStream(8, 6, 8, kernel_size=3, step_dim=5)
+def test_step_audio_joins_the_reduction_normalised_and_broadcast_over_every_pixel():
+    stream = ConvStream(8, 6, 8, kernel_size=3, step_dim=5).train()
     visual, steps = torch.randn(2, 8, 3, 4, 4), torch.randn(2, 3, 5)
-    # (B, T, S) -> (B, S, T, H, W): the step vector copied to every pixel, concatenated to the visual channels
-    copied = steps.transpose(1, 2)[..., None, None].expand(-1, -1, -1, 4, 4)
-    weight = torch.cat([stream.reduce.weight, stream.step_reduce.weight[..., None, None, None]], dim=1)
-    expected = torch.nn.functional.conv3d(torch.cat([visual, copied], dim=1), weight, stream.reduce.bias)
-    torch.testing.assert_close(stream.reduced(visual, steps), expected)
+    # Each part normalised per channel over the batch (visual: and every pixel and step; sound: every step), the
+    # sound then the same at every pixel of its step.
+    def normalised(x, dims):
+        return (x - x.mean(dims, keepdim=True)) / torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + 1e-5)
+
+    picture = normalised(stream.reduce(visual), (0, 2, 3, 4))
+    sound = normalised(stream.step_reduce(steps), (0, 1)).transpose(1, 2)[..., None, None]
+    torch.testing.assert_close(stream.reduced(visual, steps), picture + sound.expand(-1, -1, -1, 4, 4))
+    # The sound's share no longer depends on how large the visual features are.
+    torch.testing.assert_close(stream.reduced(100 * visual, steps), stream.reduced(visual, steps), rtol=1e-4, atol=1e-4)
+    # One clip of one step in training: no batch statistics, the running ones are used (no error).
+    assert stream.reduced(visual[:1, :, :1], steps[:1, :1]).shape == (1, 6, 1, 4, 4)
 
 
 def test_amfb_stretch_is_score_weighted_sum_of_streams():

@@ -17,7 +17,7 @@ from dtfsal_hf.layers import DLTFB, LTEB
 from dtfsal_hf.modeling_dtfsal import correlation_coefficient, kl_divergence
 
 from isolation import check_remote_model_equals
-from test_plugins import PLUGIN_SOURCE, write_distribution
+from plugin_packages import PLUGIN_SOURCE, write_distribution
 
 SMALL_OPTIONS = {
     "s3d": {},

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from dtfsal_hf import cli, inference
-from test_inference import FPS, SIZE, one_thread, streams_of, write_test_video  # noqa: F401 (autouse fixture)
+from videos import FPS, SIZE, streams_of, write_test_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "random-tiny", "--no-progress"]

@@ -16,7 +16,9 @@ import pytest
 import hostile_media
 from dtfsal_hf import cli, inference
 from dtfsal_hf.npz_stream import NpzMapWriter, crc32_combine, iter_npz_maps
-from test_inference import SIZE, one_thread, write_test_video  # noqa: F401 (autouse fixture)
+from videos import SIZE, write_test_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "random-tiny", "--no-progress"]

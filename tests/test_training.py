@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from dtfsal_hf import DTFSalModel, DTFSalProcessor
 from dtfsal_hf.data import SyntheticConfig, generate_synthetic_dataset
 from dtfsal_hf.training import TrainingConfig, find_checkpoint, train
-from dtfsal_hf.training.trainer import Trainer, build_model, check_checkpoint
+from dtfsal_hf.training.trainer import Trainer, build_model, check_checkpoint, parameter_groups
 from isolation import maps_with_package, maps_without_package, real_clip_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,6 +219,10 @@ def check_best_export(output: Path, summary: dict) -> None:
     assert record["epoch"] == summary["best_epoch"]
     assert set(record["validation"]) >= {"cc", "nss", "auc_judd", "sim", "kld", "loss"}
     assert list((output / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs missing"
+    # The video-saliency pipeline travels with the model, for `pipeline(..., trust_remote_code=True)`.
+    assert (best / "pipeline_dtfsal.py").is_file()
+    assert json.loads((best / "config.json").read_text())["custom_pipelines"]["video-saliency"]["impl"] == \
+        "pipeline_dtfsal.DTFSalVideoSaliencyPipeline"
 
 
 def check_best_loads_without_the_package(best: Path, work_dir: Path) -> None:
@@ -383,3 +387,22 @@ def test_parts_to_freeze_are_named_in_the_training_section():
     assert not any(p.requires_grad for p in model.visual_encoder.parameters())
     with pytest.raises(ValueError, match="training.freeze"):
         TrainingConfig.from_dict({"training": {"freeze": "visual_branch"}})
+
+
+def test_learning_rate_multipliers_scale_the_named_parts_and_nothing_else():
+    config = TrainingConfig.from_dict({"model": {"size": "tiny"},
+                                       "training": {"learning_rate": 1e-3, "learning_rate_multipliers": {"audio_branch": 3}}})
+    model = build_model(config.model)
+    groups = parameter_groups(model, config.training.learning_rate, config.training.learning_rate_multipliers)
+    audio = {id(p) for name in ("audio_encoder", "fusion_blocks") for p in model.get_submodule(name).parameters()}
+    assert [group["lr"] for group in groups] == [1e-3, 3e-3]
+    assert {id(p) for p in groups[1]["params"]} == audio
+    assert sorted(id(p) for group in groups for p in group["params"]) == sorted(id(p) for p in model.parameters())
+    optimizer = torch.optim.Adam(groups, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
+    optimizer.step(), scheduler.step()
+    assert [round(group["lr"], 12) for group in optimizer.param_groups] == [1e-4, 3e-4]
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['audio_brunch'\]"):
+        parameter_groups(model, 1e-3, {"audio_brunch": 3})
+    with pytest.raises(ValueError, match="learning_rate_multipliers.audio_branch must be a finite number > 0"):
+        TrainingConfig.from_dict({"training": {"learning_rate_multipliers": {"audio_branch": -1}}})

@@ -98,7 +98,9 @@ class TrainingSettings:
     `kld`, `loss`: lower is better); `early_stopping_patience` 0 turns early stopping off.
     `threads` sets `torch.set_num_threads` (null: leave torch's default). `freeze` lists parts of the model to
     keep fixed, by `DTFSalModel.part_groups` name (e.g. `[visual_branch]`: only the audio encoder and the fusion
-    train), besides `freeze_audio_trunk` and `freeze_visual_encoder`.
+    train), besides `freeze_audio_trunk` and `freeze_visual_encoder`. `learning_rate_multipliers` scales the
+    learning rate of parts by the same names, e.g. `{audio_branch: 3}` (a part in two named groups takes the first
+    one listed; the schedule scales every group alike).
     """
 
     epochs: int = 10
@@ -116,6 +118,7 @@ class TrainingSettings:
     freeze_audio_trunk: bool = True
     freeze_visual_encoder: bool = False
     freeze: list[str] = field(default_factory=list)
+    learning_rate_multipliers: dict[str, float] = field(default_factory=dict)
     early_stopping_patience: int = 3
     early_stopping_metric: str = "cc"
     validation_metrics: list[str] = field(default_factory=lambda: ["cc", "nss", "auc_judd", "sim", "kld"])
@@ -229,6 +232,10 @@ class TrainingConfig:
             raise ValueError(f"training.adam_betas needs two values in [0, 1), got {t.adam_betas}")
         if t.max_grad_norm is not None and not (math.isfinite(t.max_grad_norm) and t.max_grad_norm > 0):
             raise ValueError(f"training.max_grad_norm must be a finite number > 0 (or null), got {t.max_grad_norm}")
+        for name, multiplier in t.learning_rate_multipliers.items():
+            if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not (
+                    math.isfinite(multiplier) and multiplier > 0):
+                raise ValueError(f"training.learning_rate_multipliers.{name} must be a finite number > 0, got {multiplier!r}")
         _at_least("training.early_stopping_patience", t.early_stopping_patience, 0)
         for name in ("max_steps_per_epoch", "threads"):
             if getattr(t, name) is not None:

@@ -6,7 +6,8 @@ A run writes, under `output.dir`:
   schedule, Accelerate's step) and `rng_state_<process>.json` (each process's Python, NumPy and torch random
   states), written under a temporary name and renamed when complete, so an interrupted save never looks like a
   checkpoint. Reading one runs no code: safetensors, `torch.load(weights_only=True)` and JSON only;
-- `best/` — the best model so far (`save_pretrained`, with its processor), ready for `dtfsal push`;
+- `best/` — the best model so far (`save_pretrained`, with its processor and the `video-saliency` pipeline's code),
+  ready for `dtfsal push`;
 - `logs/` — TensorBoard (loss, learning rate, validation metrics); `history.json` — one entry per epoch;
 - `test/summary.json` — the best model on the test splits, when `data.test` names some.
 
@@ -39,6 +40,7 @@ from ..evaluation import METRIC_TITLES, prepare_prediction, protocol_for
 from ..metrics import compute_metrics, nanmean
 from ..modeling_dtfsal import DTFSalModel, correlation_coefficient, kl_divergence
 from ..processing_dtfsal import DTFSalProcessor
+from ..remote_code import add_pipeline
 from .config import ModelSettings, TrainingConfig
 from .data import build_clip_dataset, collate_clips, hold_out, load_sources, prepare_synthetic
 
@@ -241,6 +243,27 @@ def find_checkpoint(output_dir: str | Path, resume: str | bool, num_processes: i
                      "incomplete (see above); remove them to start from scratch")
 
 
+def parameter_groups(model: DTFSalModel, learning_rate: float, multipliers: dict[str, float]) -> list[dict]:
+    """The optimizer's parameter groups: the trainable parameters of each part named in `multipliers`
+    (`DTFSalModel.part_groups` names) at `learning_rate` times its multiplier, in the order given, then the rest at
+    `learning_rate`. An unknown name raises a `ValueError` naming the choices."""
+    groups = model.part_groups()
+    unknown = [name for name in multipliers if name not in groups or not groups[name]]
+    if unknown:
+        raise ValueError(f"training.learning_rate_multipliers: unknown part(s) {unknown}; this model has "
+                         f"{sorted(n for n in groups if groups[n])}")
+    taken: set[int] = set()
+    result = []
+    for name, multiplier in multipliers.items():
+        params = [p for part in groups[name] for p in model.get_submodule(part).parameters()
+                  if p.requires_grad and id(p) not in taken]
+        taken.update(id(p) for p in params)
+        if params:
+            result.append({"params": params, "lr": learning_rate * multiplier, "part": name})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    return [{"params": rest, "lr": learning_rate}] + result
+
+
 class Trainer:
     """Trains one `TrainingConfig`. `callbacks` are called as `callback(trainer)` after every optimizer step."""
 
@@ -315,8 +338,8 @@ class Trainer:
 
     def _setup_optimisation(self) -> None:
         t, d = self.config.training, self.config.data
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=t.learning_rate, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+        groups = parameter_groups(self.model, t.learning_rate, t.learning_rate_multipliers)
+        self.optimizer = torch.optim.Adam(groups, lr=t.learning_rate, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step_epochs, gamma=t.lr_gamma)
         loader = lambda dataset, batch, shuffle: torch.utils.data.DataLoader(  # noqa: E731
             dataset, batch_size=batch, shuffle=shuffle, collate_fn=collate_clips, num_workers=d.num_workers)
@@ -615,6 +638,7 @@ class Trainer:
                 shutil.rmtree(partial)
             self._unwrapped.save_pretrained(partial, state_dict=accelerator.get_state_dict(self.model))
             self.processor.save_pretrained(partial)
+            add_pipeline(partial)  # `pipeline("video-saliency", model=best, trust_remote_code=True)` without the package
             (partial / "training_summary.json").write_text(json.dumps(
                 {"epoch": entry["epoch"], "step": entry["step"], "train_loss": entry["train_loss"],
                  "validation": entry.get("validation"), "training_config": self.config.to_dict()}, indent=2))
@@ -714,4 +738,4 @@ def train(config: TrainingConfig, resume: str | bool | None = None, callbacks: S
     return Trainer(config, callbacks).train(resume)
 
 
-__all__ = ["LoopState", "Trainer", "build_model", "check_checkpoint", "find_checkpoint", "train"]
+__all__ = ["LoopState", "Trainer", "build_model", "check_checkpoint", "find_checkpoint", "parameter_groups", "train"]
