@@ -208,8 +208,9 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call (default: 4)")
     parser.add_argument("--stride", type=int, default=1,
                         help="predict every N-th frame, interpolate the others in time: about N times faster (default: 1)")
-    parser.add_argument("--alignment", default="last", choices=("last", "center"),
-                        help="the frame a clip predicts: its last (default, as the paper) or its centre")
+    parser.add_argument("--alignment", default="last", choices=("last", "center", "causal", "centre"),
+                        help="the frame a clip predicts: its last (default, as the paper) or its centre "
+                             "(causal and centre: older names of the two, deprecated)")
     parser.add_argument("--blur-sigma", type=float, default=0.0, help="Gaussian blur of the maps, pixels (default: 0)")
     parser.add_argument("--no-normalize", action="store_true",
                         help="keep the model's values instead of dividing each map by its maximum")

@@ -1,8 +1,10 @@
 """Which frames make up each clip, and how the maps of a whole video are assembled.
 
 A clip of `num_frames` frames predicts one map, that of its *target* frame:
-- `"causal"` (default, as TMFI-Net and ViNet): the target is the clip's last frame;
-- `"centre"`: the target sits at position `num_frames // 2` of the clip.
+- `"last"` (default, the paper's choice, as TMFI-Net and ViNet): the target is the clip's last frame;
+- `"center"`: the target sits at position `num_frames // 2` of the clip.
+These two words are the alignment everywhere (CLI, predictor, pipeline, training YAML, clip datasets);
+`alignment_name` also takes the older `"causal"` / `"centre"`, with a deprecation warning.
 Indices before the first frame repeat the first frame (so every frame gets a map); in centre alignment,
 indices after the last frame repeat the last frame.
 
@@ -19,27 +21,43 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
 
-ALIGNMENTS = ("causal", "centre")
+ALIGNMENTS = ("last", "center")
+DEPRECATED_ALIGNMENTS = {"causal": "last", "centre": "center"}
+
+
+def alignment_name(alignment: str, stacklevel: int = 2) -> str:
+    """`alignment` as one of `ALIGNMENTS`; an older spelling (`DEPRECATED_ALIGNMENTS`) is accepted with a
+    `FutureWarning` naming the new one; anything else raises a `ValueError` naming the choices."""
+    if alignment in ALIGNMENTS:
+        return alignment
+    if alignment in DEPRECATED_ALIGNMENTS:
+        new = DEPRECATED_ALIGNMENTS[alignment]
+        warnings.warn(f"alignment {alignment!r} is now called {new!r}; the old name will stop working in a future "
+                      "version", FutureWarning, stacklevel=stacklevel + 1)
+        return new
+    raise ValueError(f"alignment must be 'last' (the clip predicts its last frame) or 'center' (its centre frame), "
+                     f"got {alignment!r}")
 
 
 def _check_options(num_frames: int, alignment: str, stride: int) -> None:
     if not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    alignment_name(alignment, stacklevel=3)
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
 
 
-def frames_after_target(num_frames: int, alignment: str = "causal") -> int:
+def frames_after_target(num_frames: int, alignment: str = "last") -> int:
     """How many frames of a clip come after its target frame."""
     _check_options(num_frames, alignment, 1)
-    return 0 if alignment == "causal" else num_frames - 1 - num_frames // 2
+    return 0 if alignment_name(alignment) == "last" else num_frames - 1 - num_frames // 2
 
 
-def clip_frame_indices(target: int, num_frames: int, alignment: str = "causal", last_index: int | None = None) -> list[int]:
+def clip_frame_indices(target: int, num_frames: int, alignment: str = "last", last_index: int | None = None) -> list[int]:
     """Indices of the frames of the clip whose map is that of frame `target`.
 
     Indices are clamped to `[0, last_index]`: the first frame repeats at the start, the last at the end.
@@ -53,7 +71,7 @@ def clip_frame_indices(target: int, num_frames: int, alignment: str = "causal", 
 
 def target_indices(total_frames: int, stride: int = 1) -> list[int]:
     """Frames that get a predicted map: every `stride`-th frame from 0, plus the last frame."""
-    _check_options(1, "causal", stride)
+    _check_options(1, "last", stride)
     if total_frames < 1:
         raise ValueError(f"total_frames must be positive, got {total_frames}")
     targets = list(range(0, total_frames, stride))
@@ -110,13 +128,14 @@ class _FrameBuffer:
         return len(self._frames)
 
 
-def iter_clips(frames: Iterable, num_frames: int, alignment: str = "causal", stride: int = 1) -> Iterator[ClipWindow]:
+def iter_clips(frames: Iterable, num_frames: int, alignment: str = "last", stride: int = 1) -> Iterator[ClipWindow]:
     """Turn a stream of frames (objects with `index`, `time`, `end_time`, `image`, as `media.Frame`) into clips.
 
     Yields one `ClipWindow` per target frame (see `target_indices`), in order, as soon as its frames have been
     read. Holds at most `max(num_frames, stride) + frames after the target` frames.
     """
     _check_options(num_frames, alignment, stride)
+    alignment = alignment_name(alignment)
     after = frames_after_target(num_frames, alignment)
     buffer, previous_target, next_target, last = _FrameBuffer(), -1, 0, None
     for frame in frames:
@@ -192,6 +211,8 @@ def iter_frame_maps(predictions: Iterable[tuple[ClipWindow, np.ndarray]]) -> Ite
 
 __all__ = [
     "ALIGNMENTS",
+    "DEPRECATED_ALIGNMENTS",
+    "alignment_name",
     "ClipWindow",
     "clip_frame_indices",
     "frames_after_target",

@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clips import iter_batches, iter_clips, iter_frame_maps
+from .clips import ALIGNMENTS, alignment_name, iter_batches, iter_clips, iter_frame_maps
 from .media import AudioTrack, Frame, VideoInfo, audio_window, iter_frames, load_audio, probe_video, resample_audio
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Public names of the clip alignments, and the names `clips.py` uses for them.
-ALIGNMENTS = {"last": "causal", "center": "centre", "causal": "causal", "centre": "centre"}
 SAMPLING_RATE = 16000
 DEFAULT_FPS = 30.0
 
@@ -269,8 +268,7 @@ class SaliencyLoop:
 
     def __init__(self, model, processor, batch_size: int = 4, stride: int = 1, alignment: str = "last",
                  normalize: str | None = "max"):
-        if alignment not in ALIGNMENTS:
-            raise ValueError(f"alignment must be 'last' or 'center', got {alignment!r}")
+        alignment = alignment_name(alignment)
         if normalize not in ("max", None):
             raise ValueError(f"normalize must be 'max' or None, got {normalize!r}")
         self.model, self.processor = model, processor
@@ -406,7 +404,7 @@ class SaliencyLoop:
         num_frames = self.model.config.num_frames
         sizes: list = [] if source.size is None else [source.size]
         frames = prefetch(self._model_frames(source.frames(), max_frames, sizes), 2 * num_frames)
-        windows = iter_clips(frames, num_frames, ALIGNMENTS[self.alignment], stride)
+        windows = iter_clips(frames, num_frames, self.alignment, stride)
         # The frames' size is known once the first frame is read, before the first clip is predicted.
         predictions = self._predicted_windows(windows, track, sizes if video_size else None, blur_sigma)
         total = min(source.num_frames, max_frames or source.num_frames) if source.num_frames else max_frames

@@ -31,10 +31,10 @@ def test_causal_window_ends_at_the_target_and_repeats_the_first_frame():
 
 
 def test_centre_window_puts_the_target_in_the_middle():
-    assert clip_frame_indices(10, 4, "centre") == [8, 9, 10, 11]
-    assert clip_frame_indices(10, 5, "centre") == [8, 9, 10, 11, 12]
-    assert clip_frame_indices(0, 4, "centre", last_index=5) == [0, 0, 0, 1]
-    assert clip_frame_indices(5, 4, "centre", last_index=5) == [3, 4, 5, 5]
+    assert clip_frame_indices(10, 4, "center") == [8, 9, 10, 11]
+    assert clip_frame_indices(10, 5, "center") == [8, 9, 10, 11, 12]
+    assert clip_frame_indices(0, 4, "center", last_index=5) == [0, 0, 0, 1]
+    assert clip_frame_indices(5, 4, "center", last_index=5) == [3, 4, 5, 5]
 
 
 def test_targets_with_stride_include_the_last_frame():
@@ -44,7 +44,7 @@ def test_targets_with_stride_include_the_last_frame():
     assert target_indices(1, 4) == [0]
 
 
-@pytest.mark.parametrize("alignment", ["causal", "centre"])
+@pytest.mark.parametrize("alignment", ["last", "center"])
 @pytest.mark.parametrize("stride", [1, 3, 8])
 @pytest.mark.parametrize("count", [1, 2, 7, 20])
 def test_iter_clips_gives_every_target_its_window(alignment, stride, count):
@@ -130,3 +130,24 @@ def test_stride_one_gives_each_frame_its_own_prediction():
     windows = list(iter_clips(synthetic_frames(5), num_frames=3))
     predictions = [(w, np.full((1, 1), 10.0 * w.target.index)) for w in windows]
     np.testing.assert_array_equal([m[0, 0] for _, m in iter_frame_maps(predictions)], [0, 10, 20, 30, 40])
+
+
+def test_one_alignment_vocabulary_and_the_older_names_still_work_with_a_warning():
+    from dtfsal_hf.clips import ALIGNMENTS, alignment_name
+    from dtfsal_hf.data.clips import ClipPolicy
+    from dtfsal_hf.training import TrainingConfig
+
+    assert ALIGNMENTS == ("last", "center")
+    for old, new in (("causal", "last"), ("centre", "center")):
+        with pytest.warns(FutureWarning, match=f"alignment '{old}' is now called '{new}'"):
+            assert alignment_name(old) == new
+        with pytest.warns(FutureWarning):
+            assert clip_frame_indices(10, 4, old) == clip_frame_indices(10, 4, new)
+        with pytest.warns(FutureWarning):
+            assert ClipPolicy(clip_length=4, alignment=old).alignment == new
+        with pytest.warns(FutureWarning):
+            assert TrainingConfig.from_dict({"data": {"alignment": old}}).data.alignment == new
+    with pytest.raises(ValueError, match="alignment must be 'last' .* or 'center' .*, got 'first'"):
+        alignment_name("first")
+    with pytest.raises(ValueError, match="data.alignment must be 'last'"):
+        TrainingConfig.from_dict({"data": {"alignment": "first"}})

@@ -34,7 +34,7 @@ def test_policy_start_of_video_options():
     assert ClipPolicy(clip_length=4).frame_indices(5, 10) == [2, 3, 4, 5]
     assert ClipPolicy(clip_length=4, start="reverse").frame_indices(1, 10) == [4, 3, 2, 1]
     assert ClipPolicy(clip_length=4, start="skip").frame_indices(1, 10) is None
-    assert ClipPolicy(clip_length=4, alignment="centre").frame_indices(9, 10) == [7, 8, 9, 9]
+    assert ClipPolicy(clip_length=4, alignment="center").frame_indices(9, 10) == [7, 8, 9, 9]
     assert [t for t, _ in ClipPolicy(clip_length=4, start="skip", target_stride=2).clips(10)] == [4, 6, 8]
     assert len(ClipPolicy(clip_length=4).clips(10)) == 10
     with pytest.raises(ValueError, match="start must be one of"):

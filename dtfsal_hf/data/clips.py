@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..clips import clip_frame_indices, frames_after_target
+from ..clips import alignment_name, clip_frame_indices, frames_after_target
 from ..media import audio_window
 from .io import AUDIO_WINDOW_SAMPLES, SAMPLING_RATE
 from .readers import VideoRecord
 
-ALIGNMENTS = ("causal", "centre")
 STARTS = ("repeat", "reverse", "skip")
 NORMALIZATIONS = ("none", "max", "sum")
 
@@ -30,8 +29,9 @@ class ClipPolicy:
     """How clips are cut around a target frame.
 
     - `clip_length`: frames per clip (the paper: 32).
-    - `alignment`: `"causal"` (the target is the clip's last frame: the paper, TMFI-Net, ViNet) or
-      `"centre"` (the target sits at position `clip_length // 2`, TASED-Net style).
+    - `alignment`: `"last"` (the target is the clip's last frame: the paper, TMFI-Net, ViNet) or
+      `"center"` (the target sits at position `clip_length // 2`, TASED-Net style); `dtfsal_hf.clips`'s words
+      (the older `"causal"` / `"centre"` are accepted with a deprecation warning).
     - `start`: frames before the video's start. `"repeat"` repeats the first frame (the paper);
       `"reverse"` plays the first frames backwards so the clip ends on the target (ViNet's test-time
       handling); `"skip"` gives no clip to targets without a full clip.
@@ -40,7 +40,7 @@ class ClipPolicy:
     """
 
     clip_length: int = 32
-    alignment: str = "causal"
+    alignment: str = "last"
     start: str = "repeat"
     target_stride: int = 1
     map_normalization: str = "none"
@@ -48,8 +48,8 @@ class ClipPolicy:
     def __post_init__(self) -> None:
         if self.clip_length < 1 or self.target_stride < 1:
             raise ValueError(f"clip_length and target_stride must be >= 1, got {self.clip_length} and {self.target_stride}")
+        object.__setattr__(self, "alignment", alignment_name(self.alignment, stacklevel=3))
         for name, value, allowed in (
-            ("alignment", self.alignment, ALIGNMENTS),
             ("start", self.start, STARTS),
             ("map_normalization", self.map_normalization, NORMALIZATIONS),
         ):
@@ -64,7 +64,7 @@ class ClipPolicy:
             return list(range(first, first + length))
         if self.start == "skip":
             return None
-        if self.start == "reverse" and first < 0 and self.alignment == "causal":
+        if self.start == "reverse" and first < 0 and self.alignment == "last":
             # The clip runs backwards from target + length − 1 down to the target itself.
             return [min(i, num_frames - 1) for i in range(target + length - 1, target - 1, -1)]
         # Repeat the first frame before the start, and the last frame after the end.

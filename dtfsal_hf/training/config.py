@@ -78,7 +78,7 @@ class DataSettings:
     test: list[DataSource] = field(default_factory=list)
     validation_fraction: float = 0.0
     synthetic: dict | None = None
-    alignment: str = "causal"
+    alignment: str = "last"
     start: str = "repeat"
     map_normalization: str = "none"
     train_target_stride: int = 1
@@ -251,7 +251,13 @@ class TrainingConfig:
             raise ValueError(f"training.early_stopping_metric must be one of {sorted(metrics)}, got {t.early_stopping_metric!r}")
 
     def _validate_data(self) -> None:
+        from ..clips import alignment_name
+
         d = self.data
+        try:
+            d.alignment = alignment_name(d.alignment, stacklevel=4)
+        except ValueError as error:
+            raise ValueError(f"data.{error}") from None
         if not (math.isfinite(d.validation_fraction) and 0 <= d.validation_fraction < 1):
             raise ValueError(f"data.validation_fraction must lie in [0, 1), got {d.validation_fraction}")
         if d.cache == "disk" and not d.cache_dir:
