@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics as saliency_metrics
+from .metrics import METRIC_TITLES
 from .data.io import SAMPLING_RATE, read_saliency_map
 from .data.readers import VideoRecord
 from .media import AudioTrack
@@ -50,7 +51,6 @@ SAUC_OTHER_MAPS = ("videos", "same-video")
 """sAUC's other map: fixations of other videos' frames (Borji), or of the same video's other frames (STAViS)."""
 PROTOCOL_SAUC_OTHER = {"dhf1k": "videos", "stavis": "same-video"}
 DEFAULT_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "sauc")
-METRIC_TITLES = {"cc": "CC", "nss": "NSS", "auc_judd": "AUC-J", "sim": "SIM", "kld": "KLD", "sauc": "sAUC", "auc_borji": "AUC-B"}
 STAVIS_BLUR_SIGMA = 2.0
 CSV_NAME, SUMMARY_NAME, STATE_NAME = "per_video.csv", "summary.json", "evaluation.json"
 # The values a per-video mean can take; a row outside them is not one this module wrote.

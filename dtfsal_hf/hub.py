@@ -22,6 +22,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, M
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .feature_extraction_dtfsal import DTFSalFeatureExtractor
+from .metrics import METRIC_HUB_IDS, METRIC_NAMES, METRIC_TITLES, metric_name
 from .remote_code import check_remote_loadable, sibling_import_closure
 
 logger = logging.getLogger(__name__)
@@ -48,31 +49,8 @@ DEFAULT_LICENSE = "apache-2.0"
 TAGS = ("custom_code", "video-saliency-prediction", "saliency", "audio-visual", "dtfsal")
 TASK_NAME = "Video saliency prediction"
 
-# Canonical metric name -> (Hub metric id, display name). Order is the card's table order.
-METRICS = {
-    "CC": ("cc", "CC"),
-    "NSS": ("nss", "NSS"),
-    "AUC_J": ("auc_judd", "AUC-J"),
-    "SIM": ("sim", "SIM"),
-    "KLD": ("kld", "KLD"),
-    "sAUC": ("shuffled_auc", "sAUC"),
-    "AUC_B": ("auc_borji", "AUC-B"),
-}
-_METRIC_ALIASES = {
-    "cc": "CC",
-    "nss": "NSS",
-    "aucj": "AUC_J",
-    "aucjudd": "AUC_J",
-    "sim": "SIM",
-    "similarity": "SIM",
-    "kld": "KLD",
-    "kl": "KLD",
-    "kldiv": "KLD",
-    "sauc": "sAUC",
-    "shuffledauc": "sAUC",
-    "aucb": "AUC_B",
-    "aucborji": "AUC_B",
-}
+# Metric name (`metrics.METRIC_NAMES`) -> (Hub metric id, display name). Order is the card's table order.
+METRICS = {name: (METRIC_HUB_IDS[name], METRIC_TITLES[name]) for name in METRIC_NAMES}
 # Files of a saved model that belong on the Hub; anything else in the folder stays local.
 _UPLOADED_SUFFIXES = (".safetensors", ".json", ".py")
 _PROCESSOR_CONFIGS = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
@@ -96,17 +74,12 @@ class EvaluationSummary:
         return re.sub(r"[^a-z0-9]+", "-", self.dataset.lower()).strip("-")
 
 
-def _canonical_metric(name: str) -> str:
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
-    return _METRIC_ALIASES.get(key, name)
-
-
 def _metric_values(metrics: object, dataset: str, source: str) -> tuple[dict[str, float], list[str]]:
     if not isinstance(metrics, dict) or not metrics:
         raise ValueError(f"{source}: the summary for {dataset} has no 'metrics' object (got {metrics!r})")
     values, missing = {}, []
     for name, value in metrics.items():
-        canonical = _canonical_metric(str(name))
+        canonical = metric_name(str(name))
         if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
             raise ValueError(f"{source}: metric {name} of {dataset} must be a number or null, got {value!r}")
         if value is None or not math.isfinite(value):

@@ -31,6 +31,7 @@ Rules where the MATLAB code returns NaN or is silent:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -39,7 +40,30 @@ EPSILON = 2.2204e-16
 """MATLAB's `eps`, the ε of `KLdiv.m` and of the training loss."""
 
 METRIC_NAMES = ("cc", "nss", "auc_judd", "sim", "kld", "sauc", "auc_borji")
-"""Every metric `compute_metrics` knows, in the order tables print them."""
+"""Every metric `compute_metrics` knows, in the order tables print them: the one vocabulary of metric names
+(evaluation, training, the model card)."""
+
+METRIC_TITLES = {"cc": "CC", "nss": "NSS", "auc_judd": "AUC-J", "sim": "SIM", "kld": "KLD", "sauc": "sAUC",
+                 "auc_borji": "AUC-B"}
+"""How tables and model cards print each metric."""
+
+METRIC_HUB_IDS = {**{name: name for name in METRIC_NAMES}, "sauc": "shuffled_auc"}
+"""Each metric's id in a model card's `model-index`."""
+
+LOWER_IS_BETTER = ("kld",)
+"""Metrics where a lower value is better (every other one: higher)."""
+
+_ALIASES = {
+    "cc": "cc", "nss": "nss", "aucj": "auc_judd", "aucjudd": "auc_judd", "sim": "sim", "similarity": "sim",
+    "kld": "kld", "kl": "kld", "kldiv": "kld", "sauc": "sauc", "shuffledauc": "sauc", "aucb": "auc_borji",
+    "aucborji": "auc_borji",
+}
+
+
+def metric_name(name: str) -> str:
+    """The `METRIC_NAMES` name of a metric however it is spelled ("CC", "AUC-J", "AUC_J", "sAUC", "shuffled_auc",
+    "KLdiv", ...); a name that is no known metric comes back unchanged."""
+    return _ALIASES.get(re.sub(r"[^a-z0-9]", "", str(name).lower()), name)
 
 
 def _as_batch(name: str, value: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -324,7 +348,11 @@ def nanmean(values: Sequence[float] | torch.Tensor) -> float:
 
 __all__ = [
     "EPSILON",
+    "LOWER_IS_BETTER",
+    "METRIC_HUB_IDS",
     "METRIC_NAMES",
+    "METRIC_TITLES",
+    "metric_name",
     "auc_borji",
     "auc_judd",
     "auc_shuffled",

@@ -26,6 +26,7 @@ from huggingface_hub.errors import (
 )
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.media import probe_video
 from dtfsal_hf.hub import build_model_card, collect_model_files, load_evaluation_summaries, push_to_hub, secret_like_files
 from dtfsal_hf.processing_dtfsal import DTFSalProcessor
 
@@ -294,9 +295,9 @@ def test_evaluation_summaries_accept_one_object_or_a_list(tmp_path):
     single.write_text(json.dumps(EVALUATION[1]))
     several.write_text(json.dumps(EVALUATION))
     (one,) = load_evaluation_summaries([single])
-    assert one.dataset == "AVAD" and one.metrics == {"CC": 0.2222, "NSS": 1.1111, "AUC_J": 0.7777, "SIM": 0.1515}
+    assert one.dataset == "AVAD" and one.metrics == {"cc": 0.2222, "nss": 1.1111, "auc_judd": 0.7777, "sim": 0.1515}
     dhf1k, _ = load_evaluation_summaries([several])
-    assert dhf1k.missing == ["sAUC"] and "sAUC" not in dhf1k.metrics and dhf1k.num_videos == 3
+    assert dhf1k.missing == ["sauc"] and "sauc" not in dhf1k.metrics and dhf1k.num_videos == 3
 
 
 def test_evaluation_summaries_read_the_evaluation_module_output(tmp_path):
@@ -315,8 +316,8 @@ def test_evaluation_summaries_read_the_evaluation_module_output(tmp_path):
     path.write_text(json.dumps(summary))  # json writes NaN as the bare token NaN, as evaluate() does
     avad, diem = load_evaluation_summaries([path])
     assert (avad.dataset, avad.num_videos, avad.protocol) == ("AVAD", 2, "stavis")
-    assert avad.metrics == {"CC": 0.31, "NSS": 1.6, "AUC_J": 0.81, "SIM": 0.26, "KLD": 1.8} and avad.missing == ["sAUC"]
-    assert diem.metrics["sAUC"] == 0.6 and diem.num_videos == 3
+    assert avad.metrics == {"cc": 0.31, "nss": 1.6, "auc_judd": 0.81, "sim": 0.26, "kld": 1.8} and avad.missing == ["sauc"]
+    assert diem.metrics["sauc"] == 0.6 and diem.num_videos == 3
 
 
 @pytest.mark.parametrize(
@@ -529,6 +530,7 @@ def test_the_cards_snippet_reproduces_dtfsal_predict(hub, demo_resaved, tmp_path
     prelude = (
         f"import numpy as np\nimport torch\ntorch.set_num_threads({torch.get_num_threads()})\n"
         f"clip = np.load({str(tmp_path / 'clip.npy')!r})\nwaveform = np.load({str(tmp_path / 'waveform.npy')!r})\n"
+        f"fps = {probe_video(DHF1K_VIDEO).fps!r}\n"
     )
     code = prelude + _how_to_use(card) + f"np.save({str(tmp_path / 'saliency.npy')!r}, saliency.numpy())\n"
     run_without_package(code, cwd=tmp_path, env=_hub_env(tmp_path / "hf", hub.endpoint))

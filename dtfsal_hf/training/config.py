@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import metrics
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CACHE_MODES = ("none", "memory", "disk")
 MODEL_SIZES = ("paper", "tiny")
-LOWER_IS_BETTER = ("loss", "kld")
+LOWER_IS_BETTER = ("loss", *metrics.LOWER_IS_BETTER)
 # Metrics the validation loop computes (sAUC needs other videos' fixations, which a loader of clips has not).
-VALIDATION_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "auc_borji")
+VALIDATION_METRICS = tuple(name for name in metrics.METRIC_NAMES if name != "sauc")
 
 
 @dataclass

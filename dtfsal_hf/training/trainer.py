@@ -36,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration_dtfsal import DTFSalConfig
-from ..evaluation import METRIC_TITLES, prepare_prediction, protocol_for
-from ..metrics import compute_metrics, nanmean
+from ..evaluation import prepare_prediction, protocol_for
+from ..metrics import METRIC_TITLES, compute_metrics, nanmean
 from ..modeling_dtfsal import DTFSalModel, correlation_coefficient, kl_divergence
 from ..processing_dtfsal import DTFSalProcessor
 from ..remote_code import add_pipeline
