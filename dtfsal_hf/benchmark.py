@@ -621,25 +621,28 @@ def format_report(result: BenchmarkResult) -> str:
 
 
 def clip_inputs_from_video(video: str | os.PathLike, config: DTFSalConfig) -> dict:
-    """Model inputs (batch 1) of the clip that ends at frame `num_frames - 1` of `video`, with its audio."""
+    """Model inputs (batch 1) of the clip that ends at frame `num_frames - 1` of `video`, with its sound and its
+    frames' times: the predictor loop's own clip (`SaliencyLoop.window_inputs`)."""
     import itertools
 
-    import numpy as np
-
-    from .media import audio_window, iter_frames, load_audio
+    from .clips import iter_clips
+    from .media import iter_frames, load_audio
     from .processing_dtfsal import DTFSalProcessor
+    from .saliency_loop import SaliencyLoop
 
-    processor = DTFSalProcessor.from_model_config(config)
-    frames = list(itertools.islice(iter_frames(video), config.num_frames))
-    if len(frames) < config.num_frames:
-        raise ValueError(f"{video} has {len(frames)} frames; a clip needs {config.num_frames}")
-    clip = np.stack([frame.image for frame in frames])
-    if not config.use_audio:
-        return {"pixel_values_videos": processor(videos=[clip])["pixel_values_videos"]}
-    track = load_audio(video)
-    waveform = audio_window(track, frames[-1].end_time, processor.feature_extractor.num_samples)
-    inputs = processor(videos=[clip], audio=[waveform], sampling_rate=16000)
-    return {"pixel_values_videos": inputs["pixel_values_videos"], "input_features": inputs["input_features"]}
+    loop = SaliencyLoop(_ConfigOnly(config), DTFSalProcessor.from_model_config(config))
+    frames = itertools.islice(iter_frames(video), config.num_frames)
+    window = next((w for w in iter_clips(frames, config.num_frames) if w.target.index == config.num_frames - 1), None)
+    if window is None:
+        raise ValueError(f"{video} has fewer than {config.num_frames} frames; a clip needs {config.num_frames}")
+    return loop.window_inputs([window], load_audio(video) if config.use_audio else None)
+
+
+class _ConfigOnly:
+    """What `SaliencyLoop` reads of a model to build inputs: its config (no weights are built)."""
+
+    def __init__(self, config: DTFSalConfig):
+        self.config = config
 
 
 def benchmark(

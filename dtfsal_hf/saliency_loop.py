@@ -295,6 +295,28 @@ class SaliencyLoop:
             )
         return output.saliency_map.float()
 
+    def clip_inputs(self, clips: Sequence, audio: Sequence[np.ndarray] | None = None,
+                    frame_times: Sequence | None = None) -> dict:
+        """The processor's model inputs (tensors) for a batch of clips: `pixel_values_videos`, and for an
+        audio-visual model `input_features` (silence, with a warning, when `audio` is None) and `frame_times`
+        when given. Arguments as `predict_clips`."""
+        kwargs = {}
+        if self.uses_audio:
+            kwargs = dict(audio=list(audio), sampling_rate=SAMPLING_RATE) if audio is not None else dict(silent_audio=True)
+            if frame_times is not None:
+                kwargs["frame_times"] = list(frame_times)
+        inputs = self.processor(videos=list(clips), return_tensors="pt", **kwargs)
+        return {key: inputs[key] for key in ("pixel_values_videos", "input_features", "frame_times")
+                if key in inputs and (self.uses_audio or key == "pixel_values_videos")}
+
+    def window_inputs(self, windows: Sequence, track: AudioTrack | None) -> dict:
+        """`clip_inputs` of a batch of `clips.ClipWindow`s: each with the sound that ends at the end of its last frame
+        (`track` None: silence), on its frames' decoded times (a variable frame rate kept)."""
+        num_samples = self.processor.feature_extractor.num_samples
+        audio = [audio_window(track, window.end_time, num_samples) for window in windows] if track is not None else None
+        times = [[(frame.time, frame.end_time) for frame in window.frames] for window in windows]
+        return self.clip_inputs([window.images for window in windows], audio, frame_times=times)
+
     def predict_clips(self, clips: Sequence, audio: Sequence[np.ndarray] | None = None,
                       frame_times: Sequence | None = None) -> torch.Tensor:
         """Maps of a batch of clips at the model's resolution.
@@ -309,23 +331,11 @@ class SaliencyLoop:
         Returns:
             `(batch, model height, model width)` float32 in [0, 1], on the CPU.
         """
-        kwargs = {}
-        if self.uses_audio:
-            kwargs = dict(audio=list(audio), sampling_rate=SAMPLING_RATE) if audio is not None else dict(silent_audio=True)
-            if frame_times is not None:
-                kwargs["frame_times"] = list(frame_times)
-        inputs = self.processor(videos=list(clips), return_tensors="pt", **kwargs)
-        features = inputs.get("input_features") if self.uses_audio else None
-        return self.saliency_maps({"pixel_values_videos": inputs["pixel_values_videos"], "input_features": features,
-                                   "frame_times": inputs.get("frame_times")}).cpu()
+        return self.saliency_maps(self.clip_inputs(clips, audio, frame_times)).cpu()
 
     def predict_windows(self, windows: Sequence, track: AudioTrack | None) -> torch.Tensor:
-        """Maps of a batch of `clips.ClipWindow`s at the model's resolution: each hears the sound that ends at the
-        end of its last frame (`track` None: silence), on its frames' decoded times (a variable frame rate kept)."""
-        num_samples = self.processor.feature_extractor.num_samples
-        audio = [audio_window(track, window.end_time, num_samples) for window in windows] if track is not None else None
-        times = [[(frame.time, frame.end_time) for frame in window.frames] for window in windows]
-        return self.predict_clips([window.images for window in windows], audio, frame_times=times)
+        """Maps of a batch of `clips.ClipWindow`s at the model's resolution (`window_inputs`)."""
+        return self.saliency_maps(self.window_inputs(windows, track)).cpu()
 
     def _predicted_windows(self, windows: Iterable, track: AudioTrack | None, sizes: list | None, blur_sigma: float):
         """(window, map) for each clip window, predicted `batch_size` at a time; with `sizes` (holding the frames'

@@ -71,13 +71,13 @@ def expected_window(samples: np.ndarray, end_time: float, looped: bool) -> np.nd
 def heard(monkeypatch):
     """Spy on the waveforms each clip hands the processor: a list of (clips, windows) per model call."""
     calls = []
-    original = SaliencyPredictor.predict_clips
+    original = SaliencyPredictor.clip_inputs
 
     def spy(self, clips, audio=None, frame_times=None):
         calls.append([np.array(w, dtype=np.float64) for w in audio] if audio is not None else None)
         return original(self, clips, audio, frame_times)
 
-    monkeypatch.setattr(SaliencyPredictor, "predict_clips", spy)
+    monkeypatch.setattr(SaliencyPredictor, "clip_inputs", spy)
     return calls
 
 
