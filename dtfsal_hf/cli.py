@@ -83,8 +83,9 @@ def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score a model or saved predictions on a dataset (DHF1K or STAViS protocol)"
     )
-    parser.add_argument("--dataset", required=True,
-                        help="dhf1k, ucf_sports, hollywood2, or a STAViS-layout database (AVAD, DIEM, Coutrot_db1, ...)")
+    from .data.readers import dataset_help
+
+    parser.add_argument("--dataset", required=True, help=dataset_help())
     parser.add_argument("--root", required=True, help="the dataset's folder")
     parser.add_argument("--split", default=None, help="split to score (default: val for DHF1K, test otherwise)")
     parser.add_argument("--fold", default="all", help="STAViS fold: 1, 2, 3 or all (default: all)")

@@ -59,9 +59,11 @@ METRIC_RANGES = {"cc": (-1.0, 1.0), "nss": (-math.inf, math.inf), "auc_judd": (0
 
 
 def protocol_for(dataset: str) -> str:
-    """`"dhf1k"` for DHF1K, UCF-Sports and Hollywood-2, `"stavis"` for the audio-visual databases."""
-    key = dataset.lower().replace("-", "").replace("_", "")
-    return "dhf1k" if key in ("dhf1k", "ucfsports", "ucf", "hollywood2") else "stavis"
+    """The dataset registry's protocol (`data.readers.dataset_info`): `"dhf1k"` for DHF1K, UCF-Sports and
+    Hollywood-2, `"stavis"` for the audio-visual databases."""
+    from .data.readers import dataset_info
+
+    return dataset_info(dataset).protocol
 
 
 def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -754,8 +756,7 @@ def run_evaluation(
 def _split_records(dataset: str, root, split: str | None, fold, fold_lists, max_videos: int | None) -> list[VideoRecord]:
     from .data.readers import load_records
 
-    split = split or ("val" if dataset.lower() == "dhf1k" else "test")
-    records = load_records(dataset, root, split, fold, fold_lists)
+    records = load_records(dataset, root, split, fold, fold_lists)  # split None: the dataset's default
     return records if max_videos is None else records[:max_videos]
 
 

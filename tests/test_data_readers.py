@@ -83,3 +83,22 @@ def test_shared_fold_lists_parse():
     counts = {db: sum(len(read_fold_list(lists / f"{db}_list_test_{k}_fps.txt")) for k in (1, 2, 3)) for db in ("AVAD", "Coutrot_db1", "Coutrot_db2", "ETMD_av", "SumMe")}
     assert all(count > 0 for count in counts.values())
     assert len(read_fold_list(lists / "DIEM_list_test_fps.txt")) > 0
+
+
+def test_one_dataset_registry_names_readers_protocols_and_default_splits():
+    from dtfsal_hf.cli import build_parser
+    from dtfsal_hf.data.readers import DATASETS, dataset_help, dataset_info
+    from dtfsal_hf.evaluation import protocol_for
+
+    assert [info.name for info in DATASETS][:3] == ["DHF1K", "UCF-Sports", "Hollywood-2"]
+    for spelling in ("dhf1k", "DHF1K"):
+        assert dataset_info(spelling).name == "DHF1K" and dataset_info(spelling).default_split == "val"
+    for spelling in ("ucf", "UCF_Sports", "ucf-sports"):
+        assert dataset_info(spelling).name == "UCF-Sports" and protocol_for(spelling) == "dhf1k"
+    assert dataset_info("coutrot_db1").name == "Coutrot_db1" and protocol_for("AVAD") == "stavis"
+    assert dataset_info("SyntheticAV").layout == "stavis" and dataset_info("SyntheticAV").default_split == "test"
+    # The command line's help is the registry's.
+    help_text = " ".join(build_parser().format_help().split())
+    evaluate = next(a for a in build_parser()._subparsers._group_actions[0].choices["evaluate"]._actions if "--dataset" in a.option_strings)
+    assert evaluate.help == dataset_help() and all(info.name in dataset_help() for info in DATASETS)
+    assert "evaluate" in help_text

@@ -250,26 +250,67 @@ def read_stavis(
     return records
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset the readers know: its name, the other spellings accepted, the evaluation protocol that scores it
+    (`"dhf1k"` or `"stavis"`, docs/evaluation.md), its default split, and how to read it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    protocol: str
+    default_split: str
+    description: str
+    layout: str  # "dhf1k", "images" (UCF-Sports / Hollywood-2) or "stavis"
+
+
+DATASETS = (
+    DatasetInfo("DHF1K", ("dhf1k",), "dhf1k", "val", "DHF1K (train 1-600, val 601-700)", "dhf1k"),
+    DatasetInfo("UCF-Sports", ("ucf", "ucf_sports"), "dhf1k", "test", "UCF-Sports (training/, testing/)", "images"),
+    DatasetInfo("Hollywood-2", ("hollywood2", "hollywood_2"), "dhf1k", "test", "Hollywood-2 (training/, testing/)", "images"),
+    *(DatasetInfo(name, (), "stavis", "test", f"{name} (STAViS layout, folds 1-3)", "stavis") for name in STAVIS_DATABASES),
+)
+"""The dataset registry: `dtfsal evaluate --dataset`, `load_records`, `protocol_for` and the training YAML all read
+it. Any other name is a database in the STAViS layout (e.g. `SyntheticAV`, the synthetic set)."""
+
+
+def _key(name: str) -> str:
+    return "".join(c for c in str(name).lower() if c.isalnum())
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    """The registry's entry for `dataset` (any accepted spelling, case and `-`/`_` ignored); a name it does not
+    hold is a STAViS-layout database of that name, scored with the STAViS protocol."""
+    for info in DATASETS:
+        if _key(dataset) in {_key(info.name), *map(_key, info.aliases)}:
+            return info
+    return DatasetInfo(str(dataset), (), "stavis", "test", f"{dataset} (STAViS layout)", "stavis")
+
+
+def dataset_help() -> str:
+    """The datasets the readers know, for command-line help."""
+    return ", ".join(info.name for info in DATASETS) + ", or any database in the STAViS layout (e.g. SyntheticAV)"
+
+
 def load_records(
     dataset: str,
     root: str | Path,
-    split: str = "test",
+    split: str | None = "test",
     fold: int | str | None = None,
     fold_lists: str | Path | None = None,
 ) -> list[VideoRecord]:
-    """Any supported dataset by name: `dhf1k`, `ucf_sports`, `hollywood2`, or a STAViS-layout database.
+    """Any dataset of the registry (`DATASETS`) by name, or a STAViS-layout database; `split` None is the dataset's
+    default (`DatasetInfo.default_split`).
 
     For STAViS databases, `fold` is 1, 2, 3 or `"all"` (the test videos of every fold, each tagged
     with its fold, as the STAViS protocol averages over them); DIEM's single split ignores it.
     """
-    key = dataset.lower().replace("-", "_")
-    if key == "dhf1k":
+    info = dataset_info(dataset)
+    split = info.default_split if split is None else split
+    if info.layout == "dhf1k":
         return read_dhf1k(root, split)
-    if key in ("ucf", "ucf_sports"):
-        return read_ucf_sports(root, split)
-    if key in ("hollywood2", "hollywood_2"):
-        return read_hollywood2(root, split)
-    database = next((name for name in STAVIS_DATABASES if name.lower() == dataset.lower()), dataset)
+    if info.layout == "images":
+        return read_ucf_sports(root, split) if info.name == "UCF-Sports" else read_hollywood2(root, split)
+    database = info.name
     if fold == "all":
         records = []
         for number in (1, 2, 3):
@@ -282,9 +323,13 @@ def load_records(
 
 
 __all__ = [
+    "DATASETS",
     "DHF1K_SPLITS",
+    "DatasetInfo",
     "STAVIS_DATABASES",
     "VideoRecord",
+    "dataset_help",
+    "dataset_info",
     "fold_list_path",
     "load_records",
     "read_dhf1k",
