@@ -33,13 +33,6 @@ def tiny_model() -> DTFSalModel:
 
 
 @pytest.fixture
-def tiny_visual_model() -> DTFSalModel:
-    """The tiny DTFSal(V), seed 0, in eval mode."""
-    torch.manual_seed(0)
-    return DTFSalModel(DTFSalConfig.tiny(use_audio=False)).eval()
-
-
-@pytest.fixture
 def tiny_inputs(tiny_model) -> dict:
     """One random clip for `tiny_model` (`build_dummy_inputs`, seed 1)."""
     torch.manual_seed(1)

@@ -34,8 +34,8 @@ def predictor():
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    return write_test_video(tmp_path_factory.mktemp("videos") / "square.mp4")
+def video(test_video) -> Path:
+    return test_video
 
 
 @pytest.fixture(scope="module")

@@ -77,9 +77,8 @@ def test_audio_trunk_frozen_by_default():
     assert all(p.requires_grad for p in model.audio_encoder.temporal.parameters())
 
 
-def test_audio_changes_the_map():
-    model = tiny_model()
-    inputs = DTFSalModel.build_dummy_inputs(model.config)
+def test_audio_changes_the_map(tiny_model, tiny_inputs):
+    model, inputs = tiny_model, tiny_inputs
     with torch.no_grad():
         first = model(**inputs).saliency_map
         inputs["input_features"] = torch.randn_like(inputs["input_features"]) * 3
