@@ -6,10 +6,17 @@ A clip of `num_frames` frames predicts one map, that of its *target* frame:
 These two words are the alignment everywhere (CLI, predictor, pipeline, training YAML, clip datasets);
 `alignment_name` also takes the older `"causal"` / `"centre"`, with a deprecation warning.
 Indices before the first frame repeat the first frame (so every frame gets a map); in centre alignment,
-indices after the last frame repeat the last frame.
+indices after the last frame repeat the last frame. Clip datasets may choose another start (`STARTS`):
+`"reverse"` plays the first frames backwards, `"skip"` gives no clip to a target without a full one.
 
-With `stride = k`, only frames 0, k, 2k, ... and the last frame are targets; the maps of the frames in
-between are interpolated linearly in time (frame timestamps, so variable frame rate is respected).
+`stride` has one meaning everywhere (predictor, pipeline, CLI, evaluation, training datasets): with `stride = k`,
+only frames 0, k, 2k, ... and the last frame are targets (`target_indices`). Predicting a video, the maps of the
+frames in between are interpolated linearly in time (frame timestamps, so variable frame rate is respected); a
+training or validation set simply has fewer clips.
+
+A clip hears the sound that ends where its last frame ends (`ClipWindow.end_time`), frames timed by their decoded
+timestamps (`media.iter_frames`, `media.frame_times`) or, for frames without timestamps, `1 / fps` apart; the clip
+datasets use the same rule (`data.VideoRecord.frame_times`).
 
 `iter_clips` works on a stream of frames and holds only the frames still needed, so memory does not
 grow with the video's length.
@@ -26,6 +33,7 @@ import warnings
 import numpy as np
 
 ALIGNMENTS = ("last", "center")
+STARTS = ("repeat", "reverse", "skip")
 DEPRECATED_ALIGNMENTS = {"causal": "last", "centre": "center"}
 
 
@@ -57,15 +65,28 @@ def frames_after_target(num_frames: int, alignment: str = "last") -> int:
     return 0 if alignment_name(alignment) == "last" else num_frames - 1 - num_frames // 2
 
 
-def clip_frame_indices(target: int, num_frames: int, alignment: str = "last", last_index: int | None = None) -> list[int]:
-    """Indices of the frames of the clip whose map is that of frame `target`.
+def clip_frame_indices(
+    target: int, num_frames: int, alignment: str = "last", last_index: int | None = None, start: str = "repeat"
+) -> list[int] | None:
+    """Indices of the frames of the clip whose map is that of frame `target`, in playback order.
 
-    Indices are clamped to `[0, last_index]`: the first frame repeats at the start, the last at the end.
-    Example: `clip_frame_indices(2, 4)` is `[0, 0, 1, 2]`.
+    `start` says what a clip reaching outside the video holds (`STARTS`): `"repeat"` clamps indices to
+    `[0, last_index]` (the first frame repeats at the start, the last at the end); `"reverse"` (with `"last"`
+    alignment, near the start) plays frames `target + num_frames - 1` down to `target`; `"skip"` returns None.
+    `"reverse"` and `"skip"` need `last_index`. Example: `clip_frame_indices(2, 4)` is `[0, 0, 1, 2]`.
     """
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {list(STARTS)}, got {start!r}")
     after = frames_after_target(num_frames, alignment)
     first = target - (num_frames - 1 - after)
+    if start != "repeat" and last_index is None:
+        raise ValueError(f"start {start!r} needs the video's last_index")
     upper = last_index if last_index is not None else target + after
+    if first < 0 or first + num_frames - 1 > upper:
+        if start == "skip":
+            return None
+        if start == "reverse" and first < 0 and alignment_name(alignment) == "last":
+            return [min(index, upper) for index in range(target + num_frames - 1, target - 1, -1)]
     return [min(max(index, 0), upper) for index in range(first, first + num_frames)]
 
 
@@ -211,6 +232,7 @@ def iter_frame_maps(predictions: Iterable[tuple[ClipWindow, np.ndarray]]) -> Ite
 
 __all__ = [
     "ALIGNMENTS",
+    "STARTS",
     "DEPRECATED_ALIGNMENTS",
     "alignment_name",
     "ClipWindow",

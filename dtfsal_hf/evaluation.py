@@ -257,14 +257,16 @@ def uniform_predictor(record: VideoRecord) -> np.ndarray:
 
 
 def _record_frames(record: VideoRecord):
-    """The record's frames as a stream of `media.Frame`s (decoded, or read one file at a time)."""
+    """The record's frames as a stream of `media.Frame`s (decoded, or read one file at a time), timed as the clip
+    datasets time them (`VideoRecord.frame_times`)."""
     from .media import Frame, iter_frames
     from .data.io import read_frame
 
     if not record.frame_paths:
         return iter_frames(record.video_path)
+    times = record.frame_times()
     return (
-        Frame(index=i, time=i / record.fps, end_time=(i + 1) / record.fps, image=read_frame(path))
+        Frame(index=i, time=float(times[i, 0]), end_time=float(times[i, 1]), image=read_frame(path))
         for i, path in enumerate(record.frame_paths)
     )
 

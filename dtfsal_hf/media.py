@@ -2,7 +2,7 @@
 
 - `probe_video` describes a file (size, frame rate, sound track) without decoding it.
 - `iter_frames` decodes RGB frames one at a time with their presentation times, so memory does not
-  grow with the video's length.
+  grow with the video's length; `frame_times` gives the same times without converting the pictures.
 - `load_audio` decodes the sound track, averages the channels to mono and resamples it to 16 kHz
   with `torchaudio.functional.resample`; a file without a sound track gives silence and a warning.
 - `audio_window` cuts the samples that end at a given time, zero-padded outside the track.
@@ -202,13 +202,31 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
             decoder flags it corrupt); or the file holds fewer frames than its header declares (truncated). The
             last two are raised where they are found: the frames before them have been yielded.
     """
+    return _timed_frames(path, convert=True)
+
+
+def frame_times(path: str | os.PathLike) -> np.ndarray:
+    """Each frame's `(start, end)` in seconds, `(frames, 2)` float64: exactly the times `iter_frames` gives its
+    `Frame`s (the frames are decoded, not converted to pictures). Training clips time their frames and end their
+    audio with these, as the predictor does with the decoded `Frame`s. Raises as `iter_frames`."""
+    return np.array([(frame.time, frame.end_time) for frame in _timed_frames(path, convert=False)], dtype=np.float64)
+
+
+def untimed_frame_times(num_frames: int, fps: float) -> np.ndarray:
+    """`(start, end)` of frames without timestamps (extracted pictures), `1 / fps` apart from 0: frame `i` lasts from
+    `i / fps` to `(i + 1) / fps`. `(num_frames, 2)` float64."""
+    starts = np.arange(num_frames, dtype=np.float64)
+    return np.stack([starts, starts + 1], axis=1) / float(fps)
+
+
+def _timed_frames(path, convert: bool) -> Iterator[Frame]:
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         origin = _stream_start(stream) if stream.start_time is not None else None
         nominal = 1.0 / _frame_rate(stream) if _frame_rate(stream) > 0 else 1.0 / 30.0
         pending = None  # held back until the next frame gives its end time
-        decoded = _relative_times(_decoded_video_frames(container, stream, path), origin, nominal)
+        decoded = _relative_times(_decoded_video_frames(container, stream, path, convert), origin, nominal)
         for index, (time, duration, image) in enumerate(decoded):
             if pending is not None:
                 yield _finished_frame(pending, time, nominal)
@@ -563,11 +581,13 @@ __all__ = [
     "TARGET_SAMPLING_RATE",
     "VideoInfo",
     "audio_window",
+    "frame_times",
     "iter_frames",
     "load_audio",
     "overlay_saliency",
     "probe_video",
     "read_frames",
     "resample_audio",
+    "untimed_frame_times",
     "write_overlay_video",
 ]

@@ -138,7 +138,7 @@ def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # writable, as torch wants it
 
 
 def _timed_frames(images: Iterable, fps: float) -> Iterator[Frame]:
@@ -156,14 +156,15 @@ def _timed_frames(images: Iterable, fps: float) -> Iterator[Frame]:
             continue
         if isinstance(item, tuple) and len(item) == 2:
             image, time = item
+            end = float(time) + 1.0 / fps  # if it is the last
         else:
-            image, time = item, index / fps
+            image, time, end = item, index / fps, (index + 1) / fps  # = media.untimed_frame_times
         image = _checked_image(image, index)
         if pending is not None:
             yield Frame(index=pending[0], time=pending[1], end_time=float(time), image=pending[2])
-        pending = (index, float(time), image)
+        pending = (index, float(time), image, end)
     if pending is not None:
-        yield Frame(index=pending[0], time=pending[1], end_time=pending[1] + 1.0 / fps, image=pending[2])
+        yield Frame(index=pending[0], time=pending[1], end_time=pending[3], image=pending[2])
 
 
 def _checked_image(image, index: int) -> np.ndarray:
@@ -359,7 +360,8 @@ class SaliencyLoop:
         if not video_processor.do_resize:
             return image
         # (H, W, 3) -> (1, 3, H, W), as the processor hands frames to its resize
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        image = np.ascontiguousarray(image) if image.flags.writeable else np.array(image)  # torch wants it writable
+        tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
         resized = video_processor.resize(tensor, size=video_processor.size, resample=video_processor.resample)
         return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 

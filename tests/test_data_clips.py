@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from data_trees import write_dhf1k, write_stavis
+from dtfsal_hf.clips import clip_frame_indices, target_indices
 from dtfsal_hf.data import (
     ClipPolicy,
     SaliencyClipDataset,
@@ -35,10 +36,30 @@ def test_policy_start_of_video_options():
     assert ClipPolicy(clip_length=4, start="reverse").frame_indices(1, 10) == [4, 3, 2, 1]
     assert ClipPolicy(clip_length=4, start="skip").frame_indices(1, 10) is None
     assert ClipPolicy(clip_length=4, alignment="center").frame_indices(9, 10) == [7, 8, 9, 9]
-    assert [t for t, _ in ClipPolicy(clip_length=4, start="skip", target_stride=2).clips(10)] == [4, 6, 8]
+    # One meaning of stride (`clips.target_indices`): every 2nd frame from the first, and the last one.
+    assert [t for t, _ in ClipPolicy(clip_length=4, start="skip", stride=2).clips(10)] == [4, 6, 8, 9]
+    assert [t for t, _ in ClipPolicy(clip_length=4, stride=3).clips(10)] == target_indices(10, 3) == [0, 3, 6, 9]
     assert len(ClipPolicy(clip_length=4).clips(10)) == 10
     with pytest.raises(ValueError, match="start must be one of"):
         ClipPolicy(start="mirror")
+
+
+def test_the_clip_datasets_window_with_the_one_clip_module():
+    """The datasets' clips are `clips.clip_frame_indices` with a start option: the same frames the predictor uses."""
+    for target in range(10):
+        assert ClipPolicy(clip_length=4).frame_indices(target, 10) == clip_frame_indices(target, 4, last_index=9)
+        assert (ClipPolicy(clip_length=5, alignment="center").frame_indices(target, 10)
+                == clip_frame_indices(target, 5, "center", last_index=9))
+    assert clip_frame_indices(1, 4, last_index=9, start="reverse") == [4, 3, 2, 1]
+    assert clip_frame_indices(1, 4, last_index=9, start="skip") is None
+    with pytest.raises(ValueError, match="needs the video's last_index"):
+        clip_frame_indices(1, 4, start="skip")
+
+
+def test_the_older_target_stride_is_read_with_a_warning():
+    with pytest.warns(FutureWarning, match="now ClipPolicy\\(stride"):
+        policy = ClipPolicy(clip_length=4, target_stride=3)
+    assert policy == ClipPolicy(clip_length=4, stride=3) and policy.clips(10) == ClipPolicy(clip_length=4, stride=3).clips(10)
 
 
 def test_policy_map_normalisation():
@@ -112,3 +133,13 @@ def test_processor_must_return_pixel_values(tmp_path):
     dataset = SaliencyClipDataset(records, ClipPolicy(clip_length=2), processor=lambda **kwargs: {"pixel_values": 0})
     with pytest.raises(ValueError, match="pixel_values_videos"):
         dataset[0]
+
+
+def test_the_training_yaml_reads_the_older_stride_keys_with_a_warning():
+    from dtfsal_hf.training import TrainingConfig
+
+    with pytest.warns(FutureWarning, match="data.train_target_stride is now data.train_stride"):
+        config = TrainingConfig.from_dict({"data": {"train_target_stride": 3, "test_stride": 2}})
+    assert (config.data.train_stride, config.data.test_stride) == (3, 2)
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="give only data.validation_stride"):
+        TrainingConfig.from_dict({"data": {"validation_target_stride": 3, "validation_stride": 2}})

@@ -42,7 +42,7 @@ def recipe(root, output, seed: int) -> TrainingConfig:
         "model": {"size": "tiny", "use_audio": True, "config_overrides": {"num_frames": 4}},
         "data": {
             "train": [{"dataset": "SyntheticAV", "root": str(root), "split": "train", "fold": 1}],
-            "train_target_stride": 2,
+            "train_stride": 2,
             "cache": "memory",
         },
         "training": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8,

@@ -541,6 +541,17 @@ def test_a_folder_of_frames_with_its_wav_is_one_video(predictor, video, predicti
         assert saved["maps"].shape == (len(images), *SIZE)
         assert np.allclose(saved["times"], np.arange(len(images)) / FPS)
     assert set(streams_of(tmp_path / "out" / "clip_frames" / "overlay.mp4")) == {"video", "audio"}
+    # A rerun skips the finished folder; a frame replaced, or a frame more, is predicted again.
+    again = ["predict", str(folder), "--output", str(tmp_path / "out"), "--model", "random-tiny", "--fps", str(FPS),
+             "--no-progress"]
+    capsys.readouterr()
+    assert cli.main(again) == 0 and "1 skipped" in capsys.readouterr().out
+    Image.fromarray(images[0][::-1].copy()).save(folder / "00003.png")
+    assert cli.main(again) == 0 and "1 written, 0 skipped" in capsys.readouterr().out
+    Image.fromarray(images[-1]).save(folder / f"{len(images) + 1:05d}.png")
+    assert cli.main(again) == 0 and "1 written, 0 skipped" in capsys.readouterr().out
+    with np.load(tmp_path / "out" / "clip_frames" / "maps.npz") as saved:
+        assert saved["maps"].shape == (len(images) + 1, *SIZE)
 
 
 def test_frames_in_memory_are_checked(predictor):

@@ -46,7 +46,7 @@ def small_config(root: Path, cache: Path, output: Path, **sections) -> TrainingC
         "model": {"size": "tiny", "use_audio": True, "config_overrides": {"backbone_stochastic_depth": 0.2}},
         "data": {
             "train": [{"dataset": "SyntheticAV", "root": str(root), "split": "train", "fold": 1}],
-            "validation_fraction": 0.25, "train_target_stride": 5, "validation_target_stride": 10,
+            "validation_fraction": 0.25, "train_stride": 5, "validation_stride": 10,
             "cache": "disk", "cache_dir": str(cache),
         },
         "training": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 2, "gradient_accumulation_steps": 2,
@@ -147,7 +147,7 @@ def test_wrong_type_is_named_and_numbers_written_as_text_are_read():
     ("training.validation_metrics=[cc, sauc]", r"training\.validation_metrics must be names among"),
     ("training.threads=0", r"training\.threads must be at least 1, got 0"),
     ("data.num_workers=-2", r"data\.num_workers must be at least 0, got -2"),
-    ("data.train_target_stride=0", r"data\.train_target_stride must be at least 1, got 0"),
+    ("data.train_stride=0", r"data\.train_stride must be at least 1, got 0"),
     ("output.logging_steps=0", r"output\.logging_steps must be at least 1, got 0"),
     ("training.batch_size=1.5", r"training\.batch_size must be int, got 1\.5"),
 ])

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..clips import alignment_name, clip_frame_indices, frames_after_target
+from ..clips import STARTS, alignment_name, clip_frame_indices, target_indices
 from ..media import audio_window
 from .io import AUDIO_WINDOW_SAMPLES, SAMPLING_RATE
 from .readers import VideoRecord
 
-STARTS = ("repeat", "reverse", "skip")
 NORMALIZATIONS = ("none", "max", "sum")
 
 
@@ -35,19 +35,27 @@ class ClipPolicy:
     - `start`: frames before the video's start. `"repeat"` repeats the first frame (the paper);
       `"reverse"` plays the first frames backwards so the clip ends on the target (ViNet's test-time
       handling); `"skip"` gives no clip to targets without a full clip.
-    - `target_stride`: keep every n-th target frame (1 for evaluation; larger thins training clips).
+    - `stride`: every `stride`-th frame from the first, and the last frame, is a target (`clips.target_indices`:
+      the stride of the predictor, the pipeline and the CLI; 1 for evaluation, larger thins training clips). The
+      older `target_stride=` is accepted with a deprecation warning.
     - `map_normalization`: the target map `"none"` (as stored, in [0, 1]), `"max"` (max 1) or `"sum"` (sum 1).
     """
 
     clip_length: int = 32
     alignment: str = "last"
     start: str = "repeat"
-    target_stride: int = 1
+    stride: int = 1
     map_normalization: str = "none"
+    target_stride: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.clip_length < 1 or self.target_stride < 1:
-            raise ValueError(f"clip_length and target_stride must be >= 1, got {self.clip_length} and {self.target_stride}")
+        if self.target_stride is not None:
+            warnings.warn("ClipPolicy(target_stride=...) is now ClipPolicy(stride=...); the old name will stop working "
+                          "in a future version", FutureWarning, stacklevel=3)
+            object.__setattr__(self, "stride", self.target_stride)
+            object.__setattr__(self, "target_stride", None)
+        if self.clip_length < 1 or self.stride < 1:
+            raise ValueError(f"clip_length and stride must be >= 1, got {self.clip_length} and {self.stride}")
         object.__setattr__(self, "alignment", alignment_name(self.alignment, stacklevel=3))
         for name, value, allowed in (
             ("start", self.start, STARTS),
@@ -57,23 +65,15 @@ class ClipPolicy:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
     def frame_indices(self, target: int, num_frames: int) -> list[int] | None:
-        """The 0-based frames of the clip whose prediction is frame `target`, in playback order; `None` if skipped."""
-        length = self.clip_length
-        first = target - (length - 1 - frames_after_target(length, self.alignment))
-        if first >= 0 and first + length <= num_frames:
-            return list(range(first, first + length))
-        if self.start == "skip":
-            return None
-        if self.start == "reverse" and first < 0 and self.alignment == "last":
-            # The clip runs backwards from target + length − 1 down to the target itself.
-            return [min(i, num_frames - 1) for i in range(target + length - 1, target - 1, -1)]
-        # Repeat the first frame before the start, and the last frame after the end.
-        return clip_frame_indices(target, length, self.alignment, last_index=num_frames - 1)
+        """The 0-based frames of the clip whose prediction is frame `target`, in playback order; `None` if skipped
+        (`clips.clip_frame_indices` with this policy's start)."""
+        return clip_frame_indices(target, self.clip_length, self.alignment, last_index=num_frames - 1, start=self.start)
 
     def clips(self, num_frames: int) -> list[tuple[int, list[int]]]:
-        """`(target, frame indices)` of every clip of a video with `num_frames` frames."""
+        """`(target, frame indices)` of every clip of a video with `num_frames` frames (targets:
+        `clips.target_indices(num_frames, stride)`)."""
         clips = []
-        for target in range(0, num_frames, self.target_stride):
+        for target in target_indices(num_frames, self.stride):
             indices = self.frame_indices(target, num_frames)
             if indices is not None:
                 clips.append((target, indices))
@@ -102,19 +102,20 @@ def clip_index(records: Sequence[VideoRecord], policy: ClipPolicy = ClipPolicy()
     """One row per clip, as a `datasets.Dataset` (filter, shuffle, split, save or push it to the Hub).
 
     Columns: `video_key`, `dataset`, `video`, `split`, `fold` (-1 for none), `target_frame`,
-    `frame_indices` (0-based, playback order), `audio_end_s` (end of the clip's last frame),
-    `num_frames`, `fps`, `has_audio`.
+    `frame_indices` (0-based, playback order), `audio_end_s` (end of the clip's last frame, from
+    `VideoRecord.frame_times`: the rule and the clock of the predictor's clips), `num_frames`, `fps`, `has_audio`.
     """
     from datasets import Dataset
 
     rows = []
     for record in records:
+        times = record.frame_times()
         for target, indices in policy.clips(record.num_frames):
             rows.append(
                 {
                     "video_key": record.key, "dataset": record.dataset, "video": record.name, "split": record.split,
                     "fold": -1 if record.fold is None else record.fold, "target_frame": target,
-                    "frame_indices": indices, "audio_end_s": (indices[-1] + 1) / record.fps,
+                    "frame_indices": indices, "audio_end_s": float(times[indices[-1], 1]),
                     "num_frames": record.num_frames, "fps": record.fps, "has_audio": record.has_audio,
                 }
             )
@@ -149,7 +150,7 @@ class SaliencyClipDataset(torch.utils.data.Dataset):
 
     With `processor` (called as `processor(videos=frames, audio=waveform, sampling_rate=sr,
     frame_times=times, audio_end_times=[audio_end_s], return_tensors="pt")`, where `times` `(T, 2)` are the
-    clip's frames' start and end at the video's frame rate, repeated frames keeping their own), a sample holds
+    clip's frames' start and end from `VideoRecord.frame_times`, repeated frames keeping their own), a sample holds
     `pixel_values_videos` `(T, 3, h, w)`, `input_features` `(A, 1, h_a, w_a)` when there is sound,
     `frame_times` `(T, 2)` when the processor returns them, `labels` float32 `(h, w)` (the target map
     resized to the processed frames), `fixation_labels` bool `(h, w)`, `video_key` and `target_frame`; with
@@ -207,8 +208,7 @@ class SaliencyClipDataset(torch.utils.data.Dataset):
             if window is not None:
                 sample["waveform"] = window
             return sample
-        indices = np.asarray(row["frame_indices"], dtype=np.float64)
-        times = np.stack([indices, indices + 1], axis=1) / record.fps
+        times = record.frame_times()[row["frame_indices"]]
         return self._process(sample, frames, window, saliency_map, fixation_map, times, row["audio_end_s"])
 
     def _process(self, sample, frames, window, saliency_map, fixation_map, frame_times, audio_end) -> dict:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,22 @@ STAVIS_DATABASES = ("AVAD", "Coutrot_db1", "Coutrot_db2", "DIEM", "ETMD_av", "Su
 """The six audio-visual databases of the STAViS protocol."""
 
 DHF1K_SPLITS = {"train": range(1, 601), "val": range(601, 701), "test": range(701, 1001)}
+
+
+def _file_identity(path) -> tuple[int, int]:
+    status = Path(path).stat()
+    return status.st_size, status.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded_frame_times(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    """`media.frame_times` of a file, kept for the last few files (keyed by size and time, so a changed file is read
+    again); read-only, so no caller can change the kept copy."""
+    from ..media import frame_times
+
+    times = frame_times(path)
+    times.setflags(write=False)
+    return times
 
 
 @dataclass
@@ -78,6 +95,23 @@ class VideoRecord:
         if self.video_path is None:
             raise ValueError(f"{self.key}: neither extracted frames nor a video file is known")
         return read_video_frames(self.video_path, indices)
+
+    def frame_times(self) -> np.ndarray:
+        """Each frame's `(start, end)` in seconds, `(num_frames, 2)` float64, on the clock of `audio()`.
+
+        Decoded from the video file (`media.frame_times`: the very times the predictor's decoded `Frame`s carry, so a
+        variable frame rate or a late first frame is kept) when the frames come from it; extracted frames have no
+        timestamps and are `1 / fps` apart (`media.untimed_frame_times`), as a frame folder given to the predictor.
+        A clip's audio window ends at its last frame's end (`data.clip_index`'s `audio_end_s`).
+        """
+        from ..media import untimed_frame_times
+
+        if self.frame_paths or self.video_path is None:
+            return untimed_frame_times(self.num_frames, self.fps)
+        times = _decoded_frame_times(self.video_path, *_file_identity(self.video_path))
+        if len(times) < self.num_frames:
+            raise ValueError(f"{self.key}: the record has {self.num_frames} frames, {self.video_path} decodes to {len(times)}")
+        return times[: self.num_frames]
 
     def saliency_map(self, index: int) -> np.ndarray:
         """Continuous ground truth of frame `index`, float32 in [0, 1], `(height, width)`."""

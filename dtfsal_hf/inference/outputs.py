@@ -6,6 +6,7 @@ the original sound, and a `done.json` marker written last, so an interrupted bat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..media import load_audio, write_overlay_video
 from ..npz_stream import NpzMapWriter
-from ..saliency_loop import frame_source, source_info
+from ..saliency_loop import IMAGE_EXTENSIONS, frame_source, source_info
 
 if TYPE_CHECKING:
     from .predictor import ProgressCallback, SaliencyPredictor
@@ -126,14 +127,30 @@ def output_paths(video_path: str | os.PathLike, output_dir: str | os.PathLike) -
 
 
 def source_identity(video_path: str | os.PathLike) -> dict | None:
-    """What identifies the file a marker was written for: its absolute path, size and modification time (ns).
-    None for a path that is not a file."""
+    """What identifies the input a marker was written for: a file's absolute path, size and modification time (ns);
+    a folder of frame images, its absolute path, its frame count and a digest of the name, size and modification time
+    of every file the predictor reads there (the images and the `.wav`), so a frame added, removed or replaced is
+    seen. None for a path that is neither."""
     path = Path(video_path).resolve()
     try:
         status = path.stat()
+        if path.is_dir():
+            return _folder_identity(path)
     except OSError:
         return None
     return {"path": str(path), "size": status.st_size, "mtime_ns": status.st_mtime_ns} if path.is_file() else None
+
+
+def _folder_identity(folder: Path) -> dict:
+    digest, frames = hashlib.sha256(), 0
+    for entry in sorted(folder.iterdir()):
+        suffix = entry.suffix.lower()
+        if not entry.is_file() or (suffix not in IMAGE_EXTENSIONS and suffix != ".wav"):
+            continue
+        frames += suffix in IMAGE_EXTENSIONS
+        status = entry.stat()
+        digest.update(f"{entry.name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return {"path": str(folder), "frames": frames, "files_sha256": digest.hexdigest()}
 
 
 def _requested(write_pngs: bool, write_npz: bool, write_overlay: bool) -> dict[str, bool]:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ class DataSettings:
     - `test`: splits the best model is evaluated on once training ends (full protocol, every frame).
     - `synthetic`: `SyntheticConfig` fields plus `root`: the synthetic audio-visual set is written there
       first if it is not there yet.
-    - `*_target_stride`: keep every n-th target frame (thins the clips of 25-30 fps videos).
+    - `*_stride`: every n-th frame (and each video's last) is a target, the stride of `dtfsal predict` (thins the
+      clips of 25-30 fps videos); the older `*_target_stride` keys are read with a deprecation warning.
     - `cache`: `none`, `memory` or `disk` (under `cache_dir`): keep the processed tensors of every clip,
       so decoding and the log-mel run once; sensible for small sets only.
     """
@@ -83,9 +85,9 @@ class DataSettings:
     alignment: str = "last"
     start: str = "repeat"
     map_normalization: str = "none"
-    train_target_stride: int = 1
-    validation_target_stride: int = 1
-    test_target_stride: int = 1
+    train_stride: int = 1
+    validation_stride: int = 1
+    test_stride: int = 1
     cache: str = "none"
     cache_dir: str | None = None
     num_workers: int = 0
@@ -264,7 +266,7 @@ class TrainingConfig:
             raise ValueError(f"data.validation_fraction must lie in [0, 1), got {d.validation_fraction}")
         if d.cache == "disk" and not d.cache_dir:
             raise ValueError("data.cache: disk needs data.cache_dir")
-        for name in ("train_target_stride", "validation_target_stride", "test_target_stride"):
+        for name in ("train_stride", "validation_stride", "test_stride"):
             _at_least(f"data.{name}", getattr(d, name), 1)
         _at_least("data.num_workers", d.num_workers, 0)
 
@@ -310,6 +312,28 @@ def _apply_override(values: dict, override: str) -> None:
     target[leaf] = yaml.safe_load(text)
 
 
+RENAMED_KEYS = {
+    "data.train_target_stride": "train_stride",
+    "data.validation_target_stride": "validation_stride",
+    "data.test_target_stride": "test_stride",
+}
+"""Older keys still read, with a `FutureWarning` naming the new one: dotted old key -> new name."""
+
+
+def _renamed_keys(values: dict, where: str) -> dict:
+    renamed = {}
+    for name, value in values.items():
+        new = RENAMED_KEYS.get(f"{where}.{name}")
+        if new is not None:
+            warnings.warn(f"{where}.{name} is now {where}.{new}; the old key will stop working in a future version",
+                          FutureWarning, stacklevel=5)
+            if new in values:
+                raise ValueError(f"{where}.{name} and {where}.{new} are the same setting: give only {where}.{new}")
+            name = new
+        renamed[name] = value
+    return renamed
+
+
 def _build(cls, values: Any, where: str):
     """Build dataclass `cls` from a mapping, checking every key and value type; `where` is the dotted path."""
     label = where or "the configuration"
@@ -318,6 +342,7 @@ def _build(cls, values: Any, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"{label} must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = _renamed_keys(values, where)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""

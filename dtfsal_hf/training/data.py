@@ -78,7 +78,7 @@ def hold_out(records: list[VideoRecord], fraction: float, seed: int) -> tuple[li
 
 def clip_policy(settings: DataSettings, clip_length: int, stride: int) -> ClipPolicy:
     return ClipPolicy(clip_length=clip_length, alignment=settings.alignment, start=settings.start,
-                      target_stride=stride, map_normalization=settings.map_normalization)
+                      stride=stride, map_normalization=settings.map_normalization)
 
 
 class IndexedClips(torch.utils.data.Dataset):
@@ -109,6 +109,8 @@ class IndexedClips(torch.utils.data.Dataset):
             "policy": asdict(self.clips.policy),
             "processor": json.loads(processor.to_json_string()) if processor is not None else None,
             "keys": list(self.keys),
+            # How clips are timed (`VideoRecord.frame_times`): caches of clips timed another way are not these clips.
+            "timing": "frame-times",
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

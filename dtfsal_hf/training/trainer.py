@@ -311,8 +311,8 @@ class Trainer:
             self._check_audio(train_records + validation_records)
             build = lambda records, stride, gt, name: build_clip_dataset(  # noqa: E731
                 records, d, self.processor, clip_length, stride, gt, name, progress)
-            self.train_dataset = build(train_records, d.train_target_stride, False, "train")
-            self.validation_dataset = build(validation_records, d.validation_target_stride, True, "validation") if validation_records else None
+            self.train_dataset = build(train_records, d.train_stride, False, "train")
+            self.validation_dataset = build(validation_records, d.validation_stride, True, "validation") if validation_records else None
             self.test_records = load_sources(d.test) if d.test else []
         self.video_counts = (len(train_records), len(validation_records))
 
@@ -557,14 +557,14 @@ class Trainer:
         return overall
 
     def _test(self) -> dict:
-        """The best model on `data.test`, every `test_target_stride`-th frame, written to `test/summary.json`."""
+        """The best model on `data.test`, every `test_stride`-th frame (and the last), written to `test/summary.json`."""
         d = self.config.data
         best = self.output_dir / "best"
         if (best / "config.json").is_file():
             weights = DTFSalModel.from_pretrained(best).state_dict()
             self._unwrapped.load_state_dict(weights)
         dataset = build_clip_dataset(self.test_records, d, self.processor, self._unwrapped.config.num_frames,
-                                     d.test_target_stride, True, "test", self.config.output.progress and self.accelerator.is_main_process)
+                                     d.test_stride, True, "test", self.config.output.progress and self.accelerator.is_main_process)
         loader = self.accelerator.prepare(torch.utils.data.DataLoader(
             dataset, batch_size=self.config.training.validation_batch_size, shuffle=False, collate_fn=collate_clips,
             num_workers=d.num_workers))
@@ -586,7 +586,7 @@ class Trainer:
         per_dataset = self._last_per_dataset
         return {"num_videos": len(dataset.video_keys), "metrics": {k: overall[k] for k in metrics},
                 "per_dataset": per_dataset, "protocol": protocols[0] if len(protocols) == 1 else protocols,
-                "target_stride": self.config.data.test_target_stride, "model": str(self.output_dir / "best")}
+                "stride": self.config.data.test_stride, "model": str(self.output_dir / "best")}
 
     # ---------------------------------------------------------------------------- saving and logging
     def _save_checkpoint(self) -> None:
