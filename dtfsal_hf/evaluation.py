@@ -69,7 +69,7 @@ DEFAULT_BLUR_GRID = (224, 384)
 MARKER_GRID_FIELD = "map_size"
 """The field of a saved video's `done.json` giving the `[height, width]` of the model's maps before they were
 resized to the video."""
-_LARGEST_GRID = 16384
+_LARGEST_GRID = 4096  # a float64 map of 4096×4096 is 134 MB: the bound on what a recorded grid can ask for
 CSV_NAME, SUMMARY_NAME, STATE_NAME = "per_video.csv", "summary.json", "evaluation.json"
 # The values a per-video mean can take; a row outside them is not one this module wrote.
 METRIC_RANGES = {"cc": (-1.0, 1.0), "nss": (-math.inf, math.inf), "auc_judd": (0.0, 1.0), "sim": (0.0, 1.0),
@@ -104,7 +104,7 @@ def _resized(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def check_grid(grid, name: str = "blur_grid") -> tuple[int, int]:
-    """`grid` as `(height, width)`, positive integers up to 16384; a `ValueError` naming `name` otherwise. Takes a
+    """`grid` as `(height, width)`, positive integers up to 4096; a `ValueError` naming `name` otherwise. Takes a
     pair of integers or a string `"HxW"` (`--blur-grid 224x384`)."""
     if isinstance(grid, str):
         values = [int(part) if part.strip().isdigit() else None for part in grid.lower().replace("×", "x").split("x")]
