@@ -109,6 +109,10 @@ def _add_evaluate(subparsers) -> None:
                         help="sAUC's other map: fixations of other videos' frames (videos, the DHF1K protocol's), "
                         "or of the same video's other frames less the frame's own (same-video, the STAViS "
                         "protocol's); auto (default): the protocol's")
+    parser.add_argument("--blur-grid", default=None, metavar="HxW",
+                        help="STAViS protocol: blur every prediction (Gaussian, 2 px) on this grid, then resize it to "
+                        "the ground truth; default: the model's output grid (saved maps: the grid their done.json "
+                        "records, else 224x384, the paper model's)")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per model call")
     parser.add_argument("--device", default=None, help="device for the model (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -127,7 +131,7 @@ def _run_evaluate(args) -> int:
             args.dataset, args.root, args.output, args.model, split=args.split, fold=args.fold,
             fold_lists=args.fold_lists, protocol=args.protocol, metrics=metrics, max_videos=args.max_videos,
             resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
-            sauc_other=args.sauc_other, progress=not args.no_progress,
+            sauc_other=args.sauc_other, progress=not args.no_progress, blur_grid=args.blur_grid,
         )
         print(format_audio_controls(summaries))
         return 0
@@ -136,7 +140,7 @@ def _run_evaluate(args) -> int:
         predictions=args.predictions, model=args.model, protocol=args.protocol,
         metrics=metrics, max_videos=args.max_videos,
         resume=not args.no_resume, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        audio=args.audio, sauc_other=args.sauc_other, progress=not args.no_progress,
+        audio=args.audio, sauc_other=args.sauc_other, progress=not args.no_progress, blur_grid=args.blur_grid,
     )
     print(format_table(summary))
     return 0

@@ -8,10 +8,21 @@ silence; `evaluate_audio_controls` scores all three side by side.
 
 - `"dhf1k"` protocol (DHF1K, UCF-Sports, Hollywood-2): the prediction is resized (bilinear) to the
   ground truth's size; metrics per frame, mean per video, mean over videos.
-- `"stavis"` protocol (the audio-visual databases): the prediction is blurred (Gaussian σ = 2 px) at
-  its own resolution, then resized to the ground truth's size; CC, SIM and KLD against the
-  continuous map, NSS, AUC-Judd and sAUC against the binary fixations; per frame, per video, then the
-  mean over all test videos of the folds evaluated.
+- `"stavis"` protocol (the audio-visual databases): the prediction is blurred (Gaussian σ = 2 px) on
+  its blur grid, then resized to the ground truth's size; CC, SIM and KLD against the continuous map,
+  NSS, AUC-Judd and sAUC against the binary fixations; per frame, per video, then the mean over all
+  test videos of the folds evaluated.
+
+The blur grid is the model's output grid, so a model's maps score the same however they reach the
+evaluation (`blur_grid_of`): a model's maps (`ModelPredictor`) and a baseline's are blurred where they are
+made; saved maps (`PredictionFolder`, which `dtfsal predict` writes at the video's resolution) are first
+brought back to the grid recorded with them (`map_size` in the video's `done.json`), or to an explicit
+`blur_grid`, or to the paper model's `DEFAULT_BLUR_GRID` (224×384) when nothing is recorded.
+
+One scoring path: `score_frame` scores one frame's map against its ground truth under a protocol (what
+`evaluate_video` does for every frame, and the trainer's validation for every clip), and `summarise` takes
+per-frame or per-video rows to per-video means and the overall and per-dataset means (what `evaluate` and
+the trainer report).
 
 Frames without fixations are skipped; a video with none counts in no mean. The other map of sAUC
 comes in two variants (`SAUC_OTHER_MAPS`), each the default of one protocol:
@@ -30,9 +41,10 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +64,12 @@ SAUC_OTHER_MAPS = ("videos", "same-video")
 PROTOCOL_SAUC_OTHER = {"dhf1k": "videos", "stavis": "same-video"}
 DEFAULT_METRICS = ("cc", "nss", "auc_judd", "sim", "kld", "sauc")
 STAVIS_BLUR_SIGMA = 2.0
+DEFAULT_BLUR_GRID = (224, 384)
+"""The blur grid of saved maps that record none: the paper model's output grid (`DTFSalConfig().image_size`)."""
+MARKER_GRID_FIELD = "map_size"
+"""The field of a saved video's `done.json` giving the `[height, width]` of the model's maps before they were
+resized to the video."""
+_LARGEST_GRID = 4096  # a float64 map of 4096×4096 is 134 MB: the bound on what a recorded grid can ask for
 CSV_NAME, SUMMARY_NAME, STATE_NAME = "per_video.csv", "summary.json", "evaluation.json"
 # The values a per-video mean can take; a row outside them is not one this module wrote.
 METRIC_RANGES = {"cc": (-1.0, 1.0), "nss": (-math.inf, math.inf), "auc_judd": (0.0, 1.0), "sim": (0.0, 1.0),
@@ -78,22 +96,85 @@ def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(blurred, kernel.view(1, 1, -1, 1))[:, 0]
 
 
-def prepare_prediction(prediction, size: tuple[int, int], protocol: str, blur_sigma: float = STAVIS_BLUR_SIGMA) -> torch.Tensor:
-    """Bring predictions `(N, h, w)` to the ground truth's `size` (height, width) as the protocol says, float64."""
+def _resized(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(N, h, w)` maps resized to `size`: bilinear, half-pixel centres, as `dtfsal predict` resizes its maps."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def check_grid(grid, name: str = "blur_grid") -> tuple[int, int]:
+    """`grid` as `(height, width)`, positive integers up to 4096; a `ValueError` naming `name` otherwise. Takes a
+    pair of integers or a string `"HxW"` (`--blur-grid 224x384`)."""
+    if isinstance(grid, str):
+        values = [int(part) if part.strip().isdigit() else None for part in grid.lower().replace("×", "x").split("x")]
+    elif isinstance(grid, (list, tuple)):
+        values = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else None for v in grid]
+    else:
+        values = []
+    if len(values) != 2 or any(value is None or not 0 < value <= _LARGEST_GRID for value in values):
+        raise ValueError(f"{name} must be a height and a width in pixels, each 1 to {_LARGEST_GRID} (e.g. 224x384), "
+                         f"got {grid!r}")
+    return values[0], values[1]
+
+
+def prepare_prediction(
+    prediction, size: tuple[int, int], protocol: str, blur_sigma: float = STAVIS_BLUR_SIGMA,
+    grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Bring predictions `(N, h, w)` to the ground truth's `size` (height, width) as the protocol says, float64.
+
+    `"stavis"`: the maps are brought to `grid` (the blur grid; None: their own), blurred there (σ = `blur_sigma`
+    px), then resized to `size`. `"dhf1k"`: resized to `size`; `grid` is not used. Every resize is bilinear.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     maps = torch.from_numpy(np.array(prediction, dtype=np.float64))
     if maps.dim() != 3:
         raise ValueError(f"predictions must have shape (frames, height, width), got {tuple(maps.shape)}")
-    if protocol == "stavis" and blur_sigma > 0:
-        maps = _gaussian_blur(maps, blur_sigma)
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    return maps
+    if protocol == "stavis":
+        if grid is not None:
+            maps = _resized(maps, check_grid(grid))
+        if blur_sigma > 0:
+            maps = _gaussian_blur(maps, blur_sigma)
+    return _resized(maps, tuple(size))
+
+
+def score_frame(
+    prediction,
+    saliency_map,
+    fixation_map,
+    protocol: str,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    other_map=None,
+    seed: int = 0,
+    grid: tuple[int, int] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """The scores of one frame's predicted map `(h, w)` against its ground truth, `{metric: float}` (NaN for a frame
+    without fixations): the map is prepared as the protocol says (`prepare_prediction`, on the blur `grid`) at the
+    ground truth's size, then scored by `metrics.compute_metrics` against the continuous `saliency_map` and the
+    binary `fixation_map` (and sAUC's `other_map`; without one sAUC is left out). The one scoring of a frame, for
+    `evaluate_video` and the trainer's validation and test."""
+    fixations = torch.as_tensor(np.asarray(fixation_map))
+    predicted = prepare_prediction(np.asarray(prediction)[None], tuple(fixations.shape), protocol, grid=grid)[0]
+    scores = saliency_metrics.compute_metrics(
+        predicted.to(device), torch.as_tensor(np.asarray(saliency_map), dtype=torch.float64).to(device), fixations.to(device),
+        other_map=None if other_map is None else torch.as_tensor(np.asarray(other_map)).to(device),
+        metrics=metrics, seed=seed,
+    )
+    return {name: float(value) for name, value in scores.items()}
 
 
 def _stable_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def frame_seed(seed: int, key: str, frame: int) -> int:
+    """The seed of frame `frame` (0-based) of the video `key` in an evaluation seeded `seed`: what `evaluate_video`
+    gives `score_frame` (AUC-J's jitter, sAUC's draws), so a frame's scores depend neither on the order nor on
+    resuming."""
+    return _stable_seed(seed, key, frame) % (2**63)
 
 
 class ShufflePool:
@@ -196,7 +277,7 @@ class PredictionFolder:
     - `<video>/*.png|jpg`, one image per frame, in sorted order.
 
     `<video>` is the record's name or its video file's stem (DHF1K's `001` for `0001`). 8-bit maps are
-    scaled to [0, 1].
+    scaled to [0, 1]. `blur_grid(record)` is the grid the maps were made on, when `<video>/done.json` records it.
     """
 
     def __init__(self, path: str | Path):
@@ -210,24 +291,69 @@ class PredictionFolder:
         layouts = ("{}.npz", "{}/maps.npz", "{}/maps", "{}")
         return [folder / layout.format(name) for folder in folders for name in names for layout in layouts]
 
-    def __call__(self, record: VideoRecord) -> np.ndarray:
+    def _found(self, record: VideoRecord) -> tuple[Path, list[Path] | None]:
+        """The record's maps: an `.npz` file (and None), or a folder and its images, sorted."""
         for candidate in self._candidates(record):
             if candidate.suffix == ".npz" and candidate.is_file():
-                with np.load(candidate) as content:
-                    if "maps" not in content:
-                        raise ValueError(f"{candidate}: expected the key 'maps', found {list(content.keys())}")
-                    maps = content["maps"]
-                return self._checked(maps, record, candidate)
+                return candidate, None
             images = sorted(p for p in candidate.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if candidate.is_dir() else []
             if images:
-                return self._checked(np.stack([read_saliency_map(p) for p in images]), record, candidate)
+                return candidate, images
         raise ValueError(f"no prediction for {record.key}: looked for {[str(c) for c in self._candidates(record)]}")
+
+    def __call__(self, record: VideoRecord) -> np.ndarray:
+        candidate, images = self._found(record)
+        if images is None:
+            with np.load(candidate) as content:
+                if "maps" not in content:
+                    raise ValueError(f"{candidate}: expected the key 'maps', found {list(content.keys())}")
+                maps = content["maps"]
+            return self._checked(maps, record, candidate)
+        return self._checked(np.stack([read_saliency_map(p) for p in images]), record, candidate)
+
+    def blur_grid(self, record: VideoRecord) -> tuple[int, int] | None:
+        """The `(height, width)` of the model's maps before `dtfsal predict` resized them to the video, from the
+        `map_size` of the `done.json` beside the record's maps; None when there is no marker or it records none.
+        A marker that is not JSON is ignored; a `map_size` that is no size raises a `ValueError` naming the file."""
+        from .inference.outputs import MARKER_NAME
+
+        candidate, _ = self._found(record)
+        folder = candidate.parent if candidate.name in ("maps.npz", "maps") else candidate
+        marker = folder / MARKER_NAME
+        if candidate.suffix == ".npz" and candidate.name != "maps.npz" or not marker.is_file():
+            return None
+        try:
+            content = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(content, dict) or content.get(MARKER_GRID_FIELD) is None:
+            return None
+        return check_grid(content[MARKER_GRID_FIELD], f"{marker}: {MARKER_GRID_FIELD}")
 
     @staticmethod
     def _checked(maps: np.ndarray, record: VideoRecord, source: Path) -> np.ndarray:
         if maps.ndim != 3 or maps.shape[0] != record.num_frames:
             raise ValueError(f"{source}: expected {record.num_frames} maps (frames, height, width), got shape {maps.shape}")
         return maps.astype(np.float32) / 255.0 if maps.dtype == np.uint8 else maps.astype(np.float32)
+
+
+def blur_grid_of(predict_video, record: VideoRecord, blur_grid: tuple[int, int] | str | None = None) -> tuple[int, int] | None:
+    """The grid `record`'s predicted maps are blurred on under the STAViS protocol: `blur_grid` when given; for saved
+    maps (a predictor with a `blur_grid(record)` method, such as `PredictionFolder`), the grid recorded with them, or
+    `DEFAULT_BLUR_GRID` when none is; None for maps made here (a model's, at its output grid, or a baseline's): they
+    are blurred as they come."""
+    return _blur_grid(predict_video, record, blur_grid)[0]
+
+
+def _blur_grid(predict_video, record: VideoRecord, blur_grid) -> tuple[tuple[int, int] | None, str]:
+    """`blur_grid_of` and where the grid comes from: "given", "recorded", "default" or "own"."""
+    if blur_grid is not None:
+        return check_grid(blur_grid), "given"
+    recorded = getattr(predict_video, "blur_grid", None)
+    if recorded is None:
+        return None, "own"
+    grid = recorded(record)
+    return (grid, "recorded") if grid is not None else (DEFAULT_BLUR_GRID, "default")
 
 
 def center_bias_map(height: int, width: int, sigma_fraction: float = 0.25) -> np.ndarray:
@@ -413,8 +539,10 @@ def evaluate_video(
     seed: int = 0,
     other_frames: int = 10,
     device: str | torch.device = "cpu",
+    grid: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-frame scores of one video, `{metric: (N,) float64}` (NaN for frames without fixations).
+    """Per-frame scores of one video, `{metric: (N,) float64}` (NaN for frames without fixations): `score_frame` on
+    each frame, its maps blurred on `grid` under the STAViS protocol (None: their own; see `blur_grid_of`).
 
     Raises `ValueError`, naming the video and the frame, for a predicted map with NaN, infinite or negative values
     (a saliency map is a non-negative density: KLD of a negative map is NaN, which averages would silently drop).
@@ -427,19 +555,14 @@ def evaluate_video(
         if not fixations.any():
             continue
         frame_map = _checked_map(np.asarray(prediction[frame]), record, frame)
-        target = torch.from_numpy(record.saliency_map(frame)).to(device)
-        predicted = prepare_prediction(frame_map[None], fixations.shape, protocol)[0].to(device)
         other = pool.other_map(record, frame, fixations.shape, other_frames, fixations) if pool is not None and "sauc" in metrics else None
         try:
-            frame_scores = saliency_metrics.compute_metrics(
-                predicted, target, torch.from_numpy(fixations).to(device),
-                other_map=None if other is None else torch.from_numpy(other).to(device),
-                metrics=metrics, seed=_stable_seed(seed, record.key, frame) % (2**63),
-            )
+            frame_scores = score_frame(frame_map, record.saliency_map(frame), fixations, protocol, metrics, other,
+                                       seed=frame_seed(seed, record.key, frame), grid=grid, device=device)
         except ValueError as error:
             raise ValueError(f"{record.key}, frame {frame + 1}: {error}") from error
         for name, value in frame_scores.items():
-            scores[name][frame] = float(value)
+            scores[name][frame] = value
     return scores
 
 
@@ -534,15 +657,16 @@ def _check_rows_match(rows: list[dict], records: Sequence[VideoRecord], path: Pa
 
 def evaluation_state(records: Sequence[VideoRecord], protocol: str, metrics: Sequence[str], seed: int,
                      pool_frames_per_video: int, other_frames: int, source: dict | None,
-                     audio: str | None = None, sauc_other: str | None = None) -> dict:
+                     audio: str | None = None, sauc_other: str | None = None, blur: dict | None = None) -> dict:
     """What determines the rows of `per_video.csv`: what is scored (`source`: the predictions folder or the model),
-    the sound a model hears (`audio`, None for saved maps), the protocol, the metrics and the seed; with sAUC, also
+    the sound a model hears (`audio`, None for saved maps), the protocol, the STAViS blur (`blur`: its σ and grid,
+    `"auto"` or `[height, width]`; None under the DHF1K protocol), the metrics and the seed; with sAUC, also
     its other map (`sauc_other`) and the pool (its settings and the videos drawn from, a fingerprint of their keys);
     with shuffled sound, the videos whose sounds are swapped. The datasets, split and folds are recorded too."""
     keys = "\n".join(sorted(record.key for record in records))
     videos = {"videos": len(records), "videos_sha256": hashlib.sha256(keys.encode()).hexdigest()[:16]}
     state = {
-        "source": source, "audio": audio, "protocol": protocol, "metrics": list(metrics), "seed": seed,
+        "source": source, "audio": audio, "protocol": protocol, "blur": blur, "metrics": list(metrics), "seed": seed,
         "datasets": sorted({record.dataset for record in records}), "split": records[0].split,
         "folds": sorted({record.fold for record in records if record.fold is not None}),
     }
@@ -555,7 +679,7 @@ def evaluation_state(records: Sequence[VideoRecord], protocol: str, metrics: Seq
 
 
 # Keys of the state that must match for rows to be reused; datasets, split and folds matter through the pool only.
-_RESUME_KEYS = ("source", "audio", "protocol", "metrics", "seed", "sound_partners", "shuffle_pool")
+_RESUME_KEYS = ("source", "audio", "protocol", "blur", "metrics", "seed", "sound_partners", "shuffle_pool")
 
 
 def _resume_state(output_dir: Path, state: dict, resume: bool) -> bool:
@@ -586,20 +710,45 @@ def _resume_state(output_dir: Path, state: dict, resume: bool) -> bool:
     return False
 
 
-def _summarise(rows: list[dict], metrics: Sequence[str]) -> dict:
-    """Means over the videos with at least one scored frame (a video without fixations counts in no mean)."""
-    scored = [row for row in rows if int(row["scored_frames"]) > 0]
+def video_means(rows: Iterable[Mapping], metrics: Sequence[str]) -> list[dict]:
+    """Rows of frames, or of videos, to one row per video (in the order the videos first come): `key`, `dataset`,
+    `scored_frames` and each metric's mean over the video's rows, NaN values left out (NaN when none is left).
+
+    A row holds `key`, `dataset` and a value for each of `metrics` (a number or its text, as `per_video.csv` has it;
+    NaN: no score). A row with `scored_frames` is a video's and brings that count; any other row is one frame,
+    scored when it has a value for the first of `metrics`.
+    """
+    videos: dict[str, dict] = {}
+    for row in rows:
+        video = videos.setdefault(row["key"], {"key": row["key"], "dataset": row["dataset"], "scored_frames": 0,
+                                              "values": {name: [] for name in metrics}})
+        values = {name: float(row[name]) for name in metrics}
+        video["scored_frames"] += int(row["scored_frames"]) if "scored_frames" in row else int(not math.isnan(values[metrics[0]]))
+        for name, value in values.items():
+            video["values"][name].append(value)
+    return [{"key": video["key"], "dataset": video["dataset"], "scored_frames": video["scored_frames"],
+             **{name: saliency_metrics.nanmean(values) for name, values in video.pop("values").items()}}
+            for video in videos.values()]
+
+
+def summarise(rows: Iterable[Mapping], metrics: Sequence[str]) -> dict:
+    """Per-frame or per-video rows (`video_means`'s) to the means `evaluate` reports: `num_videos` (videos with at
+    least one scored frame), `num_unscored_videos`, `metrics` (each metric's mean over the scored videos' means,
+    NaN values left out) and `per_dataset` (`{dataset: {"num_videos", "metrics"}}`). A video without any scored
+    frame counts in no mean. The one aggregation of `evaluate` and of the trainer's validation and test."""
+    videos = video_means(rows, metrics)
+    scored = [video for video in videos if video["scored_frames"] > 0]
 
     def means(subset):
-        return {name: saliency_metrics.nanmean([float(row[name]) for row in subset]) for name in metrics}
+        return {name: saliency_metrics.nanmean([video[name] for video in subset]) for name in metrics}
 
-    datasets = sorted({row["dataset"] for row in rows})
+    datasets = sorted({video["dataset"] for video in videos})
     return {
         "num_videos": len(scored),
-        "num_unscored_videos": len(rows) - len(scored),
+        "num_unscored_videos": len(videos) - len(scored),
         "metrics": means(scored),
-        "per_dataset": {name: {"num_videos": sum(r["dataset"] == name for r in scored),
-                               "metrics": means([r for r in scored if r["dataset"] == name])} for name in datasets},
+        "per_dataset": {name: {"num_videos": sum(v["dataset"] == name for v in scored),
+                               "metrics": means([v for v in scored if v["dataset"] == name])} for name in datasets},
     }
 
 
@@ -619,13 +768,19 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     audio: str = "own",
     sauc_other: str = "auto",
+    blur_grid: tuple[int, int] | str | None = None,
 ) -> dict:
     """Evaluate every video, append one CSV row per video as it finishes, and write a JSON summary.
 
     `audio` (one of `AUDIO_MODES`) is the sound a `ModelPredictor` hears: each video's `"own"`, another evaluated
     video's (`"shuffled"`, `sound_partners` seeded by `seed`), or `"silent"`; other predictors (saved maps,
     baselines) hear nothing and take only `"own"`. `sauc_other` is sAUC's other map (one of `SAUC_OTHER_MAPS`, or
-    `"auto"`: the protocol's, `PROTOCOL_SAUC_OTHER`).
+    `"auto"`: the protocol's, `PROTOCOL_SAUC_OTHER`). `blur_grid` (`(height, width)` or `"HxW"`) is the grid every
+    prediction is blurred on under the STAViS protocol; None: each video's own (`blur_grid_of`: a model's output
+    grid, the grid recorded with saved maps, or `DEFAULT_BLUR_GRID`, said once through `log`). Each row records the
+    grid used (`blur_grid`), the summary the setting and the grids (`blur`).
+
+    Per-frame scores come from `evaluate_video` (`score_frame`), the means from `summarise`.
 
     `output_dir/evaluation.json` records what is scored (`evaluation_state`; `source` describes the predictions,
     e.g. `{"predictions": "/abs/folder"}` or `{"model": "id"}`, with the sound heard and the sAUC other map). With
@@ -646,19 +801,22 @@ def evaluate(
     if sauc_other not in SAUC_OTHER_MAPS:
         raise ValueError(f"sauc_other must be 'auto' or one of {list(SAUC_OTHER_MAPS)}, got {sauc_other!r}")
     partners = _audio_partners(records, predict_video, audio, seed)
+    blur_grid = None if blur_grid is None else check_grid(blur_grid)
     settings = {"audio": audio if isinstance(predict_video, ModelPredictor) else "", "sauc_other": sauc_other if "sauc" in metrics else ""}
+    blur = {"sigma": STAVIS_BLUR_SIGMA, "grid": "auto" if blur_grid is None else list(blur_grid)} if protocol == "stavis" else None
     log = log or tqdm.write
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = output_dir / CSV_NAME
-    columns = ["key", "dataset", "fold", "video", *settings, "num_frames", "scored_frames", *metrics]
+    columns = ["key", "dataset", "fold", "video", *settings, "blur_grid", "num_frames", "scored_frames", *metrics]
     state = evaluation_state(records, protocol, metrics, seed, pool_frames_per_video, other_frames, source,
-                             audio=settings["audio"] or None, sauc_other=settings["sauc_other"] or None)
+                             audio=settings["audio"] or None, sauc_other=settings["sauc_other"] or None, blur=blur)
     if resume and csv_path.is_file():
         _read_rows(csv_path, columns, metrics, log)  # other columns are the clearest reason to refuse: checked first
     rows = _read_rows(csv_path, columns, metrics, log) if _resume_state(output_dir, state, resume) else []
     _check_rows_match(rows, records, csv_path)
     done = {row["key"] for row in rows}
+    defaulted = False
     pool = sauc_other_maps(records, sauc_other, pool_frames_per_video, seed, progress) if "sauc" in metrics else None
     mode = "a" if csv_path.is_file() else "w"
     with csv_path.open(mode, newline="") as handle:
@@ -667,23 +825,37 @@ def evaluate(
             writer.writeheader()
         for record in tqdm([r for r in records if r.key not in done], desc=f"evaluating ({protocol})", disable=not progress):
             prediction = predict_video(record) if audio == "own" else predict_video(record, audio=control_sound(record, audio, partners))
-            scores = evaluate_video(record, prediction, protocol, pool, metrics, seed, other_frames, device)
+            grid, origin = _blur_grid(predict_video, record, blur_grid) if protocol == "stavis" else (None, "")
+            if origin == "default" and not defaulted:
+                log(f"{record.key}: its saved maps record no grid ({MARKER_GRID_FIELD} in done.json): blurring them on "
+                    f"{DEFAULT_BLUR_GRID[0]}x{DEFAULT_BLUR_GRID[1]}, the paper model's; give blur_grid (--blur-grid HxW) "
+                    "for a model of another size")
+                defaulted = True
+            scores = evaluate_video(record, prediction, protocol, pool, metrics, seed, other_frames, device, grid)
+            used = grid or (tuple(np.shape(prediction[0])) if protocol == "stavis" and len(prediction) else None)
+            frames = [{"key": record.key, "dataset": record.dataset, **{name: scores[name][i] for name in metrics}}
+                      for i in range(record.num_frames)]
+            (means,) = video_means(frames, metrics)
             row = {
                 "key": record.key, "dataset": record.dataset, "fold": "" if record.fold is None else record.fold,
-                "video": record.name, **settings, "num_frames": record.num_frames,
-                "scored_frames": int(np.sum(~np.isnan(scores[metrics[0]]))),
-                **{name: saliency_metrics.nanmean(values) for name, values in scores.items()},
+                "video": record.name, **settings, "blur_grid": f"{used[0]}x{used[1]}" if used else "",
+                "num_frames": record.num_frames, "scored_frames": means["scored_frames"],
+                **{name: means[name] for name in metrics},
             }
             writer.writerow(row)
             handle.flush()
             rows.append({key: str(value) for key, value in row.items()})
     wanted = {record.key for record in records}
-    summary = _summarise([row for row in rows if row["key"] in wanted], metrics)
+    rows = [row for row in rows if row["key"] in wanted]
+    summary = summarise(rows, metrics)
     folds = sorted({record.fold for record in records if record.fold is not None})
+    if blur is not None:
+        grids = [row["blur_grid"] for row in rows if row["blur_grid"]]
+        blur = {**blur, "grids": {grid: grids.count(grid) for grid in sorted(set(grids))}}
     summary.update(
         split=records[0].split, folds=folds, protocol=protocol, seed=seed, audio=settings["audio"] or None,
-        sauc_other=settings["sauc_other"] or None, pool_frames_per_video=pool_frames_per_video, other_frames=other_frames,
-        source=source,
+        sauc_other=settings["sauc_other"] or None, blur=blur, pool_frames_per_video=pool_frames_per_video,
+        other_frames=other_frames, source=source,
     )
     if partners:
         summary["audio_partners"] = {key: partner.key for key, partner in sorted(partners.items())}
@@ -731,12 +903,14 @@ def run_evaluation(
     progress: bool = True,
     audio: str = "own",
     sauc_other: str = "auto",
+    blur_grid: tuple[int, int] | str | None = None,
 ) -> dict:
     """Load a dataset's split (and STAViS fold) and evaluate saved `predictions` or a `model` on it.
 
     `split` defaults to `val` for DHF1K and `test` otherwise. With `model`, a `{fold}` in the path
     is replaced by each video's fold, so each fold's test videos are scored by that fold's model.
-    `audio` and `sauc_other` are `evaluate`'s; `audio` other than `"own"` needs a `model`.
+    `audio`, `sauc_other` and `blur_grid` are `evaluate`'s; `audio` other than `"own"` needs a `model`. The
+    visual-only oracle of a synthetic set is blurred on its own grid.
     """
     if (predictions is None) == (model is None):
         raise ValueError("give exactly one of predictions (a folder of saved maps) or model (a saved model), got "
@@ -748,7 +922,7 @@ def run_evaluation(
     predict = PredictionFolder(predictions) if predictions is not None else load_model_predictor(model, batch_size, device)
     source = {"predictions": str(Path(predictions).resolve())} if predictions is not None else {"model": model}
     options = dict(protocol=protocol, metrics=metrics, resume=resume, seed=seed, progress=progress, sauc_other=sauc_other)
-    summary = evaluate(records, predict, output_dir, audio=audio, source=source, **options)
+    summary = evaluate(records, predict, output_dir, audio=audio, source=source, blur_grid=blur_grid, **options)
     oracle = synthetic_oracle(records, Path(output_dir) / "visual_only_oracle", **options)
     if oracle is not None:
         summary["visual_only_oracle"] = {"num_videos": oracle["num_videos"], "metrics": oracle["metrics"]}
@@ -792,6 +966,7 @@ def run_audio_controls(
     progress: bool = True,
     sauc_other: str = "auto",
     modes: Sequence[str] = AUDIO_MODES,
+    blur_grid: tuple[int, int] | str | None = None,
 ) -> dict[str, dict]:
     """`run_evaluation`'s data loading with `evaluate_audio_controls`: a saved `model` scored on a dataset's
     split with each sound of `modes` into `output_dir/<mode>/`, plus, on a synthetic set, the visual-only
@@ -799,7 +974,8 @@ def run_audio_controls(
     `{mode: summary}` for `format_audio_controls`."""
     records = _split_records(dataset, root, split, fold, fold_lists, max_videos)
     options = dict(protocol=protocol, metrics=metrics, resume=resume, seed=seed, progress=progress, sauc_other=sauc_other)
-    summaries = evaluate_audio_controls(model, records, output_dir, modes, batch_size, device, **options)
+    summaries = evaluate_audio_controls(model, records, output_dir, modes, batch_size, device, blur_grid=blur_grid,
+                                        **options)
     oracle = synthetic_oracle(records, Path(output_dir) / "visual_only_oracle", **options)
     if oracle is not None:
         summaries["oracle"] = oracle
@@ -919,7 +1095,9 @@ def format_audio_controls(summaries: Mapping[str, dict]) -> str:
 
 __all__ = [
     "AUDIO_MODES",
+    "DEFAULT_BLUR_GRID",
     "DEFAULT_METRICS",
+    "MARKER_GRID_FIELD",
     "PROTOCOLS",
     "PROTOCOL_SAUC_OTHER",
     "SAUC_OTHER_MAPS",
@@ -927,8 +1105,10 @@ __all__ = [
     "PredictionFolder",
     "SameVideoOtherMaps",
     "ShufflePool",
+    "blur_grid_of",
     "center_bias_map",
     "center_bias_predictor",
+    "check_grid",
     "control_sound",
     "evaluate",
     "evaluate_audio_controls",
@@ -936,6 +1116,7 @@ __all__ = [
     "evaluation_state",
     "format_audio_controls",
     "format_table",
+    "frame_seed",
     "load_model_predictor",
     "model_predictor",
     "prepare_prediction",
@@ -943,7 +1124,10 @@ __all__ = [
     "run_audio_controls",
     "run_evaluation",
     "sauc_other_maps",
+    "score_frame",
     "sound_partners",
+    "summarise",
     "synthetic_oracle",
     "uniform_predictor",
+    "video_means",
 ]

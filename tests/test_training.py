@@ -406,3 +406,62 @@ def test_learning_rate_multipliers_scale_the_named_parts_and_nothing_else():
         parameter_groups(model, 1e-3, {"audio_brunch": 3})
     with pytest.raises(ValueError, match="learning_rate_multipliers.audio_branch must be a finite number > 0"):
         TrainingConfig.from_dict({"training": {"learning_rate_multipliers": {"audio_branch": -1}}})
+
+
+# ------------------------------------------------------------------------------ validation = evaluation
+def test_validation_scores_and_averages_as_dtfsal_evaluate(synthetic_root, tmp_path):
+    """The trainer's validation scored and averaged its clips with code of its own; it calls evaluation's
+    `score_frame` and `summarise` now, so its numbers are `evaluate`'s on the same clips' maps (the maps the
+    validation scored, caught as the model gives them): two held-out videos, every 5th frame a target, the
+    audio-visual protocol (blur on the model's grid)."""
+    import dataclasses
+
+    import numpy as np
+
+    from dtfsal_hf.data import load_records
+    from dtfsal_hf.evaluation import evaluate
+
+    held_out = {"dataset": "SyntheticAV", "root": str(synthetic_root), "split": "test", "fold": 1}
+    config = small_config(synthetic_root, tmp_path / "cache", tmp_path / "run",
+                          data={"validation": [held_out], "validation_fraction": 0.0, "validation_stride": 5,
+                                "cache": "none"},
+                          training={"epochs": 1, "max_steps_per_epoch": 1})
+    validation_maps = []
+
+    def catch_validation_maps(trainer):  # after the optimizer step: the forward passes still to come are validation's
+        def keep(module, inputs, output):
+            if not module.training:
+                validation_maps.extend(output.saliency_map.detach().float().numpy())
+        trainer._unwrapped.register_forward_hook(keep)
+
+    trainer = Trainer(config, callbacks=[catch_validation_maps])
+    validated = trainer.train()["history"][0]["validation"]
+    per_dataset = trainer._last_per_dataset
+
+    index = trainer.validation_dataset.clips.clips  # the clips in the (unshuffled) validation order
+    assert len(validation_maps) == len(index) == 12
+    maps = {(row["video_key"], row["target_frame"]): m for row, m in zip(index, validation_maps)}
+    records = []
+    for record in load_records("SyntheticAV", synthetic_root, "test", fold=1):  # the target frames only
+        targets = sorted(frame for key, frame in maps if key == record.key)
+        records.append(dataclasses.replace(record, num_frames=len(targets),
+                                           map_paths=[record.map_paths[t] for t in targets],
+                                           fixation_paths=[record.fixation_paths[t] for t in targets],
+                                           frame_paths=[record.frame_paths[t] for t in targets]))
+    assert len(records) == 2 and targets == [0, 5, 10, 15, 20, 25]
+
+    def clip_maps(record):
+        return np.stack([maps[record.key, t] for t in range(0, 5 * record.num_frames, 5)])
+
+    metrics = config.training.validation_metrics
+    evaluated = evaluate(records, clip_maps, tmp_path / "eval", metrics=metrics, progress=False)
+    assert evaluated["protocol"] == "stavis" and evaluated["blur"]["grids"] == {"64x96": 2}
+    for name in metrics:
+        # The same float32 maps and the same float64 scoring; AUC-J's jitter (under 1e-7) is seeded per frame by
+        # the evaluation and once by the validation.
+        assert validated[name] == pytest.approx(evaluated["metrics"][name], rel=1e-6, abs=1e-6), name
+        assert per_dataset["SyntheticAV"]["metrics"][name] == pytest.approx(validated[name], rel=1e-12), name
+    assert per_dataset["SyntheticAV"]["num_videos"] == evaluated["per_dataset"]["SyntheticAV"]["num_videos"] == 2
+    # The comparison tells protocols apart: scored without the blur (DHF1K's), the same maps score otherwise.
+    unblurred = evaluate(records, clip_maps, tmp_path / "dhf1k", protocol="dhf1k", metrics=metrics, progress=False)
+    assert abs(unblurred["metrics"]["cc"] - validated["cc"]) > 1e-3

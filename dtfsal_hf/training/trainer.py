@@ -36,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration_dtfsal import DTFSalConfig
-from ..evaluation import prepare_prediction, protocol_for
-from ..metrics import METRIC_TITLES, compute_metrics, nanmean
+from ..evaluation import protocol_for, score_frame, summarise
+from ..metrics import METRIC_TITLES
 from ..modeling_dtfsal import DTFSalModel, correlation_coefficient, kl_divergence
 from ..processing_dtfsal import DTFSalProcessor
 from ..remote_code import add_pipeline
@@ -533,9 +533,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate_loader(self, loader, dataset, desc: str = "evaluation", metrics: Sequence[str] | None = None) -> dict:
-        """Metrics of the model on a loader's clips under the dataset's protocol (SPEC §11): the map is
-        brought to the ground truth's size (blurred first for the audio-visual sets), scored per frame,
-        averaged per video, then over videos. Also the loss (KL - CC at the model's resolution)."""
+        """Metrics of the model on a loader's clips under each dataset's protocol (SPEC §11), scored and averaged as
+        `dtfsal evaluate` scores and averages them: each clip's map, at the model's output grid, against its target
+        frame's ground truth (`evaluation.score_frame`: blurred on that grid for the audio-visual sets, resized to
+        the ground truth's size), then per video and over videos (`evaluation.summarise`). Also the loss (KL - CC at
+        the model's resolution), averaged the same way. The per-dataset means are kept in `_last_per_dataset`."""
         metrics = list(metrics or self.config.training.validation_metrics)
         self.model.eval()
         protocols = [protocol_for(dataset_name) for dataset_name in dataset.video_datasets]
@@ -544,17 +546,20 @@ class Trainer:
         for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
             maps = self.model(**self._model_inputs(batch)).saliency_map.float()
             losses = kl_divergence(maps, batch["labels"].float()) - correlation_coefficient(maps, batch["labels"].float())
+            maps = maps.cpu().numpy()
             batch_rows = []
             for i, video in enumerate(batch["video_index"].tolist()):
-                fixations = np.asarray(batch["fixation_map"][i])
-                prediction = prepare_prediction(maps[i : i + 1].cpu().numpy(), fixations.shape, protocols[video])[0]
-                scores = compute_metrics(prediction, torch.as_tensor(batch["saliency_map"][i], dtype=torch.float64),
-                                         torch.from_numpy(fixations), metrics=metrics)
-                batch_rows.append([video, float(losses[i])] + [float(scores[name]) for name in metrics])
+                scores = score_frame(maps[i], batch["saliency_map"][i], batch["fixation_map"][i], protocols[video], metrics)
+                batch_rows.append([video, float(losses[i])] + [scores[name] for name in metrics])
             rows.append(self.accelerator.gather_for_metrics(torch.tensor(batch_rows, dtype=torch.float64, device=self.accelerator.device)))
         self.model.train()
-        overall, self._last_per_dataset = _video_means(torch.cat(rows).cpu(), ["loss"] + metrics, dataset)
-        return overall
+        names = ["loss"] + metrics
+        # The loss comes first: every clip has one, so every video counts in `num_videos`, as before the metrics.
+        frames = [{"key": dataset.video_keys[int(row[0])], "dataset": dataset.video_datasets[int(row[0])],
+                   **dict(zip(names, row[1:]))} for row in torch.cat(rows).cpu().tolist()]
+        summary = summarise(frames, names)
+        self._last_per_dataset = summary["per_dataset"]
+        return summary["metrics"]
 
     def _test(self) -> dict:
         """The best model on `data.test`, every `test_stride`-th frame (and the last), written to `test/summary.json`."""
@@ -716,21 +721,6 @@ class Trainer:
             return self.stop_requested
         flag = torch.tensor(float(self.stop_requested), device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, "sum") > 0)
-
-
-def _video_means(rows: torch.Tensor, names: list[str], dataset) -> tuple[dict, dict]:
-    """Per-clip rows `(video, *scores)` -> mean per video -> mean over videos (overall and per dataset)."""
-    per_video: dict[int, list[float]] = {}
-    for video in sorted(set(rows[:, 0].long().tolist())):
-        selected = rows[rows[:, 0].long() == video, 1:]
-        per_video[video] = [nanmean(selected[:, j]) for j in range(len(names))]
-    overall = {name: nanmean([values[j] for values in per_video.values()]) for j, name in enumerate(names)}
-    per_dataset = {}
-    for name in sorted(set(dataset.video_datasets)):
-        videos = [v for v in per_video if dataset.video_datasets[v] == name]
-        per_dataset[name] = {"num_videos": len(videos),
-                             "metrics": {m: nanmean([per_video[v][j] for v in videos]) for j, m in enumerate(names)}}
-    return overall, per_dataset
 
 
 def train(config: TrainingConfig, resume: str | bool | None = None, callbacks: Sequence[Callable] = ()) -> dict:
