@@ -57,6 +57,7 @@ from .metrics import METRIC_TITLES
 from .data.io import SAMPLING_RATE, read_saliency_map
 from .data.readers import VideoRecord
 from .media import AudioTrack
+from .video_processing_dtfsal import gaussian_blur
 
 PROTOCOLS = ("dhf1k", "stavis")
 SAUC_OTHER_MAPS = ("videos", "same-video")
@@ -82,18 +83,6 @@ def protocol_for(dataset: str) -> str:
     from .data.readers import dataset_info
 
     return dataset_info(dataset).protocol
-
-
-def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of `(N, h, w)` maps, radius 3σ, borders replicated."""
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    # (N, h, w) -> (N, 1, h, w)
-    blurred = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
-    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))[:, 0]
 
 
 def _resized(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -136,7 +125,7 @@ def prepare_prediction(
         if grid is not None:
             maps = _resized(maps, check_grid(grid))
         if blur_sigma > 0:
-            maps = _gaussian_blur(maps, blur_sigma)
+            maps = gaussian_blur(maps, blur_sigma)
     return _resized(maps, tuple(size))
 
 

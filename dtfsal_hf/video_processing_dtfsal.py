@@ -144,9 +144,10 @@ class DTFSalVideoProcessor(BaseVideoProcessor):
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (batch, height, width) maps; kernel radius ceil(3 sigma), edges replicated."""
+    """Separable Gaussian blur of (batch, height, width) maps in their own floating dtype; kernel radius ceil(3 sigma),
+    edges replicated. The one blur: `post_process_saliency`'s and the STAViS protocol's (`evaluation`)."""
     radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype if maps.is_floating_point() else torch.float32)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
     x = maps[:, None]  # (B, H, W) -> (B, 1, H, W)

@@ -439,19 +439,21 @@ def test_validation_scores_and_averages_as_dtfsal_evaluate(synthetic_root, tmp_p
     per_dataset = trainer._last_per_dataset
 
     index = trainer.validation_dataset.clips.clips  # the clips in the (unshuffled) validation order
-    assert len(validation_maps) == len(index) == 12
     maps = {(row["video_key"], row["target_frame"]): m for row, m in zip(index, validation_maps)}
-    records = []
+    records, targets_of = [], {}
     for record in load_records("SyntheticAV", synthetic_root, "test", fold=1):  # the target frames only
         targets = sorted(frame for key, frame in maps if key == record.key)
+        # every 5th frame and the last: the one meaning of stride
+        assert targets == list(range(0, record.num_frames, 5)) + [record.num_frames - 1]
+        targets_of[record.key] = targets
         records.append(dataclasses.replace(record, num_frames=len(targets),
                                            map_paths=[record.map_paths[t] for t in targets],
                                            fixation_paths=[record.fixation_paths[t] for t in targets],
                                            frame_paths=[record.frame_paths[t] for t in targets]))
-    assert len(records) == 2 and targets == [0, 5, 10, 15, 20, 25]
+    assert len(records) == 2 and len(validation_maps) == len(index) == sum(map(len, targets_of.values()))
 
     def clip_maps(record):
-        return np.stack([maps[record.key, t] for t in range(0, 5 * record.num_frames, 5)])
+        return np.stack([maps[record.key, t] for t in targets_of[record.key]])
 
     metrics = config.training.validation_metrics
     evaluated = evaluate(records, clip_maps, tmp_path / "eval", metrics=metrics, progress=False)

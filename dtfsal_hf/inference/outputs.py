@@ -271,6 +271,8 @@ def predict_to_folder(
         "num_frames": count,
         "fps": info.fps,
         "size": [info.height, info.width],
+        # the model's maps before they were resized to the video: where evaluation blurs saved maps
+        "map_size": [int(side) for side in predictor.model.config.image_size],
         "has_audio": info.has_audio,
         "settings": settings,
         "outputs": outputs,
