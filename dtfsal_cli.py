@@ -262,6 +262,9 @@ def _add_benchmark(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-lengths", nargs="+", type=float, default=[60, 600], metavar="SECONDS")
     parser.add_argument("--memory-model", default="random-tiny", help="model of the peak-RSS check (any predictor id)")
     parser.add_argument("--memory-stride", type=int, default=16, help="frame stride of the peak-RSS check")
+    parser.add_argument("--matmul-size", type=int, default=2048, metavar="N",
+                        help="size of the square fp32 / bf16 matrix product whose rate each path's FLOP rate is given "
+                        "as a fraction of (default: 2048; 0: no probe)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
@@ -277,7 +280,7 @@ def _run_benchmark(args) -> int:
         repeats=args.repeats, device=args.device, include_backbone=not args.no_backbone, video=args.video,
         video_frames=args.video_frames, strides=args.strides, video_path=args.video_path,
         memory_video=args.memory_video, memory_lengths=args.memory_lengths, memory_model=args.memory_model,
-        memory_stride=args.memory_stride,
+        memory_stride=args.memory_stride, matmul_size=args.matmul_size or None,
         command="dtfsal " + shlex.join(sys.argv[1:]), log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_report(result))
