@@ -351,13 +351,16 @@ class CommandParser(argparse.ArgumentParser):
         return self
 
     def parse_known_args(self, args=None, namespace=None):
-        return super(CommandParser, self.complete()).parse_known_args(args, namespace)
+        self.complete()
+        return super().parse_known_args(args, namespace)
 
     def format_help(self) -> str:
-        return super(CommandParser, self.complete()).format_help()
+        self.complete()
+        return super().format_help()
 
     def format_usage(self) -> str:
-        return super(CommandParser, self.complete()).format_usage()
+        self.complete()
+        return super().format_usage()
 
 
 def build_parser() -> argparse.ArgumentParser:
