@@ -31,13 +31,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.video.mvit import MViT
 
+from .complexity import count_flops, meta_model
 from .configuration_dtfsal import DTFSalConfig
 from .encoders import mvit_block_settings
 from .modeling_dtfsal import DTFSalModel
+from .mvit_attention import set_mvit_attention
 from .inference import PRESETS, Runtime, SaliencyPredictor, load_model_and_processor
 
 __all__ = [
@@ -48,6 +51,10 @@ __all__ = [
     "torchvision_mvit_v2_s",
     "prepare_path",
     "run_benchmark",
+    "MATMUL_SIZE",
+    "matmul_rate",
+    "measure_matmul_rates",
+    "cpu_bf16_support",
     "measure_video_throughput",
     "measure_video_memory",
     "make_long_video",
@@ -163,16 +170,82 @@ def _peak_memory_call(run: Callable, inputs: dict, device: torch.device) -> tupl
 
 @torch.no_grad()
 def _count_flops(module: nn.Module, inputs: dict) -> int:
-    """FLOPs of one call (FlopCounterMode, 2 per multiply-accumulate, attention included), counted on the eager
-    fp32 form on the CPU: every path computes the same function."""
-    module = PATHS[REFERENCE_PATH].prepare(copy.deepcopy(module).float(), "cpu")
+    """FLOPs of one call (FlopCounterMode, 2 per multiply-accumulate, attention included), counted on a meta copy
+    in the eager fp32 form (`dtfsal_hf.complexity`, as `dtfsal info`): every path computes the same function."""
+    if isinstance(module, DTFSalModel):
+        return count_flops(meta_model(module.config, type(module)), _on_meta(inputs))
+    backbone = set_mvit_attention(copy.deepcopy(module), "eager").to("meta", torch.float32).eval()
     counter = FlopCounterMode(display=False)
     with counter:
-        if isinstance(module, MViT):
-            module(inputs["videos"].cpu())
-        else:
-            module(**{name: value.cpu() for name, value in inputs.items()})
+        backbone(_on_meta(inputs)["videos"])
     return counter.get_total_flops()
+
+
+def _on_meta(inputs: dict) -> dict:
+    return {name: torch.empty_like(value, device="meta", dtype=torch.float32) for name, value in inputs.items()}
+
+
+# The matrix-multiply probe: a square fp32 or bf16 product of this size, the best of a few.
+MATMUL_SIZE = 2048
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@torch.no_grad()
+def matmul_rate(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 3, device: torch.device | str = "cpu",
+                max_seconds: float = 1.0) -> tuple[float, int]:
+    """(FLOP/s, n) of an n x n by n x n matrix product in `dtype` on `device` (2 n^3 FLOPs), the best of `repeats`
+    calls after a warm-up, at torch's current thread count: what the machine's matrix units give, the rate a
+    path's FLOPs are measured against.
+
+    n doubles from 256 (or `size`, if smaller) up to `size`, and stops early where the next size's call would
+    take over `max_seconds`: a dtype without a matrix unit (bf16 on a CPU without AVX512_BF16 or AMX) runs a
+    hundred times slower, and its rate shows at a smaller size.
+    """
+    if size < 1 or repeats < 1:
+        raise ValueError(f"the matrix-multiply probe needs a positive size and repeats, got {size} and {repeats}")
+    device = torch.device(device)
+    n = min(size, 256)
+    while True:
+        seconds = _best_matmul_seconds(dtype, n, repeats, device)
+        if n >= size or seconds * 8 > max_seconds:
+            return 2 * n**3 / seconds, n
+        n = min(size, 2 * n)
+
+
+def _best_matmul_seconds(dtype: torch.dtype, n: int, repeats: int, device: torch.device) -> float:
+    """The best time of an n^3 product by either of torch's two product kernels: `torch.mm` and `F.linear`
+    (oneDNN's matmul on a CPU; without native bf16 its bf16 product is several times `torch.mm`'s)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(n, n, generator=generator).to(device, dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    best = math.inf
+    for product in (lambda: torch.mm(a, b, out=out), lambda: F.linear(a, b)):
+        product()  # warm-up: the library's kernels and the pages of the result
+        _synchronize(device)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _path_rate(matmul: dict, path: Runtime) -> float:
+    """The matrix-multiply rate a path is measured against: its dtype's, or fp32's where that is faster (autocast
+    runs each op in the path's dtype or in fp32, and every path keeps its deformable convolutions in fp32)."""
+    rates = matmul["flops_per_second"]
+    return max(rates["float32"], rates[_DTYPE_NAMES[path.dtype]])
+
+
+def measure_matmul_rates(dtypes: Sequence[torch.dtype], size: int = MATMUL_SIZE, repeats: int = 3,
+                         device: torch.device | str = "cpu") -> dict:
+    """`matmul_rate` of each of `dtypes` (fp32 and bf16 always): {"size", "repeats", "threads",
+    "flops_per_second": {dtype name: FLOP/s}, "sizes": {dtype name: the n it was measured at}}."""
+    dtypes = [torch.float32, torch.bfloat16] + [d for d in dtypes if d not in (torch.float32, torch.bfloat16)]
+    measured = {_DTYPE_NAMES[d]: matmul_rate(d, size, repeats, device) for d in dtypes}
+    return {"size": size, "repeats": repeats, "threads": torch.get_num_threads(),
+            "flops_per_second": {name: rate for name, (rate, _) in measured.items()},
+            "sizes": {name: n for name, (_, n) in measured.items()}}
 
 
 @dataclass
@@ -188,6 +261,10 @@ class PathResult:
         peak_memory_bytes: peak memory of a call (see `_peak_memory_call`).
         flops_per_clip: FLOPs of one clip.
         max_abs_diff, map_cc: largest |map - eager fp32 map| and the correlation of the two (DTFSal only).
+        matmul_fraction: FLOPs per clip over seconds per clip, as a fraction of the machine's matrix-multiply
+            rate in the path's dtype, or in fp32 where that is faster (`matmul_rate`, measured in the same run):
+            how much of the machine the path uses, so a slow path and a slow machine can be told apart. None
+            without the probe.
     """
 
     network: str
@@ -201,6 +278,7 @@ class PathResult:
     flops_per_clip: int
     max_abs_diff: float | None = None
     map_cc: float | None = None
+    matmul_fraction: float | None = None
 
     @property
     def seconds_per_clip(self) -> float:
@@ -221,6 +299,7 @@ class BenchmarkResult:
     video: dict | None = None
     memory: dict | None = None
     command: str = ""
+    matmul: dict | None = None
 
     def find(self, network: str, path: str, batch_size: int | None = None) -> PathResult | None:
         for result in self.results:
@@ -237,7 +316,23 @@ class BenchmarkResult:
         results = [asdict(r) | {"seconds_per_clip": r.seconds_per_clip, "maps_per_second": r.maps_per_second}
                    for r in self.results]
         return {"machine": self.machine, "settings": self.settings, "command": self.command, "results": results,
-                "video": self.video, "memory": self.memory}
+                "video": self.video, "memory": self.memory, "matmul": self.matmul}
+
+
+# CPU flags (/proc/cpuinfo) of native bf16 matrix arithmetic: AVX-512 BF16 dot products, AMX tiles. Without
+# them oneDNN converts bf16 to fp32 and back around fp32 arithmetic, and bf16 products run no faster than fp32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_support(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """The native bf16 flags (`BF16_CPU_FLAGS`) the CPU lists: empty when it has none, None where
+    `/proc/cpuinfo` cannot be read."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
 
 
 def machine_description(device: torch.device | str = "cpu") -> dict:
@@ -258,6 +353,7 @@ def machine_description(device: torch.device | str = "cpu") -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_flags": cpu_bf16_support(),
     }
     try:
         description["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -304,6 +400,7 @@ def run_benchmark(
     device: torch.device | str = "cpu",
     inputs: dict | None = None,
     include_backbone: bool = True,
+    matmul_size: int | None = MATMUL_SIZE,
     log: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Time DTFSal (and torchvision's MViTv2-S alone) under each path, in one run.
@@ -318,6 +415,8 @@ def run_benchmark(
         repeats: timed calls per (network, path, batch size), after one warm-up call.
         inputs: one clip's model inputs (batch 1), e.g. a real clip from the processor; default: random.
         include_backbone: also time torchvision's MViTv2-S alone (input `pixel_values_videos`) on each path.
+        matmul_size: the size of the matrix-multiply probe (`measure_matmul_rates`, fp32, bf16 and the paths'
+            dtypes) that each path's FLOP rate is a fraction of; None: no probe.
         log: progress messages (e.g. `print`).
     """
     device = torch.device(device)
@@ -361,6 +460,11 @@ def run_benchmark(
             for batch_size in [1] if name == REFERENCE_PATH else batch_sizes:
                 entries.append(_Entry(network, PATHS[name], int(batch_size), run, _batched(clip, int(batch_size))))
 
+    matmul = None
+    if matmul_size:
+        log(f"matrix-multiply rates ({matmul_size}^3)")
+        matmul = measure_matmul_rates({PATHS[name].dtype for name in names}, matmul_size, device=device)
+
     skipped = []
     for entry in list(entries):
         log(f"first call: {entry.network} {entry.path.name} batch {entry.batch_size}")
@@ -390,16 +494,19 @@ def run_benchmark(
             # Every row of a batch is the same clip: compare each with the reference's single map.
             diff = float((entry.output - reference.output).abs().max())
             cc = _correlation(entry.output, reference.output.expand_as(entry.output))
-        results.append(PathResult(
+        result = PathResult(
             network=entry.network, path=entry.path.name, description=entry.path.describe(), batch_size=entry.batch_size,
             latency_s=statistics.median(entry.latencies), latencies_s=entry.latencies, first_call_s=entry.first_call_s,
             peak_memory_bytes=entry.peak_memory_bytes, flops_per_clip=flops[entry.network], max_abs_diff=diff, map_cc=cc,
-        ))
+        )
+        if matmul is not None:
+            result.matmul_fraction = result.flops_per_clip / result.seconds_per_clip / _path_rate(matmul, entry.path)
+        results.append(result)
     settings = {"config": "paper" if _is_paper_config(config) else "custom",
                 "num_frames": config.num_frames, "image_size": list(config.image_size), "use_audio": config.use_audio,
                 "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device),
                 "skipped": skipped}
-    return BenchmarkResult(machine=machine_description(device), settings=settings, results=results)
+    return BenchmarkResult(machine=machine_description(device), settings=settings, results=results, matmul=matmul)
 
 
 def _is_paper_config(config: DTFSalConfig) -> bool:
@@ -572,6 +679,26 @@ def targets(result: BenchmarkResult, tolerance: float = 0.02) -> list[tuple[str,
     return rows
 
 
+def _matmul_lines(result: BenchmarkResult) -> list[str]:
+    """The CPU's bf16 support and the matrix-multiply rates the paths are measured against."""
+    machine, matmul = result.machine, result.matmul
+    flags = machine.get("cpu_bf16_flags")
+    native = "unknown" if flags is None else f"yes ({', '.join(flags)})" if flags else "no (no AVX512_BF16 or AMX-BF16)"
+    lines = [f"CPU: {machine['cpu']}, {machine['torch_threads']} torch threads, native bf16: {native}."]
+    if matmul:
+        rates = ", ".join(f"{_SHORT_DTYPES.get(name, name)} {rate / 1e9:.1f} GFLOP/s"
+                          + (f" (at {matmul['sizes'][name]}^3: a larger product takes over a second)"
+                             if matmul["sizes"][name] < matmul["size"] else "")
+                          for name, rate in matmul["flops_per_second"].items())
+        where = machine.get("gpu", "CPU")
+        lines.append(f"Matrix-multiply rates on the {where} ({matmul['size']}^3, best of {matmul['repeats']}, "
+                     f"{matmul['threads']} threads, this run): {rates}.")
+    return lines + [""]
+
+
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def format_report(result: BenchmarkResult) -> str:
     """The benchmark as Markdown: machine and command, a table per network, whole-video figures, targets."""
     machine = result.machine
@@ -582,18 +709,23 @@ def format_report(result: BenchmarkResult) -> str:
              f"Input: {result.settings['num_frames']} x {result.settings['image_size'][0]} x {result.settings['image_size'][1]}"
              f" ({result.settings['config']} configuration), {result.settings['repeats']} timed calls per row after one"
              " warm-up, paths interleaved; latency = median.", ""]
+    lines += _matmul_lines(result)
     floor = result.floor
-    lines += ["| network | path | batch | s / clip | maps/s | x floor | peak memory | GFLOPs / clip | max abs d map | CC vs eager | first call (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| network | path | batch | s / clip | maps/s | x floor | peak memory | GFLOPs / clip | of matmul rate "
+              "| max abs d map | CC vs eager | first call (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.results:
         ratio = f"{r.seconds_per_clip / floor.latency_s:.2f}" if floor else "-"
         diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}"
         cc = "-" if r.map_cc is None else f"{r.map_cc:.5f}"
+        fraction = "-" if r.matmul_fraction is None else f"{r.matmul_fraction:.0%}"
         lines.append(f"| {r.network} | {r.path} ({r.description}) | {r.batch_size} | {r.seconds_per_clip:.3f} | "
                      f"{r.maps_per_second:.2f} | {ratio} | {_mib(r.peak_memory_bytes)} | {r.flops_per_clip / 1e9:.1f} | "
-                     f"{diff} | {cc} | {r.first_call_s:.1f} |")
+                     f"{fraction} | {diff} | {cc} | {r.first_call_s:.1f} |")
     lines.append("")
-    lines.append("x floor: seconds per clip over torchvision's MViTv2-S alone (eager fp32, batch 1) at the same input.")
+    lines.append("x floor: seconds per clip over torchvision's MViTv2-S alone (eager fp32, batch 1) at the same input. "
+                 "Of matmul rate: GFLOPs per clip over seconds per clip, over the matrix-multiply rate in the path's "
+                 "dtype (or fp32's, where faster).")
     for skipped in result.settings.get("skipped", []):
         lines.append(f"Not measured: {skipped}.")
     if result.video:
@@ -662,6 +794,7 @@ def benchmark(
     memory_lengths: Sequence[float] = (60, 600),
     memory_model: str = "random-tiny",
     memory_stride: int = 16,
+    matmul_size: int | None = MATMUL_SIZE,
     command: str = "",
     log: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
@@ -677,7 +810,7 @@ def benchmark(
     model.eval()
     inputs = clip_inputs_from_video(video, model.config) if video else None
     result = run_benchmark(model=model, paths=paths, batch_sizes=batch_sizes, repeats=repeats, device=device,
-                           inputs=inputs, include_backbone=include_backbone, log=log)
+                           inputs=inputs, include_backbone=include_backbone, matmul_size=matmul_size, log=log)
     result.settings["weights"] = model_id or "random initialisation (seed 0)"
     result.settings["clip"] = f"first {model.config.num_frames} frames of {os.path.basename(video)}" if video else "random"
     result.command = command

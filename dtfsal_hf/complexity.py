@@ -3,10 +3,18 @@
 - `count_conv_linear_macs`: multiply-accumulates of convolutions (deformable ones included) and linear
   layers only, the thop-style count behind the paper's "GFLOPs" (attention matmuls not counted).
 - `count_flops`: `torch.utils.flop_counter.FlopCounterMode`'s total, 2 FLOPs per MAC, attention included.
+
+Both run the model once; `describe_model` and `describe_config` run it on the meta device (`meta_model`), where
+no weights are made and nothing is computed, so the full-size model counts in seconds. The counts are those of
+a CPU run (a convolution's or product's FLOPs depend on shapes only), with one difference that favours meta: on
+a CPU, `scaled_dot_product_attention` runs a fused kernel `FlopCounterMode` has no formula for and so does not
+count, where on meta it is counted as its matrix products. The MViT attentions are counted in torchvision's
+explicit form whichever kernel the model runs (`mvit_attention.py`: the same function each way).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,9 +24,10 @@ from torchvision.ops import DeformConv2d
 
 from .configuration_dtfsal import DTFSalConfig
 from .modeling_dtfsal import DTFSalModel
+from .mvit_attention import set_mvit_attention
 
-__all__ = ["count_parameters", "count_conv_linear_macs", "count_flops", "describe_model", "describe_config",
-           "PAPER_TOTALS"]
+__all__ = ["count_parameters", "count_conv_linear_macs", "count_flops", "count_macs_and_flops", "meta_model", "describe_model",
+           "describe_config", "PAPER_TOTALS"]
 
 # The paper's figures: parameters (M), "GFLOPs" (conv + linear GMACs at 32 x 224 x 384), fp32 size (MB).
 PAPER_TOTALS = {"DTFSal": (49.08, 297.91, 187.26), "DTFSal(V)": (40.73, 259.57, 155.37)}
@@ -37,12 +46,10 @@ def _layer_macs(module: nn.Module, inputs, output: torch.Tensor) -> int:
     return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
 
 
-@torch.no_grad()
-def count_conv_linear_macs(model: nn.Module, inputs: dict, per_module: bool = False):
-    """Multiply-accumulates of every convolution and linear layer in one forward pass of `inputs`.
-
-    Returns the total, or with `per_module=True` a dict of totals per top-level child of `model`.
-    """
+@contextlib.contextmanager
+def _conv_linear_macs(model: nn.Module):
+    """Within it, every forward call of a convolution or linear layer of `model` adds its multiply-accumulates
+    to the yielded dict, under the name of the top-level child of `model` holding it."""
     totals: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
@@ -54,48 +61,76 @@ def count_conv_linear_macs(model: nn.Module, inputs: dict, per_module: bool = Fa
 
             handles.append(module.register_forward_hook(hook))
     try:
-        model(**inputs)
+        yield totals
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def count_conv_linear_macs(model: nn.Module, inputs: dict, per_module: bool = False):
+    """Multiply-accumulates of every convolution and linear layer in one forward pass of `inputs`.
+
+    Returns the total, or with `per_module=True` a dict of totals per top-level child of `model`.
+    """
+    with _conv_linear_macs(model) as totals:
+        model(**inputs)
     return totals if per_module else sum(totals.values())
 
 
 @torch.no_grad()
 def count_flops(model: nn.Module, inputs: dict) -> int:
     """Total FLOPs of one forward pass by `FlopCounterMode` (2 per multiply-accumulate)."""
+    return count_macs_and_flops(model, inputs)[1]
+
+
+@torch.no_grad()
+def count_macs_and_flops(model: nn.Module, inputs: dict) -> tuple[dict[str, int], int]:
+    """`count_conv_linear_macs(..., per_module=True)` and `count_flops` of the same single forward pass."""
     counter = FlopCounterMode(display=False)
-    with counter:
+    with _conv_linear_macs(model) as totals, counter:
         model(**inputs)
-    return counter.get_total_flops()
+    return totals, counter.get_total_flops()
+
+
+def meta_model(config: DTFSalConfig, model_class: type[DTFSalModel] = DTFSalModel) -> DTFSalModel:
+    """`model_class(config)` on the meta device, in eval mode, its MViT attentions in the explicit form (the
+    configuration is left as it is): the model to count, with `DTFSalModel.build_dummy_inputs(config,
+    device="meta")` as its inputs."""
+    with torch.device("meta"):
+        model = model_class(config).eval()
+    set_mvit_attention(model.visual_encoder, "eager")
+    return model
 
 
 def describe_model(model_id: str | None = None, visual_only: bool = False, tiny: bool = False, with_flops: bool = True) -> str:
     """A text table of parameters, fp32 size and compute of a model folder, Hub id or configuration,
-    next to the paper's totals."""
+    next to the paper's totals. A configuration is counted on the meta device only; a model folder or id is
+    loaded (its parameters counted as loaded), its compute counted on a meta copy of its class and configuration."""
     if model_id is not None:
         from .inference import load_model_and_processor
 
-        model = load_model_and_processor(model_id)[0]
+        loaded = load_model_and_processor(model_id)[0]
+        config, model_class, parameters = loaded.config, type(loaded), count_parameters(loaded)
+        del loaded
     else:
         config = DTFSalConfig.tiny(use_audio=not visual_only) if tiny else DTFSalConfig(use_audio=not visual_only)
-        model = DTFSalModel(config)
-    model.eval()
-    config = model.config
+        model_class, parameters = DTFSalModel, None
+    model = meta_model(config, model_class)
+    parameters = count_parameters(model) if parameters is None else parameters
     name = "DTFSal" if config.use_audio else "DTFSal(V)"
-    parameters = count_parameters(model)
     lines = [
         f"{name}: {config.num_frames} x {config.image_size[0]} x {config.image_size[1]} frames",
         f"parameters: {parameters / 1e6:.2f} M ({parameters:,}); fp32 size {parameters * 4 / 2**20:.2f} MiB"
         f" = {parameters * 4 / 1e6:.2f} MB",
     ]
     if with_flops:
-        inputs = DTFSalModel.build_dummy_inputs(config)
-        macs = count_conv_linear_macs(model, inputs, per_module=True)
+        inputs = DTFSalModel.build_dummy_inputs(config, device="meta")
+        macs, flops = count_macs_and_flops(model, inputs)
         total_macs = sum(macs.values())
         lines.append(f"conv + linear multiply-accumulates: {total_macs / 1e9:.2f} G (the paper's 'GFLOPs')")
         lines += [f"  {part}: {value / 1e9:.2f} G" for part, value in macs.items()]
-        lines.append(f"FlopCounterMode total: {count_flops(model, inputs) / 1e9:.2f} GFLOPs (2 per MAC, attention included)")
+        lines.append(f"FlopCounterMode total: {flops / 1e9:.2f} GFLOPs (2 per MAC, attention included)")
     if not tiny and model_id is None:
         paper = PAPER_TOTALS[name]
         lines.append(f"paper: {paper[0]} M parameters, {paper[1]} GFLOPs, {paper[2]} MB")
@@ -105,9 +140,8 @@ def describe_model(model_id: str | None = None, visual_only: bool = False, tiny:
 def describe_config(config: DTFSalConfig, title: str = "configuration") -> str:
     """Parameters and conv + linear multiply-accumulates of the model `config` describes, counted on the meta device
     (no weights are made and nothing is computed, so any size counts in seconds), per top-level part."""
-    with torch.device("meta"):
-        model = DTFSalModel(config).eval()
-        macs = count_conv_linear_macs(model, DTFSalModel.build_dummy_inputs(config, device="meta"), per_module=True)
+    model = meta_model(config)
+    macs = count_conv_linear_macs(model, DTFSalModel.build_dummy_inputs(config, device="meta"), per_module=True)
     parameters = count_parameters(model)
     parts = ", ".join(f"{kind} {getattr(config, kind)}" for kind in ("visual_encoder", "fusion", "decoder")
                       if kind != "fusion" or config.use_audio)

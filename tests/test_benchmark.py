@@ -10,8 +10,10 @@ import torch
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.benchmark import (
     PATHS,
+    cpu_bf16_support,
     format_report,
     make_long_video,
+    matmul_rate,
     measure_video_throughput,
     prepare_path,
     run_benchmark,
@@ -48,7 +50,7 @@ def small_video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_result():
-    return run_benchmark(model=tiny_model(), paths=["sdpa-fp32", "blocked-bf16"], repeats=2)
+    return run_benchmark(model=tiny_model(), paths=["sdpa-fp32", "blocked-bf16"], repeats=2, matmul_size=256)
 
 
 def test_every_network_and_path_is_measured(tiny_result):
@@ -74,6 +76,44 @@ def test_report_lists_rows_and_targets(tiny_result):
     names = [row[0] for row in targets(tiny_result)]
     assert any("backbone alone" in name for name in names) and any(">= 3x" in name for name in names)
     json.dumps(tiny_result.to_dict())
+
+
+def test_each_path_is_a_fraction_of_the_machines_matrix_multiply_rate(tiny_result):
+    """The probe's fp32 and bf16 rates, measured in the run at its thread count, and each path's FLOP rate as a
+    fraction of the rate in its dtype (or fp32's, where faster: a CPU without native bf16)."""
+    matmul = tiny_result.matmul
+    assert matmul["size"] == 256 and matmul["threads"] == torch.get_num_threads()
+    assert matmul["sizes"] == {"float32": 256, "bfloat16": 256}
+    rates = matmul["flops_per_second"]
+    assert set(rates) == {"float32", "bfloat16"} and all(rate > 0 for rate in rates.values())
+    for r in tiny_result.results:
+        rate = max(rates["float32"], rates["bfloat16" if r.path.endswith("bf16") else "float32"])
+        assert r.matmul_fraction == pytest.approx(r.flops_per_clip / r.seconds_per_clip / rate)
+        assert 0 < r.matmul_fraction <= 1.5
+    report = format_report(tiny_result)
+    assert "Matrix-multiply rates on the CPU (256^3, best of 3," in report and "fp32 " in report and "bf16 " in report
+    assert "native bf16: " in report and "of matmul rate" in report
+    assert tiny_result.machine["cpu_bf16_flags"] == cpu_bf16_support()
+
+
+def test_the_matrix_multiply_probe_times_what_it_says():
+    """A product twice the size costs 8 times the FLOPs: its rate stays within a factor of the smaller's."""
+    (small, n_small), (large, n_large) = matmul_rate(torch.float32, 128), matmul_rate(torch.float32, 256)
+    assert (n_small, n_large) == (128, 256) and small > 0 and large > 0 and 0.1 < large / small < 20
+    # A product too slow for the time allowed is measured at a smaller size.
+    rate, n = matmul_rate(torch.float32, 4096, repeats=1, max_seconds=1e-9)
+    assert n == 256 and rate > 0
+    with pytest.raises(ValueError, match="positive size"):
+        matmul_rate(torch.float32, 0)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_amx, without = tmp_path / "amx", tmp_path / "avx2"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_bf16_support(str(with_amx)) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bf16_support(str(without)) == []
+    assert cpu_bf16_support(str(tmp_path / "absent")) is None
 
 
 def test_floor_is_torchvisions_mvit_v2_s():
@@ -149,12 +189,15 @@ def test_long_video_repeats_the_source(small_video, tmp_path):
 
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["benchmark", "--tiny", "--paths", "sdpa-fp32", "--repeats", "1", "--no-backbone", "--json", str(out)]) == 0
+    assert main(["benchmark", "--tiny", "--paths", "sdpa-fp32", "--repeats", "1", "--no-backbone", "--matmul-size", "128",
+                 "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| DTFSal | sdpa-fp32" in printed and "| DTFSal | eager-fp32" in printed
     data = json.loads(out.read_text())
     assert {r["path"] for r in data["results"]} == {"eager-fp32", "sdpa-fp32"}
     assert data["command"].startswith("dtfsal ")
+    assert data["matmul"]["size"] == 128 and set(data["matmul"]["flops_per_second"]) == {"float32", "bfloat16"}
+    assert all(0 < r["matmul_fraction"] <= 1.5 for r in data["results"])
 
 
 def test_the_whole_video_benchmark_times_the_predictor_under_the_runtime(small_video, monkeypatch):

@@ -94,3 +94,63 @@ def test_threads_are_set_for_predict(monkeypatch, tmp_path):
     assert cli.main(["predict", str(tmp_path / "absent.mp4"), "--output", str(tmp_path / "out"),
                      "--model", "random-tiny", "--no-progress", "--threads", "1"]) == 1  # the video fails, reported
     assert calls == [1]
+
+
+# Runs the command's help in a fresh interpreter and prints which heavy modules that loaded.
+_HELP_IMPORTS = """
+import sys
+import dtfsal_cli
+for argv in (["--help"], ["info", "--help"], ["predict", "--help"], ["benchmark", "--help"]):
+    try:
+        dtfsal_cli.main(argv)
+    except SystemExit:
+        pass
+print(sorted(name for name in ("torch", "transformers", "torchvision", "numpy", "dtfsal_hf") if name in sys.modules))
+"""
+
+
+def test_the_help_imports_neither_torch_nor_the_library():
+    run = subprocess.run([sys.executable, "-c", _HELP_IMPORTS], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "{info,push,evaluate,train,predict,benchmark,export}" in run.stdout and "--no-flops" in run.stdout
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_console_command_is_the_light_module_and_dtfsal_hf_cli_is_it():
+    from importlib.metadata import entry_points
+
+    import dtfsal_cli
+
+    (command,) = entry_points(group="console_scripts", name="dtfsal")
+    assert command.value == "dtfsal_cli:main"
+    assert cli is dtfsal_cli and cli.main is dtfsal_cli.main
+
+
+def test_a_commands_arguments_are_added_when_it_is_parsed():
+    parser = cli.build_parser()
+    info = parser._subparsers._group_actions[0].choices["info"]
+    assert not any("--tiny" in action.option_strings for action in info._actions)
+    args = parser.parse_args(["info", "--tiny", "--debug"])
+    assert args.tiny and args.debug and args.handler is cli._run_info
+    assert any("--tiny" in action.option_strings for action in info._actions)
+    # Every command's arguments, once completed, parse its own flags.
+    assert cli.command_parser("evaluate").parse_args(["--dataset", "DHF1K", "--root", "r", "--predictions", "p",
+                                                      "--output", "o"]).handler is cli._run_evaluate
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["info", "--no-such-flag"])
+
+
+def test_importing_the_package_registers_the_auto_classes_and_the_pipeline():
+    from transformers import AutoConfig, AutoModel
+    from transformers.models.auto import FEATURE_EXTRACTOR_MAPPING, PROCESSOR_MAPPING, VIDEO_PROCESSOR_MAPPING
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    import dtfsal_hf
+
+    assert type(AutoConfig.for_model("dtfsal")) is dtfsal_hf.DTFSalConfig
+    config = dtfsal_hf.DTFSalConfig.tiny()
+    assert type(AutoModel.from_config(config)) is dtfsal_hf.DTFSalModel
+    assert PROCESSOR_MAPPING[type(config)] is dtfsal_hf.DTFSalProcessor
+    assert FEATURE_EXTRACTOR_MAPPING[type(config)] is dtfsal_hf.DTFSalFeatureExtractor
+    assert dtfsal_hf.DTFSalVideoProcessor in VIDEO_PROCESSOR_MAPPING[type(config)].values()
+    assert "video-saliency" in PIPELINE_REGISTRY.get_supported_tasks()

@@ -86,7 +86,7 @@ def test_shared_fold_lists_parse():
 
 
 def test_one_dataset_registry_names_readers_protocols_and_default_splits():
-    from dtfsal_hf.cli import build_parser
+    from dtfsal_hf.cli import build_parser, command_parser
     from dtfsal_hf.data.readers import DATASETS, dataset_help, dataset_info
     from dtfsal_hf.evaluation import protocol_for
 
@@ -99,6 +99,6 @@ def test_one_dataset_registry_names_readers_protocols_and_default_splits():
     assert dataset_info("SyntheticAV").layout == "stavis" and dataset_info("SyntheticAV").default_split == "test"
     # The command line's help is the registry's.
     help_text = " ".join(build_parser().format_help().split())
-    evaluate = next(a for a in build_parser()._subparsers._group_actions[0].choices["evaluate"]._actions if "--dataset" in a.option_strings)
+    evaluate = next(a for a in command_parser("evaluate")._actions if "--dataset" in a.option_strings)
     assert evaluate.help == dataset_help() and all(info.name in dataset_help() for info in DATASETS)
     assert "evaluate" in help_text
