@@ -69,3 +69,18 @@ def test_full_size_figures():
     assert visual[1] == "parameters: 40.65 M (40,649,245); fp32 size 155.06 MiB = 162.60 MB"
     assert visual[2] == "conv + linear multiply-accumulates: 246.00 G (the paper's 'GFLOPs')"
     assert visual[-2] == "FlopCounterMode total: 833.88 GFLOPs (2 per MAC, attention included)"
+
+
+def test_a_clip_with_its_frame_times_is_counted_on_meta_as_on_the_cpu():
+    """A real video's clip carries `frame_times` (the benchmark's `--video` input); their values cannot be checked
+    on the meta device, their shape is, and the counts are those of the same inputs on real tensors."""
+    config = DTFSalConfig.tiny()
+    times = torch.arange(2 * config.num_frames, dtype=torch.float32).view(1, config.num_frames, 2) / 100 - 1
+    inputs = {**DTFSalModel.build_dummy_inputs(config), "frame_times": times}
+    torch.manual_seed(0)
+    with sdpa_kernel(SDPBackend.MATH):
+        cpu = count_macs_and_flops(DTFSalModel(config).eval(), inputs)
+    on_meta = {name: torch.empty_like(value, device="meta") for name, value in inputs.items()}
+    assert count_macs_and_flops(meta_model(config), on_meta) == cpu
+    with pytest.raises(ValueError, match="frame_times"):
+        count_macs_and_flops(meta_model(config), {**on_meta, "frame_times": on_meta["frame_times"][:, :1]})
