@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.audio_encoders import VGGishAudioEncoder
-from dtfsal_hf.decoders import MultiLevelDecoder, SingleDecoder, UNetDecoder
+from dtfsal_hf.decoders import FrameUpsample, MultiLevelDecoder, SingleDecoder, UNetDecoder, resize_frames
 from dtfsal_hf.fusion import ConcatFusion, CrossAttentionFusion
 from dtfsal_hf.layers import AMFB, audio_token_times
 from dtfsal_hf.modeling_dtfsal import frame_step_times, nominal_frame_times
@@ -147,12 +147,30 @@ def test_unet_needs_a_width_per_up_step():
         UNetDecoder(16, 4, 4, [64, 96], dims=(8, 8))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_resizing_frames_is_trilinear_interpolation_with_time_kept(memory_format):
+    """The decoders resize frame by frame (2-D bilinear): trilinear interpolation's time weights are 0 and 1 when
+    time is kept, so the two agree to float rounding (values in [0, 1), as after a ReLU: 3e-7 is a few of their
+    last bits), in either memory layout, which is kept."""
+    torch.manual_seed(0)
+    features = torch.rand(2, 6, 3, 7, 9).to(memory_format=memory_format)
+    for size in [(16, 24), (5, 4), (28, 36)]:
+        trilinear = F.interpolate(features, size=(3, *size), mode="trilinear", align_corners=False)
+        resized = resize_frames(features, size)
+        assert resized.shape == trilinear.shape and resized.is_contiguous(memory_format=memory_format)
+        assert (resized - trilinear).abs().max() <= 3e-7
+        # Not any resize agrees: another interpolation of the same frames differs.
+        assert (F.interpolate(features, size=(3, *size), mode="nearest") - trilinear).abs().max() > 0.05
+    upsampled = F.interpolate(features, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+    assert (FrameUpsample(2.0)(features) - upsampled).abs().max() <= 3e-7
+
+
 def test_single_decoder_is_one_head_on_the_concatenated_levels():
     torch.manual_seed(0)
     decoder = SMALL_DECODERS["single"]().eval()
     levels = [torch.randn(shape) for shape in LEVELS]
     with torch.no_grad():
-        resized = [F.interpolate(level, size=(4, 16, 24), mode="trilinear", align_corners=False) for level in levels]
+        resized = [resize_frames(level, (16, 24)) for level in levels]
         expected = decoder.head(decoder.project(torch.cat(resized, dim=1)))[:, 0, 0]
         assert torch.equal(decoder(levels)[0], expected)
 
