@@ -11,6 +11,9 @@ from its frames' times.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -310,6 +313,18 @@ class ConvStream(nn.Module):
         return self.expand(self.act(self.norm(self.conv(self.reduced(features, steps)))))
 
 
+_DEFORM_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _deform_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads, made once per size and process (`Float32DeformConv2d`; a forked child gets
+    its own: the parent's threads do not exist there)."""
+    key = (os.getpid(), workers)
+    if key not in _DEFORM_POOLS:
+        _DEFORM_POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="dtfsal-deform")
+    return _DEFORM_POOLS[key]
+
+
 class Float32DeformConv2d(DeformConv2d):
     """torchvision's `DeformConv2d` computed in float32 whatever the dtype of its weights and inputs (torchvision
     has no bfloat16 CPU kernel for it, and no CPU autocast rule); the output has the input's dtype.
@@ -318,18 +333,34 @@ class Float32DeformConv2d(DeformConv2d):
     """
 
     def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out)."""
-        output = deform_conv2d(
-            input.float(),
-            offset.float(),
-            self.weight.float(),
-            None if self.bias is None else self.bias.float(),
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            mask=None if mask is None else mask.float(),
-        )
-        return output.to(input.dtype)
+        """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out).
+
+        On the CPU without autograd, the N images are split among `torch.get_num_threads()` threads: torchvision's
+        CPU kernel samples its columns on one core (its matrix product uses them all), so this divides the
+        sampling time by up to the thread count; each image goes through the same kernel, so the output is the
+        same (bit for bit on this machine's tests).
+        """
+        dtype = input.dtype
+        weight, bias = self.weight.float(), None if self.bias is None else self.bias.float()
+        input, offset, mask = input.float(), offset.float(), None if mask is None else mask.float()
+
+        def convolve(images: slice) -> torch.Tensor:
+            return deform_conv2d(input[images], offset[images], weight, bias, stride=self.stride, padding=self.padding,
+                                 dilation=self.dilation, mask=None if mask is None else mask[images])
+
+        parts = min(torch.get_num_threads(), input.shape[0])
+        if input.device.type != "cpu" or parts < 2 or torch.is_grad_enabled():
+            return convolve(slice(None)).to(dtype)
+        bounds = [round(index * input.shape[0] / parts) for index in range(parts + 1)]
+        inference = torch.is_inference_mode_enabled()
+
+        def convolve_in_thread(images: slice) -> torch.Tensor:
+            # Grad and inference modes are per thread: the worker takes the caller's (no autograd).
+            with torch.inference_mode(inference), torch.no_grad():
+                return convolve(images)
+
+        pieces = list(_deform_pool(parts).map(convolve_in_thread, [slice(a, b) for a, b in zip(bounds, bounds[1:])]))
+        return torch.cat(pieces).to(dtype)
 
 
 class DeformableStream(ConvStream):
@@ -438,7 +469,10 @@ class AMFB(nn.Module):
             raise ValueError(f"AMFB needs audio and visual batches of one size, got {audio.shape[0]} and {visual.shape[0]}")
         features, steps = self._inputs(visual, audio, audio_times, visual_times)
         streams = [stream(features, steps) for stream in (self.local_stream, self.global_stream, self.adaptive_stream)]
-        # Global average pooling over (T, H, W) of the concatenated streams: (B, 3C)
-        pooled = torch.cat(streams, dim=1).mean(dim=(2, 3, 4))
-        scores = torch.sigmoid(self.stream_scores(pooled))  # (B, 3)
-        return sum(scores[:, i, None, None, None, None] * stream for i, stream in enumerate(streams))
+        # Global average pooling over (T, H, W) of the concatenated streams, (B, 3C): each stream's, concatenated
+        pooled = torch.cat([stream.mean(dim=(2, 3, 4)) for stream in streams], dim=1)
+        scores = torch.sigmoid(self.stream_scores(pooled))[:, :, None, None, None, None]  # (B, 3, 1, 1, 1, 1)
+        fused = scores[:, 0] * streams[0]
+        for index in (1, 2):
+            fused = torch.addcmul(fused, scores[:, index], streams[index])  # fused + score * stream
+        return fused

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -16,7 +15,7 @@ from torchvision.ops import DeformConv2d
 
 from .configuration_dtfsal import LOG_MEL_FRAME_S, LOG_MEL_HOP_S, VGGISH_EXAMPLE_FRAMES, VGGISH_EXAMPLE_HOP, DTFSalConfig
 from .audio_encoders import VGGishAudioEncoder
-from .decoders import SaliencyDecoderHead
+from .decoders import SaliencyDecoderHead, resize_frames
 from .encoders import AudioTemporalEnhancement
 from .layers import DLTFB, LTEB, LearnableTokens, audio_token_times
 from .mvit_attention import set_mvit_attention
@@ -43,10 +42,10 @@ class DTFSalOutput(ModelOutput):
 
 
 def _upsample_hw(features: torch.Tensor, factor: int) -> torch.Tensor:
-    """Trilinear upsampling by `factor` in height and width, time kept."""
+    """Upsampling by `factor` in height and width, time kept: trilinear, computed frame by frame (`resize_frames`)."""
     if factor == 1:
         return features
-    return F.interpolate(features, scale_factor=(1, factor, factor), mode="trilinear", align_corners=False)
+    return resize_frames(features, scale_factor=factor)
 
 
 def kl_divergence(saliency_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -267,3 +267,30 @@ def test_float32_deform_conv_keeps_the_callers_dtype():
     torch.testing.assert_close(half, expected, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="BFloat16"):
         plain.to(torch.bfloat16)(x.bfloat16(), offset.bfloat16())
+
+
+@pytest.mark.parametrize("images", [1, 2, 5])
+def test_float32_deform_conv_splits_its_images_among_threads_without_autograd(images, monkeypatch):
+    """Without autograd, Float32DeformConv2d hands its images to `torch.get_num_threads()` threads (torchvision's
+    CPU kernel samples on one core): the same output, bit for bit, as the one call torchvision makes with
+    autograd on, in plain, no-grad and inference mode; with a mask too."""
+    from torchvision.ops import deform_conv2d
+
+    from dtfsal_hf import layers
+
+    torch.manual_seed(0)
+    conv = layers.Float32DeformConv2d(6, 4, 3, padding=1)
+    x, offset, mask = torch.randn(images, 6, 9, 11), 2 * torch.randn(images, 18, 9, 11), torch.rand(images, 9, 9, 11)
+    calls = []
+    monkeypatch.setattr(layers, "deform_conv2d", lambda x, *args, **kwargs: calls.append(len(x)) or deform_conv2d(x, *args, **kwargs))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    for use_mask in (None, mask):
+        reference = conv(x, offset, use_mask)
+        assert reference.requires_grad and calls == [images]  # with autograd: one call
+        calls.clear()
+        for context in (torch.no_grad, torch.inference_mode):
+            with context():
+                split = conv(x, offset, use_mask)
+            assert sorted(calls) == sorted([len(part) for part in torch.arange(images).tensor_split(min(3, images))])
+            assert not split.requires_grad and torch.equal(split, reference.detach())
+            calls.clear()

@@ -228,3 +228,28 @@ def test_full_size_counts_next_to_the_papers():
         assert abs(decoders[name] / paper - 1) < 0.10, name
     assert fusions == {"amfb": 782_261, "amfb_stretch": 798_565, "concat": 127_296, "cross_attention": 141_248}
     assert audio == (4_499_712, 798_336)  # the VGGish trunk's 4.50M and the temporal layer's ~0.8M (SPEC)
+
+
+@pytest.mark.parametrize("frames, kernel, groups", [(1, 1, 1), (2, 2, 1), (3, 3, 2), (4, 2, 1), (3, 1, 1)])
+def test_a_conv3d_spanning_its_input_time_is_the_2d_convolution_of_the_stacked_frames(frames, kernel, groups):
+    """TimeSpanConv3d (the decoders' map layers and their last time-halving layer) gives nn.Conv3d's output and
+    gradients, as a 2-D convolution when the kernel covers all the input's frames and as nn.Conv3d otherwise,
+    with nn.Conv3d's state-dict keys; in either memory layout."""
+    from dtfsal_hf.decoders import TimeSpanConv3d
+
+    torch.manual_seed(0)
+    reference = torch.nn.Conv3d(4, 6, (kernel, 3, 3), stride=(kernel, 1, 1), padding=(0, 1, 1), groups=groups)
+    conv = TimeSpanConv3d(4, 6, (kernel, 3, 3), stride=(kernel, 1, 1), padding=(0, 1, 1), groups=groups)
+    conv.load_state_dict(reference.state_dict())
+    assert list(conv.state_dict()) == list(reference.state_dict())
+    for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+        x = torch.randn(2, 4, frames, 10, 12).to(memory_format=memory_format).requires_grad_()
+        expected, got = reference(x), conv(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+        (expected_grads, got_grads) = (torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+                                       for out, module in ((expected, reference), (got, conv)))
+        for a, b in zip(expected_grads, got_grads):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
+    # The 2-D path is taken exactly when the kernel spans the input's frames.
+    assert conv._spans_time(x) == (frames == kernel)
