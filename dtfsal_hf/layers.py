@@ -335,10 +335,10 @@ class Float32DeformConv2d(DeformConv2d):
     def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out).
 
-        On the CPU without autograd, the N images are split among `torch.get_num_threads()` threads: torchvision's
-        CPU kernel samples its columns on one core (its matrix product uses them all), so this divides the
-        sampling time by up to the thread count; each image goes through the same kernel, so the output is the
-        same (bit for bit on this machine's tests).
+        On the CPU without autograd (and outside tracing), the N images are split among `torch.get_num_threads()`
+        threads: torchvision's CPU kernel samples its columns on one core (its matrix product uses them all), so
+        this divides the sampling time by up to the thread count; each image goes through the same kernel, so the
+        output is the same (bit for bit in the tests).
         """
         dtype = input.dtype
         weight, bias = self.weight.float(), None if self.bias is None else self.bias.float()
@@ -349,7 +349,10 @@ class Float32DeformConv2d(DeformConv2d):
                                  dilation=self.dilation, mask=None if mask is None else mask[images])
 
         parts = min(torch.get_num_threads(), input.shape[0])
-        if input.device.type != "cpu" or parts < 2 or torch.is_grad_enabled():
+        # Plain CPU tensors only, outside tracing: fake tensors (torch.export, FakeTensorMode) and traces belong
+        # to the calling thread.
+        plain = type(input) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+        if input.device.type != "cpu" or parts < 2 or torch.is_grad_enabled() or not plain:
             return convolve(slice(None)).to(dtype)
         bounds = [round(index * input.shape[0] / parts) for index in range(parts + 1)]
         inference = torch.is_inference_mode_enabled()
