@@ -535,7 +535,8 @@ def test_the_cards_snippet_reproduces_dtfsal_predict(hub, demo_resaved, tmp_path
     code = prelude + _how_to_use(card) + f"np.save({str(tmp_path / 'saliency.npy')!r}, saliency.numpy())\n"
     run_without_package(code, cwd=tmp_path, env=_hub_env(tmp_path / "hf", hub.endpoint))
     from_card = np.load(tmp_path / "saliency.npy")
-    predictor = SaliencyPredictor.from_pretrained("demo")
+    # One clip a call, as the snippet: float sums depend on the batch's size (oneDNN's kernels; about 3e-7 here).
+    predictor = SaliencyPredictor.from_pretrained("demo", batch_size=1)
     with pytest.warns(UserWarning, match="trained only on synthetic videos"):
         predicted = predictor.predict_video(DHF1K_VIDEO, max_frames=target + 1, progress=False)
     assert from_card.shape == predicted.maps[target].shape == (360, 640)
