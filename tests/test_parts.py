@@ -253,3 +253,11 @@ def test_a_conv3d_spanning_its_input_time_is_the_2d_convolution_of_the_stacked_f
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
     # The 2-D path is taken exactly when the kernel spans the input's frames.
     assert conv._spans_time(x) == (frames == kernel)
+    calls = []
+    conv2d = F.conv2d
+    try:
+        F.conv2d = lambda *args, **kwargs: calls.append(args[0].shape) or conv2d(*args, **kwargs)
+        conv(x)
+    finally:
+        F.conv2d = conv2d
+    assert calls == ([(2, 4 * frames, 10, 12)] if frames == kernel else [])
