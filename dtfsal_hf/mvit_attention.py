@@ -16,9 +16,12 @@ reloaded model runs the same kernel. Parameters and state-dict keys are the same
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchvision.models.video.mvit import MultiscaleAttention
 
 __all__ = [
@@ -153,6 +156,17 @@ def _pooled_residual(x: torch.Tensor, q: torch.Tensor, with_class_token: bool) -
     return torch.cat([x[:, :, :1], x[:, :, 1:] + q[:, :, 1:]], dim=2)
 
 
+def _cpu_training_kernel(q: torch.Tensor):
+    """Where gradients flow on a CPU, the explicit (math) form of `scaled_dot_product_attention`; elsewhere no
+    constraint. PyTorch's fused CPU attention, run forward and backward on AVX-512 (torch 2.14), left the
+    gradients of the whole model 1e-3 away from float64's (the explicit form and AVX2: 5e-6), through layers
+    whose backward runs after its own; `tests/test_sdpa_attention.py` compares every kernel's gradients with
+    float64 ones."""
+    if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 class MViTSDPAttention(MultiscaleAttention):
     """torchvision's `MultiscaleAttention` computed with `scaled_dot_product_attention`.
 
@@ -191,7 +205,8 @@ class MViTSDPAttention(MultiscaleAttention):
             else:
                 # Fused kernels want one head width for q, k and v: v is zero-padded, its extra columns dropped.
                 v_aug = F.pad(v, (0, q_aug.shape[-1] - v.shape[-1]))
-                x = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., : v.shape[-1]]
+                with _cpu_training_kernel(q_aug):
+                    x = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., : v.shape[-1]]
         if self.residual_pool:
             x = _pooled_residual(x, q, self.residual_with_cls_embed)
         # (B, heads, N, head_dim) -> (B, N, C)
