@@ -41,7 +41,7 @@ from .configuration_dtfsal import DTFSalConfig
 from .encoders import mvit_block_settings
 from .modeling_dtfsal import DTFSalModel
 from .mvit_attention import set_mvit_attention
-from .inference import PRESETS, Runtime, SaliencyPredictor, load_model_and_processor
+from .inference import PRESETS, Runtime, SaliencyPredictor, load_model_and_processor, release_freed_memory
 
 __all__ = [
     "PATHS",
@@ -147,24 +147,60 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor]:
+def _steal_ticks() -> int | None:
+    """Clock ticks the hypervisor has given other machines while this one's CPUs wanted to run (the `steal`
+    column of /proc/stat's `cpu` line), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class CallUsage:
+    """What one call cost the machine besides its wall time: this process's CPU seconds in user space and in
+    the kernel, its minor page faults, and the share of the machine's CPU time (wall time x cores) stolen by the
+    hypervisor during the call. A call slow for its FLOPs with much kernel time and many faults is paying for
+    memory it maps afresh; one with much stolen time ran on a busy host."""
+
+    user_s: float
+    system_s: float
+    page_faults: int
+    steal_fraction: float | None
+
+
+def _timed_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor, CallUsage]:
+    import resource
+
     _synchronize(device)
+    steal, usage = _steal_ticks(), resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     output = run(inputs)
     _synchronize(device)
-    return time.perf_counter() - start, output
+    seconds = time.perf_counter() - start
+    after, steal_after = resource.getrusage(resource.RUSAGE_SELF), _steal_ticks()
+    stolen = None
+    if steal is not None and steal_after is not None and seconds > 0:
+        stolen = (steal_after - steal) / os.sysconf("SC_CLK_TCK") / (seconds * (os.cpu_count() or 1))
+    return seconds, output, CallUsage(after.ru_utime - usage.ru_utime, after.ru_stime - usage.ru_stime,
+                                      after.ru_minflt - usage.ru_minflt, stolen)
 
 
 def _peak_memory_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor, int]:
-    """One call, with its peak memory: CUDA memory allocated on a GPU, resident memory growth on the CPU."""
+    """One call, with its peak memory: CUDA memory allocated on a GPU, resident memory growth on the CPU (after
+    handing back what earlier calls freed and the process kept, `release_freed_memory`, so that this call's
+    growth is what it needs)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        seconds, output = _timed_call(run, inputs, device)
+        seconds, output, _ = _timed_call(run, inputs, device)
         return seconds, output, torch.cuda.max_memory_allocated(device) - before
+    release_freed_memory()
     with _PeakRSS() as peak:
-        seconds, output = _timed_call(run, inputs, device)
+        seconds, output, _ = _timed_call(run, inputs, device)
     return seconds, output, peak.peak_bytes
 
 
@@ -265,6 +301,7 @@ class PathResult:
             rate in the path's dtype, or in fp32 where that is faster (`matmul_rate`, measured in the same run):
             how much of the machine the path uses, so a slow path and a slow machine can be told apart. None
             without the probe.
+        usage: the timed calls' median CPU seconds (user, kernel), page faults and stolen share (`CallUsage`).
     """
 
     network: str
@@ -279,6 +316,7 @@ class PathResult:
     max_abs_diff: float | None = None
     map_cc: float | None = None
     matmul_fraction: float | None = None
+    usage: CallUsage | None = None
 
     @property
     def seconds_per_clip(self) -> float:
@@ -389,6 +427,7 @@ class _Entry:
     peak_memory_bytes: int = 0
     output: torch.Tensor | None = None
     latencies: list[float] = field(default_factory=list)
+    usages: list[CallUsage] = field(default_factory=list)
 
 
 def run_benchmark(
@@ -482,8 +521,9 @@ def run_benchmark(
     for repeat in range(repeats):
         # Round robin: each repetition times every entry once, so a change of machine load hits all alike.
         for entry in entries:
-            seconds, _ = _timed_call(entry.run, entry.inputs, device)
+            seconds, _, usage = _timed_call(entry.run, entry.inputs, device)
             entry.latencies.append(seconds)
+            entry.usages.append(usage)
         log(f"repetition {repeat + 1}/{repeats} done")
 
     results = []
@@ -498,6 +538,7 @@ def run_benchmark(
             network=entry.network, path=entry.path.name, description=entry.path.describe(), batch_size=entry.batch_size,
             latency_s=statistics.median(entry.latencies), latencies_s=entry.latencies, first_call_s=entry.first_call_s,
             peak_memory_bytes=entry.peak_memory_bytes, flops_per_clip=flops[entry.network], max_abs_diff=diff, map_cc=cc,
+            usage=_median_usage(entry.usages),
         )
         if matmul is not None:
             result.matmul_fraction = result.flops_per_clip / result.seconds_per_clip / _path_rate(matmul, entry.path)
@@ -507,6 +548,13 @@ def run_benchmark(
                 "paths": names, "batch_sizes": [int(b) for b in batch_sizes], "repeats": repeats, "device": str(device),
                 "skipped": skipped}
     return BenchmarkResult(machine=machine_description(device), settings=settings, results=results, matmul=matmul)
+
+
+def _median_usage(usages: Sequence[CallUsage]) -> CallUsage:
+    """Each field's median over the timed calls."""
+    steals = [u.steal_fraction for u in usages if u.steal_fraction is not None]
+    return CallUsage(statistics.median(u.user_s for u in usages), statistics.median(u.system_s for u in usages),
+                     int(statistics.median(u.page_faults for u in usages)), statistics.median(steals) if steals else None)
 
 
 def _is_paper_config(config: DTFSalConfig) -> bool:
@@ -685,6 +733,11 @@ def _matmul_lines(result: BenchmarkResult) -> list[str]:
     flags = machine.get("cpu_bf16_flags")
     native = "unknown" if flags is None else f"yes ({', '.join(flags)})" if flags else "no (no AVX512_BF16 or AMX-BF16)"
     lines = [f"CPU: {machine['cpu']}, {machine['torch_threads']} torch threads, native bf16: {native}."]
+    kept = [r.path for r in result.results if r.network != "mvit_v2_s" and PATHS.get(r.path) is not None
+            and PATHS[r.path].keep_freed_memory]
+    if result.settings.get("device", "cpu") == "cpu" and kept:
+        lines.append("Freed memory is kept for reuse between calls (`Runtime.keep_freed_memory`, glibc: no mmap per "
+                     "block, no trimming); each row's first call starts from memory handed back (`release_freed_memory`).")
     if matmul:
         rates = ", ".join(f"{_SHORT_DTYPES.get(name, name)} {rate / 1e9:.1f} GFLOP/s"
                           + (f" (at {matmul['sizes'][name]}^3: a larger product takes over a second)"
@@ -712,20 +765,25 @@ def format_report(result: BenchmarkResult) -> str:
     lines += _matmul_lines(result)
     floor = result.floor
     lines += ["| network | path | batch | s / clip | maps/s | x floor | peak memory | GFLOPs / clip | of matmul rate "
-              "| max abs d map | CC vs eager | first call (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| max abs d map | CC vs eager | first call (s) | CPU s user / kernel | page faults | stolen |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.results:
         ratio = f"{r.seconds_per_clip / floor.latency_s:.2f}" if floor else "-"
         diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}"
         cc = "-" if r.map_cc is None else f"{r.map_cc:.5f}"
         fraction = "-" if r.matmul_fraction is None else f"{r.matmul_fraction:.0%}"
+        u = r.usage
+        usage = "- | - | -" if u is None else (f"{u.user_s:.2f} / {u.system_s:.2f} | {u.page_faults:,} | "
+                                               + ("-" if u.steal_fraction is None else f"{u.steal_fraction:.0%}"))
         lines.append(f"| {r.network} | {r.path} ({r.description}) | {r.batch_size} | {r.seconds_per_clip:.3f} | "
                      f"{r.maps_per_second:.2f} | {ratio} | {_mib(r.peak_memory_bytes)} | {r.flops_per_clip / 1e9:.1f} | "
-                     f"{fraction} | {diff} | {cc} | {r.first_call_s:.1f} |")
+                     f"{fraction} | {diff} | {cc} | {r.first_call_s:.1f} | {usage} |")
     lines.append("")
     lines.append("x floor: seconds per clip over torchvision's MViTv2-S alone (eager fp32, batch 1) at the same input. "
                  "Of matmul rate: GFLOPs per clip over seconds per clip, over the matrix-multiply rate in the path's "
-                 "dtype (or fp32's, where faster).")
+                 "dtype (or fp32's, where faster). CPU s, page faults, stolen: per timed call (median), this process's "
+                 "CPU seconds in user space and in the kernel, its minor page faults, and the share of the machine's "
+                 "CPU time the hypervisor gave elsewhere (a busy host); peak memory is measured on the first call.")
     for skipped in result.settings.get("skipped", []):
         lines.append(f"Not measured: {skipped}.")
     if result.video:

@@ -163,6 +163,23 @@ def test_float32_ends_run_in_float32_under_autocast():
     assert max(errors.values()) < 0.01 and min(errors.values()) > 0, errors
 
 
+def test_the_backbone_alone_runs_under_a_float32_ends_path():
+    """torchvision's MViT has the patch embedding of the float32 ends (not DTFSal's decoder): a `-mixed` path
+    times it with that layer in fp32."""
+    config = DTFSalConfig.tiny()
+    torch.manual_seed(0)
+    backbone = torchvision_mvit_v2_s(config.num_frames, config.image_size).eval()
+    seen = []
+    run = prepare_path(backbone, PATHS["blocked-mixed"])
+    inputs = {"videos": torch.randn(1, 3, config.num_frames, *config.image_size)}
+    assert run(inputs).shape == (1, 400)
+    runner = PATHS["blocked-mixed"].prepare(backbone)
+    runner.conv_proj.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    with PATHS["blocked-mixed"].context("cpu"):
+        runner(inputs["videos"])
+    assert seen == [torch.float32]
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown paths"):
         run_benchmark(model=tiny_model(), paths=["turbo"])
@@ -227,3 +244,57 @@ def test_a_clip_through_the_predictor_is_the_benchmarks_path():
     assert predictor.settings()["precision"] == "autocast" and predictor.model.config.mvit_attention == "blocked"
     with pytest.raises(ValueError, match="needs precision='autocast'"):
         Runtime(float32_ends=True)
+
+
+_FAULTS_SCRIPT = r"""
+import resource, sys, torch
+from dtfsal_hf import DTFSalConfig, DTFSalModel
+from dtfsal_hf.inference import Runtime
+
+def faults_of_third_block():
+    # a 256 MiB block touched and freed, three times: how many pages the third faults in
+    counts = []
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = torch.ones(64 * 2**20)
+        del block
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return counts[-1]
+
+Runtime(keep_freed_memory=sys.argv[1] == "keep").prepare(DTFSalModel(DTFSalConfig.tiny()), "cpu")
+print(faults_of_third_block())
+"""
+
+
+@pytest.mark.skipif(not __import__("dtfsal_hf.inference.runtime", fromlist=["_glibc"])._glibc(), reason="glibc only")
+def test_a_cpu_runtime_keeps_freed_memory_for_the_next_call(tmp_path):
+    """After a CPU runtime prepares a model, a large block freed is reused (once the heap has settled, from the
+    third block on) without faulting its pages in again;
+    with `keep_freed_memory=False` (glibc's thresholds) the block is unmapped and every page faults anew. Run in
+    fresh processes: the setting is the process's."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "faults.py"
+    script.write_text(_FAULTS_SCRIPT)
+    pages = 256 * 2**20 // 4096
+    faults = {mode: int(subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, check=True,
+                                       timeout=300).stdout.split()[-1]) for mode in ("keep", "return")}
+    assert faults["return"] > 0.9 * pages, faults
+    assert faults["keep"] < 0.05 * pages, faults
+
+
+def test_each_row_reports_what_its_calls_cost_the_machine(tiny_result):
+    """CPU seconds in user space and in the kernel, page faults and the hypervisor's stolen share, per call."""
+    from dtfsal_hf.benchmark import _steal_ticks
+
+    for r in tiny_result.results:
+        u = r.usage
+        assert u is not None and u.user_s >= 0 and u.system_s >= 0 and u.page_faults >= 0
+        assert u.user_s + u.system_s > 0
+        if _steal_ticks() is not None:
+            assert 0 <= u.steal_fraction <= 1
+    report = format_report(tiny_result)
+    assert "CPU s user / kernel | page faults | stolen |" in report
+    assert "Freed memory is kept for reuse" in report
+    assert json.loads(json.dumps(tiny_result.to_dict()))["results"][0]["usage"]["page_faults"] >= 0

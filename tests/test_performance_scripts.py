@@ -1,4 +1,4 @@
-"""scripts/precision_check.py and scripts/attention_kernels.py on the CPU, at small sizes."""
+"""scripts/precision_check.py, scripts/attention_kernels.py and scripts/freed_memory_check.py on the CPU, at small sizes."""
 
 from __future__ import annotations
 
@@ -57,3 +57,19 @@ def test_attention_kernels_agree_with_the_masked_form(capsys):
     assert set(kernels) == {"mask + SDPA", "folded + SDPA", "folded + blocked"}
     assert kernels["mask + SDPA"] == 0 and max(kernels.values()) < 1e-4
     assert all(re.search(r"\| \d+\.\d+ \|", line) for line in rows)  # a time in ms on every row
+
+
+def test_freed_memory_check_times_both_settings_in_fresh_processes(capsys):
+    assert load_script("freed_memory_check").main(
+        ["--tiny", "--networks", "DTFSal", "--paths", "eager-fp32", "--rounds", "1", "--calls", "2", "--threads", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| DTFSal |")]
+    assert [row[2].strip() for row in rows] == ["kept", "returned"]
+    for row in rows:
+        seconds, user, kernel = (float(cell) for cell in row[3:6])
+        assert seconds > 0 and user > 0 and kernel >= 0 and int(row[6].replace(",", "")) >= 0
+
+
+def test_freed_memory_check_refuses_an_unknown_path(capsys):
+    with pytest.raises(SystemExit):
+        load_script("freed_memory_check").main(["--tiny", "--paths", "turbo"])
+    assert "unknown paths" in capsys.readouterr().err

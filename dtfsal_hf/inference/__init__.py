@@ -37,7 +37,8 @@ from .outputs import (
 )
 from ..saliency_loop import ALIGNMENTS, IMAGE_EXTENSIONS, ProgressCallback, SaliencyLoop, frame_source, prefetch
 from .predictor import SaliencyPredictor, VideoSaliency
-from .runtime import FLOAT32_ENDS, PRESETS, Runtime, keep_float32, preset, resolve_dtype
+from .runtime import (FLOAT32_ENDS, PRESETS, Runtime, keep_float32, keep_freed_memory, preset, release_freed_memory,
+                      resolve_dtype)
 
 __all__ = [
     "ALIGNMENTS",
@@ -65,6 +66,7 @@ __all__ = [
     "is_synthetic_example",
     "iter_npz_maps",
     "keep_float32",
+    "keep_freed_memory",
     "load_model_and_processor",
     "output_name",
     "output_paths",
@@ -73,6 +75,7 @@ __all__ = [
     "predict_videos",
     "prefetch",
     "preset",
+    "release_freed_memory",
     "process_share",
     "resolve_dtype",
     "saliency_statistics",

@@ -2,8 +2,8 @@
 
 A `Runtime` names the attention kernel (`DTFSalModel.set_mvit_attention`), the precision policy (`"cast"`: weights
 and activations in `dtype`, what `dtfsal predict --dtype` does; `"autocast"`: float32 weights under
-`torch.autocast`), the float32 islands kept under autocast (`FLOAT32_ENDS`), channels-last-3d convolutions and
-`torch.compile`. `runtime.prepare(model, device)` readies a model once; `runtime.saliency_maps(runner, inputs,
+`torch.autocast`), the float32 islands kept under autocast (`FLOAT32_ENDS`), channels-last-3d convolutions,
+`torch.compile`, and on a CPU whether the process keeps the memory it frees (`keep_freed_memory`). `runtime.prepare(model, device)` readies a model once; `runtime.saliency_maps(runner, inputs,
 device)` runs it. `PRESETS` are the named runtimes the benchmark times; the predictor runs any of them, so the
 benchmark times exactly what `predict` runs.
 """
@@ -11,6 +11,9 @@ benchmark times exactly what `predict` runs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,6 +74,61 @@ def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_ENDS) -> nn.Mo
     return model
 
 
+# glibc's mallopt parameters and the values it starts with (trim threshold 128 KiB, up to 65536 mmap'd blocks).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+_keeping = False
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (Linux), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """Have this process keep the memory it frees for its next allocations (`keep=True`) or hand it back to the
+    operating system (`keep=False`, glibc's behaviour with its starting thresholds). Returns whether it applied
+    (glibc on Linux only; elsewhere nothing changes).
+
+    By default glibc serves every block of 128 KiB or more with a fresh `mmap` and unmaps it when freed, so each
+    forward pass of the full model faults its activations in again, page by page, and the kernel zeroes each
+    page: on a 2-core virtual machine the eager fp32 call spent as much time in the kernel as in PyTorch (3.8
+    million page faults a call; docs/benchmarks.md). Kept, the second call faults none. The resident memory then
+    stays at the largest call's peak instead of falling back between calls. A CPU `Runtime` applies this when it
+    prepares a model (`Runtime.keep_freed_memory`)."""
+    global _keeping
+    libc = _glibc()
+    if libc is None:
+        return False
+    if keep:
+        # mallopt takes an int; glibc reads the trim threshold as a size_t, so -1 means "never trim".
+        _keeping = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+        return _keeping
+    if _keeping:
+        # Back to glibc's starting thresholds (fixed from now on: glibc's own raising of them is not restored).
+        _keeping = not all(libc.mallopt(option, value) for option, value in _GLIBC_DEFAULTS.items())
+    return not _keeping
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory this process has freed back to the operating system now (glibc's `malloc_trim`), e.g.
+    before measuring how much a call needs. Returns whether it applied (glibc on Linux only)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 @dataclass(frozen=True)
 class Runtime:
     """One way of running the model.
@@ -87,6 +145,8 @@ class Runtime:
             (`FLOAT32_ENDS`, `keep_float32`).
         channels_last: convolution weights and the input video in `torch.channels_last_3d`.
         compile: wrap the model in `torch.compile` (the first call compiles).
+        keep_freed_memory: on a CPU, have the process keep freed memory for reuse instead of returning it to the
+            operating system between calls (`keep_freed_memory`; process-wide, glibc only).
         devices: the device types where the runtime applies (`"cpu"`, `"cuda"`).
     """
 
@@ -97,6 +157,7 @@ class Runtime:
     float32_ends: bool = False
     channels_last: bool = False
     compile: bool = False
+    keep_freed_memory: bool = True
     devices: tuple[str, ...] = ("cpu", "cuda")
 
     def __post_init__(self) -> None:
@@ -127,6 +188,8 @@ class Runtime:
             parts.append("channels-last-3d")
         if self.compile:
             parts.append("torch.compile")
+        if not self.keep_freed_memory:
+            parts.append("freed memory returned")
         return ", ".join(parts)
 
     def check_device(self, device: torch.device | str) -> None:
@@ -138,13 +201,16 @@ class Runtime:
         its attention kernel, device, dtype, float32 islands and memory format, in eval mode. Returns what to call:
         the module, or its `torch.compile` wrapper."""
         self.check_device(device)
+        if torch.device(device).type == "cpu":
+            keep_freed_memory(self.keep_freed_memory)
         if hasattr(module, "set_mvit_attention"):
             module.set_mvit_attention(self.attention)  # recorded in the model's configuration
         else:
             set_mvit_attention(module, self.attention)
         module = module.to(device=torch.device(device), dtype=self.input_dtype).eval()
         if self.float32_ends:
-            keep_float32(module)
+            # torchvision's MViT alone (the benchmark's floor) has only the patch embedding of the float32 ends
+            keep_float32(module, FLOAT32_ENDS if hasattr(module, "set_mvit_attention") else ("conv_proj",))
         if self.channels_last:
             for child in module.modules():
                 if isinstance(child, nn.Conv3d):
@@ -217,4 +283,5 @@ def preset(name: str) -> Runtime:
     return PRESETS[name]
 
 
-__all__ = ["FLOAT32_ENDS", "PRECISIONS", "PRESETS", "Runtime", "keep_float32", "preset", "resolve_dtype"]
+__all__ = ["FLOAT32_ENDS", "PRECISIONS", "PRESETS", "Runtime", "keep_float32", "keep_freed_memory", "preset",
+           "release_freed_memory", "resolve_dtype"]
