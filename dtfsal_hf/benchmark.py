@@ -171,15 +171,21 @@ class CallUsage:
     steal_fraction: float | None
 
 
-def _timed_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor, CallUsage]:
-    import resource
-
+def _timed_call(run: Callable, inputs: dict, device: torch.device) -> tuple[float, torch.Tensor, CallUsage | None]:
+    """One call: its wall seconds, output and `CallUsage` (None where the platform has no `resource` module)."""
+    try:
+        import resource
+    except ImportError:
+        resource = None
     _synchronize(device)
-    steal, usage = _steal_ticks(), resource.getrusage(resource.RUSAGE_SELF)
+    steal = _steal_ticks()
+    usage = resource.getrusage(resource.RUSAGE_SELF) if resource else None
     start = time.perf_counter()
     output = run(inputs)
     _synchronize(device)
     seconds = time.perf_counter() - start
+    if usage is None:
+        return seconds, output, None
     after, steal_after = resource.getrusage(resource.RUSAGE_SELF), _steal_ticks()
     stolen = None
     if steal is not None and steal_after is not None and seconds > 0:
@@ -550,8 +556,11 @@ def run_benchmark(
     return BenchmarkResult(machine=machine_description(device), settings=settings, results=results, matmul=matmul)
 
 
-def _median_usage(usages: Sequence[CallUsage]) -> CallUsage:
-    """Each field's median over the timed calls."""
+def _median_usage(usages: Sequence[CallUsage | None]) -> CallUsage | None:
+    """Each field's median over the timed calls (None where none was measured)."""
+    usages = [u for u in usages if u is not None]
+    if not usages:
+        return None
     steals = [u.steal_fraction for u in usages if u.steal_fraction is not None]
     return CallUsage(statistics.median(u.user_s for u in usages), statistics.median(u.system_s for u in usages),
                      int(statistics.median(u.page_faults for u in usages)), statistics.median(steals) if steals else None)

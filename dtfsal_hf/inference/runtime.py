@@ -3,8 +3,8 @@
 A `Runtime` names the attention kernel (`DTFSalModel.set_mvit_attention`), the precision policy (`"cast"`: weights
 and activations in `dtype`, what `dtfsal predict --dtype` does; `"autocast"`: float32 weights under
 `torch.autocast`), the float32 islands kept under autocast (`FLOAT32_ENDS`), channels-last-3d convolutions,
-`torch.compile`, and on a CPU whether the process keeps the memory it frees (`keep_freed_memory`). `runtime.prepare(model, device)` readies a model once; `runtime.saliency_maps(runner, inputs,
-device)` runs it. `PRESETS` are the named runtimes the benchmark times; the predictor runs any of them, so the
+`torch.compile`, and on a CPU whether the process keeps the memory it frees (`keep_freed_memory`).
+`runtime.prepare(model, device)` readies a model once; `runtime.saliency_maps(runner, inputs, device)` runs it. `PRESETS` are the named runtimes the benchmark times; the predictor runs any of them, so the
 benchmark times exactly what `predict` runs.
 """
 
@@ -77,8 +77,7 @@ def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_ENDS) -> nn.Mo
 # glibc's mallopt parameters and the values it starts with (trim threshold 128 KiB, up to 65536 mmap'd blocks).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
-
-
+# Whether `keep_freed_memory(True)` is in force in this process.
 _keeping = False
 
 
@@ -101,8 +100,9 @@ def keep_freed_memory(keep: bool = True) -> bool:
 
     By default glibc serves every block of 128 KiB or more with a fresh `mmap` and unmaps it when freed, so each
     forward pass of the full model faults its activations in again, page by page, and the kernel zeroes each
-    page: on a 2-core virtual machine the eager fp32 call spent as much time in the kernel as in PyTorch (3.8
-    million page faults a call; docs/benchmarks.md). Kept, the second call faults none. The resident memory then
+    page: on a 2-core virtual machine the eager fp32 call spent as much time in the kernel as in PyTorch (3.6
+    million page faults a call; docs/benchmarks.md). Kept, the calls fault next to nothing once the heap has
+    settled (from the third). The resident memory then
     stays at the largest call's peak instead of falling back between calls. A CPU `Runtime` applies this when it
     prepares a model (`Runtime.keep_freed_memory`)."""
     global _keeping
