@@ -53,17 +53,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the tiny test configuration instead of the paper's")
     args = parser.parse_args(argv)
-    calls: dict[tuple, list[dict]] = {}
     unknown = [path for path in args.paths if path not in PRESETS]
     if unknown or args.rounds < 1 or args.calls < 1:
         parser.error(f"unknown paths {unknown}; choose from {', '.join(PRESETS)}" if unknown
                      else "--rounds and --calls must be at least 1")
+    calls: dict[tuple, list[dict]] = {}
     for round_ in range(args.rounds):
         for network in args.networks:
             for path in args.paths:
                 for setting in ("keep", "return"):
-                    done = subprocess.run([sys.executable, "-c", _CHILD, network, path, setting, str(args.calls),
-                                           str(args.threads), "tiny" if args.tiny else "paper"], capture_output=True, text=True)
+                    argv = [network, path, setting, str(args.calls), str(args.threads), "tiny" if args.tiny else "paper"]
+                    done = subprocess.run([sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True)
                     if done.returncode != 0:
                         print(f"{network} {path} {setting}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                         return 1

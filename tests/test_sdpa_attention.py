@@ -99,6 +99,36 @@ def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
     assert calls == []
 
 
+def test_cpu_training_takes_the_explicit_attention_form(monkeypatch):
+    """With gradients on a CPU the MViT attention's `scaled_dot_product_attention` runs with the fused kernels
+    off (the math form); under `no_grad` the fused kernel stays allowed."""
+    import dtfsal_hf.mvit_attention as kernels
+
+    fused_allowed = []
+
+    class Functional:
+        """torch.nn.functional, with scaled_dot_product_attention recording whether fused kernels are allowed."""
+
+        def __getattr__(self, name):
+            return getattr(torch.nn.functional, name)
+
+        @staticmethod
+        def scaled_dot_product_attention(*args, **kwargs):
+            fused_allowed.append(torch.backends.cuda.flash_sdp_enabled())
+            return torch.nn.functional.scaled_dot_product_attention(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "F", Functional())
+    model = set_mvit_attention(tiny_model(), "sdpa")
+    inputs = DTFSalModel.build_dummy_inputs(model.config)
+    blocks = len(model.visual_encoder.blocks)
+    with torch.no_grad():
+        model(**inputs)
+    assert fused_allowed == [True] * blocks
+    fused_allowed.clear()
+    model.train()(**inputs, labels=torch.rand(1, *model.config.image_size)).loss.backward()
+    assert fused_allowed == [False] * blocks
+
+
 def test_gradients_match():
     """Every kernel's fp32 gradients against the eager form's and against float64's: the whole model's gradient
     within 1e-4 of float64's in norm (the correct kernels give about 5e-6; PyTorch's fused CPU attention run

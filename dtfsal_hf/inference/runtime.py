@@ -4,8 +4,9 @@ A `Runtime` names the attention kernel (`DTFSalModel.set_mvit_attention`), the p
 and activations in `dtype`, what `dtfsal predict --dtype` does; `"autocast"`: float32 weights under
 `torch.autocast`), the float32 islands kept under autocast (`FLOAT32_ENDS`), channels-last-3d convolutions,
 `torch.compile`, and on a CPU whether the process keeps the memory it frees (`keep_freed_memory`).
-`runtime.prepare(model, device)` readies a model once; `runtime.saliency_maps(runner, inputs, device)` runs it. `PRESETS` are the named runtimes the benchmark times; the predictor runs any of them, so the
-benchmark times exactly what `predict` runs.
+`runtime.prepare(model, device)` readies a model once; `runtime.saliency_maps(runner, inputs, device)` runs it.
+`PRESETS` are the named runtimes the benchmark times; the predictor runs any of them, so the benchmark times
+exactly what `predict` runs.
 """
 
 from __future__ import annotations
@@ -102,9 +103,8 @@ def keep_freed_memory(keep: bool = True) -> bool:
     forward pass of the full model faults its activations in again, page by page, and the kernel zeroes each
     page: on a 2-core virtual machine the eager fp32 call spent as much time in the kernel as in PyTorch (3.6
     million page faults a call; docs/benchmarks.md). Kept, the calls fault next to nothing once the heap has
-    settled (from the third). The resident memory then
-    stays at the largest call's peak instead of falling back between calls. A CPU `Runtime` applies this when it
-    prepares a model (`Runtime.keep_freed_memory`)."""
+    settled (from the third). The resident memory then stays at the largest call's peak instead of falling
+    back between calls. A CPU `Runtime` applies this when it prepares a model (`Runtime.keep_freed_memory`)."""
     global _keeping
     libc = _glibc()
     if libc is None:
