@@ -65,7 +65,7 @@ class DTFSalConfig(PretrainedConfig):
         mvit_attention (`str`, defaults to `"eager"`): the kernel computing the MViT attentions, the same function
             each way (`mvit_attention.py`): `"eager"` (torchvision's explicit form), `"sdpa"`
             (`scaled_dot_product_attention`), `"blocked"` (blocked matrix products, inference) or `"auto"`
-            (blocked for inference on a CPU, sdpa otherwise). `DTFSalModel.set_mvit_attention` changes it.
+            (blocked for bf16 / fp16 inference on a CPU, sdpa otherwise). `DTFSalModel.set_mvit_attention` changes it.
         visual_encoder (`str`, defaults to `"mvit_v2_s"`): the visual encoder by name (`dtfsal_hf.plugins`):
             `"mvit_v2_s"` (sized by the `backbone_*` fields), `"s3d"`, `"swin3d_t"`, `"swin3d_s"`, `"swin3d_b"`,
             `"r2plus1d_18"`, or a plugin's.

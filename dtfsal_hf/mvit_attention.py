@@ -7,7 +7,7 @@ query-key product (`fold_rel_pos`), so a kernel that takes no mask applies:
 - `"eager"`: torchvision's explicit form;
 - `"sdpa"`: `scaled_dot_product_attention` on the extended queries and keys (flash attention on CUDA);
 - `"blocked"`: plain matrix products by blocks of queries (`blocked_attention`; inference);
-- `"auto"`: `"blocked"` for inference on a CPU, `"sdpa"` otherwise.
+- `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU, `"sdpa"` otherwise (fp32 included).
 
 `set_mvit_attention(module, kernel)` switches every attention inside a module; `DTFSalModel.set_mvit_attention`
 does it for a model and records the choice in its configuration (`DTFSalConfig.mvit_attention`), so a saved and
@@ -183,7 +183,11 @@ class MViTSDPAttention(MultiscaleAttention):
     def _use_blocked(self, q: torch.Tensor) -> bool:
         if torch.is_grad_enabled() and (q.requires_grad or self.rel_pos_h.requires_grad):
             return False  # the blocked kernel has no backward pass: training runs the fused kernel
-        return self.kernel == "blocked" or (self.kernel == "auto" and q.device.type == "cpu")
+        if self.kernel == "blocked":
+            return True
+        # auto: reduced-precision inference on a CPU. In fp32 PyTorch's fused CPU kernel is as fast on AVX-512
+        # and 12-20% faster on AVX2 (docs/benchmarks.md), with the same bounded memory.
+        return self.kernel == "auto" and q.device.type == "cpu" and q.dtype != torch.float32
 
     def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
         batch, tokens, _ = x.shape
@@ -222,8 +226,8 @@ class MViTBlockedAttention(MViTSDPAttention):
 
 
 class MViTAutoAttention(MViTSDPAttention):
-    """`MViTSDPAttention` choosing per call: `blocked_attention` for inference on a CPU (fastest there, in bf16
-    more than 2x), `scaled_dot_product_attention` elsewhere and for training."""
+    """`MViTSDPAttention` choosing per call: `blocked_attention` for bf16 / fp16 inference on a CPU (more than 2x
+    faster there than the fused kernel), `scaled_dot_product_attention` in fp32, elsewhere and for training."""
 
     kernel = "auto"
 
@@ -243,7 +247,7 @@ def set_mvit_attention(module: nn.Module, attention: str) -> nn.Module:
     - `"eager"`: torchvision's explicit form (matmul, + relative-position logits, softmax, matmul);
     - `"sdpa"`: `scaled_dot_product_attention` on queries and keys extended by the relative-position terms;
     - `"blocked"`: the same extension, then plain matrix products by blocks of queries (inference);
-    - `"auto"`: `"blocked"` for inference on a CPU, `"sdpa"` otherwise.
+    - `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU, `"sdpa"` otherwise (fp32 included).
 
     Parameters and state-dict keys do not change. Returns `module`.
     """

@@ -83,17 +83,26 @@ def test_model_maps_match(use_audio, attention):
     assert (actual - expected).abs().max() < 1e-5
 
 
-def test_blocked_kernel_runs_for_inference_and_sdpa_for_training(monkeypatch):
+def test_blocked_kernel_runs_for_reduced_precision_inference_and_sdpa_otherwise(monkeypatch):
+    """`auto` on a CPU: the blocked kernel for bf16 inference (autocast or cast weights), the fused kernel in fp32
+    (as fast or faster there) and for training."""
     import dtfsal_hf.mvit_attention as kernels
 
     calls = []
     monkeypatch.setattr(kernels, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
     model = set_mvit_attention(tiny_model(), "auto")
     inputs = DTFSalModel.build_dummy_inputs(model.config)
+    blocks = len(model.visual_encoder.blocks)
     with torch.no_grad():
         model(**inputs)
-    blocks = len(model.visual_encoder.blocks)
-    assert calls == ["blocked"] * blocks
+        assert calls == []
+        with torch.autocast("cpu", torch.bfloat16):
+            model(**inputs)
+        assert calls == ["blocked"] * blocks
+        calls.clear()
+        model.to(torch.bfloat16)(**{name: value.to(torch.bfloat16) for name, value in inputs.items()})
+        assert calls == ["blocked"] * blocks
+    model.float()
     calls.clear()
     model.train()(**inputs, labels=torch.rand(1, *model.config.image_size)).loss.backward()
     assert calls == []
