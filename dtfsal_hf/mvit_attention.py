@@ -226,8 +226,9 @@ class MViTBlockedAttention(MViTSDPAttention):
 
 
 class MViTAutoAttention(MViTSDPAttention):
-    """`MViTSDPAttention` choosing per call: `blocked_attention` for bf16 / fp16 inference on a CPU (more than 2x
-    faster there than the fused kernel), `scaled_dot_product_attention` in fp32, elsewhere and for training."""
+    """`MViTSDPAttention` choosing per call: `blocked_attention` for bf16 / fp16 inference on a CPU (in bf16 more
+    than 2x faster there than the fused kernel), `scaled_dot_product_attention` in fp32, elsewhere and for
+    training."""
 
     kernel = "auto"
 
