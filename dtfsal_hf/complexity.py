@@ -9,7 +9,9 @@ no weights are made and nothing is computed, so the full-size model counts in se
 a CPU run (a convolution's or product's FLOPs depend on shapes only), with one difference that favours meta: on
 a CPU, `scaled_dot_product_attention` runs a fused kernel `FlopCounterMode` has no formula for and so does not
 count, where on meta it is counted as its matrix products. The MViT attentions are counted in torchvision's
-explicit form whichever kernel the model runs (`mvit_attention.py`: the same function each way).
+explicit form whichever kernel the model runs (`mvit_attention.py`: the same function each way), and the LTEB /
+DLTFB token paths in the paper's order, each frame's token mixture projected (`LearnableTokens.project_tokens_once`
+off), where the model itself projects the five tokens once a call: 7.1 G multiply-accumulates fewer at full size.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import DeformConv2d
 
 from .configuration_dtfsal import DTFSalConfig
+from .layers import LearnableTokens
 from .modeling_dtfsal import DTFSalModel
 from .mvit_attention import set_mvit_attention
 
@@ -84,22 +87,33 @@ def count_flops(model: nn.Module, inputs: dict) -> int:
     return count_macs_and_flops(model, inputs)[1]
 
 
+def _deform_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """torchvision's `deform_conv2d` as FlopCounterMode counts a convolution: 2 per multiply-accumulate of its
+    matrix product (the bilinear sampling, like `grid_sample`, is not counted)."""
+    return 2 * math.prod(out_shape) * math.prod(weight_shape[1:])
+
+
 @torch.no_grad()
 def count_macs_and_flops(model: nn.Module, inputs: dict) -> tuple[dict[str, int], int]:
     """`count_conv_linear_macs(..., per_module=True)` and `count_flops` of the same single forward pass."""
-    counter = FlopCounterMode(display=False)
+    # FlopCounterMode has no formula for torchvision's deformable convolution; the CPU inference path computes it
+    # as a grid_sample and a matrix product, whose product it counts.
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.torchvision.deform_conv2d: _deform_conv_flops})
     with _conv_linear_macs(model) as totals, counter:
         model(**inputs)
     return totals, counter.get_total_flops()
 
 
 def meta_model(config: DTFSalConfig, model_class: type[DTFSalModel] = DTFSalModel) -> DTFSalModel:
-    """`model_class(config)` on the meta device, in eval mode, its MViT attentions in the explicit form (the
-    configuration is left as it is): the model to count, with `DTFSalModel.build_dummy_inputs(config,
-    device="meta")` as its inputs."""
+    """`model_class(config)` on the meta device, in eval mode, its MViT attentions in the explicit form and its
+    token paths in the paper's order (the configuration is left as it is): the model to count, with
+    `DTFSalModel.build_dummy_inputs(config, device="meta")` as its inputs."""
     with torch.device("meta"):
         model = model_class(config).eval()
     set_mvit_attention(model.visual_encoder, "eager")
+    for module in model.modules():
+        if isinstance(module, LearnableTokens):
+            module.project_tokens_once = False
     return model
 
 

@@ -11,12 +11,10 @@ from its frames' times.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 from torchvision.ops import DeformConv2d, deform_conv2d
 
 __all__ = [
@@ -30,6 +28,7 @@ __all__ = [
     "LearnableTokens",
     "TimeAlignedAudio",
     "audio_token_times",
+    "sampled_deform_conv2d",
     "axial_shift",
     "time_pooling_weights",
 ]
@@ -61,6 +60,10 @@ class LearnableTokens(nn.Module):
         token_size: S, each token is an S x S map.
     """
 
+    # Project the N tokens and mix their maps (True), or mix the tokens and project each frame's mixture (the
+    # paper's order): the same function, see `forward`.
+    project_tokens_once = True
+
     def __init__(self, channels: int, num_tokens: int = 5, token_dim: int = 192, token_size: int = 7):
         super().__init__()
         self.channels = channels
@@ -71,12 +74,25 @@ class LearnableTokens(nn.Module):
         self.token_proj = _spatial_conv(token_dim, channels, 3)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """`features` (B, C, T, H, W) -> token map P'' (B, C, T, H, W)."""
+        """`features` (B, C, T, H, W) -> token map P'' (B, C, T, H, W).
+
+        Resizing and the projection are linear and the weights sum to 1, so projecting the mixture equals mixing
+        the projected tokens: with more time steps than tokens (T > N) the N tokens are resized and projected
+        once a call, and their maps mixed per frame (the projection's cost divided by B * T / N; the same values within
+        float32 rounding). `project_tokens_once = False` keeps the paper's order (the compute counts use it).
+        """
         batch, _, time, height, width = features.shape
         gate = torch.sigmoid(self.gate(features))
         # Spatial mean of the gated features: (B, C, T, H, W) -> (B, T, C)
         embedding = gate.mean(dim=(3, 4)).transpose(1, 2)
         weights = self.token_weights(embedding).softmax(dim=-1)  # (B, T, N)
+        num_tokens = self.tokens.shape[0]
+        # Decided by the clip's time steps only (static under export, where the batch size is symbolic)
+        if self.project_tokens_once and time > num_tokens:
+            tokens = F.interpolate(self.tokens, size=(height, width), mode="bilinear", align_corners=False)
+            # (N, C_p, H, W) -> (1, C_p, N, H, W) -> projected (1, C, N, H, W) -> mixed per frame (B, C, T, H, W)
+            projected = self.token_proj(tokens.transpose(0, 1)[None])[0]
+            return torch.einsum("btn,cnhw->bcthw", weights, projected)
         mixture = torch.einsum("btn,nchw->btchw", weights, self.tokens)  # (B, T, C_p, S, S)
         mixture = F.interpolate(mixture.flatten(0, 1), size=(height, width), mode="bilinear", align_corners=False)
         # (B*T, C_p, H, W) -> (B, C_p, T, H, W)
@@ -313,16 +329,56 @@ class ConvStream(nn.Module):
         return self.expand(self.act(self.norm(self.conv(self.reduced(features, steps)))))
 
 
-_DEFORM_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+# Columns the sampled deformable convolution holds at a time (`sampled_deform_conv2d`): 64 MiB in float32.
+DEFORM_COLUMNS = 1 << 24
 
 
-def _deform_pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of `workers` threads, made once per size and process (`Float32DeformConv2d`; a forked child gets
-    its own: the parent's threads do not exist there)."""
-    key = (os.getpid(), workers)
-    if key not in _DEFORM_POOLS:
-        _DEFORM_POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="dtfsal-deform")
-    return _DEFORM_POOLS[key]
+def sampled_deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                          stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask: torch.Tensor | None = None) -> torch.Tensor:
+    """torchvision's `deform_conv2d` as a bilinear `grid_sample` of every kernel tap followed by one matrix product.
+
+    The same function (same offset and mask layouts, `(dy, dx)` per tap, taps row by row, offset groups over the
+    input channels, zero outside the image): sampling is where torchvision's CPU kernel spends its time, on one
+    core, and `grid_sample` samples all channels of a point at once on every thread. Images go through in chunks
+    of at most `DEFORM_COLUMNS` sampled values, so memory is bounded whatever the batch.
+
+    `input` (N, C_in, H, W), `offset` (N, 2 * offset_groups * kh * kw, H_out, W_out), `weight`
+    (C_out, C_in / groups, kh, kw), `mask` (N, offset_groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out).
+    """
+    n, channels, height, width = input.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    groups, taps = channels // group_channels, kh * kw
+    offset_groups = offset.shape[1] // (2 * taps)
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (stride, padding, dilation))
+    out_h, out_w = offset.shape[2:]
+    # Each tap's sampling position before its offset, (taps, out_h, 1) and (taps, 1, out_w), in pixels
+    factory = dict(dtype=input.dtype, device=input.device)
+    rows = torch.arange(kh, **factory).repeat_interleave(kw)[:, None, None] * dh + torch.arange(out_h, **factory)[:, None] * sh - ph
+    cols = torch.arange(kw, **factory).repeat(kh)[:, None, None] * dw + torch.arange(out_w, **factory) * sw - pw
+    kernel = weight.reshape(groups, out_channels // groups, group_channels * taps)
+    chunk = max(1, DEFORM_COLUMNS // (channels * taps * out_h * out_w))
+    pieces = []
+    for start in range(0, n, chunk):
+        images = slice(start, start + chunk)
+        m = input[images].shape[0]
+        # (m, G_off, taps, 2, out_h, out_w) -> positions in grid_sample's [-1, 1] (align_corners=False: pixel centres)
+        shift = offset[images].reshape(m * offset_groups, taps, 2, out_h, out_w)
+        y = (rows + shift[:, :, 0]) * (2.0 / height) + (1.0 / height - 1.0)
+        x = (cols + shift[:, :, 1]) * (2.0 / width) + (1.0 / width - 1.0)
+        grid = torch.stack([x, y], dim=-1).reshape(m * offset_groups, taps * out_h, out_w, 2)
+        # (m * G_off, C_in / G_off, taps * out_h, out_w) -> (m, C_in, taps, out_h * out_w)
+        sampled = F.grid_sample(input[images].reshape(m * offset_groups, channels // offset_groups, height, width), grid,
+                                mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.reshape(m, channels, taps, out_h * out_w)
+        if mask is not None:
+            # (m, G_off * taps, out_h, out_w) -> (m, G_off, 1, taps, out_h * out_w), over each group's channels
+            weights = mask[images].reshape(m, offset_groups, 1, taps, out_h * out_w)
+            sampled = (sampled.reshape(m, offset_groups, channels // offset_groups, taps, -1) * weights).reshape(m, channels, taps, -1)
+        # (G, C_out / G, C_in / G * taps) @ (m, G, C_in / G * taps, out_h * out_w) -> (m, C_out, out_h, out_w)
+        out = torch.matmul(kernel, sampled.reshape(m, groups, group_channels * taps, out_h * out_w))
+        out = out.reshape(m, out_channels, out_h, out_w)
+        pieces.append(out if bias is None else out + bias[:, None, None])
+    return torch.cat(pieces)
 
 
 class Float32DeformConv2d(DeformConv2d):
@@ -335,35 +391,21 @@ class Float32DeformConv2d(DeformConv2d):
     def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out).
 
-        On the CPU without autograd (and outside tracing), the N images are split among `torch.get_num_threads()`
-        threads: torchvision's CPU kernel samples its columns on one core (its matrix product uses them all), so
-        this divides the sampling time by up to the thread count; each image goes through the same kernel, so the
-        output is the same (bit for bit in the tests).
+        On the CPU without autograd (and outside tracing and export, which keep torchvision's operator) the same
+        function runs as `sampled_deform_conv2d`: 2.5x faster than torchvision's CPU kernel at level 1 of the
+        model, the same values within float32 rounding (summation order and the sampling positions' scaling).
         """
         dtype = input.dtype
         weight, bias = self.weight.float(), None if self.bias is None else self.bias.float()
         input, offset, mask = input.float(), offset.float(), None if mask is None else mask.float()
-
-        def convolve(images: slice) -> torch.Tensor:
-            return deform_conv2d(input[images], offset[images], weight, bias, stride=self.stride, padding=self.padding,
-                                 dilation=self.dilation, mask=None if mask is None else mask[images])
-
-        parts = min(torch.get_num_threads(), input.shape[0])
-        # Plain CPU tensors only, outside tracing: fake tensors (torch.export, FakeTensorMode) and traces belong
-        # to the calling thread.
+        # Plain CPU tensors only, outside tracing: fake tensors (torch.export, FakeTensorMode) and traces get
+        # torchvision's operator.
         plain = type(input) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-        if input.device.type != "cpu" or parts < 2 or torch.is_grad_enabled() or not plain:
-            return convolve(slice(None)).to(dtype)
-        bounds = [round(index * input.shape[0] / parts) for index in range(parts + 1)]
-        inference = torch.is_inference_mode_enabled()
-
-        def convolve_in_thread(images: slice) -> torch.Tensor:
-            # Grad and inference modes are per thread: the worker takes the caller's (no autograd).
-            with torch.inference_mode(inference), torch.no_grad():
-                return convolve(images)
-
-        pieces = list(_deform_pool(parts).map(convolve_in_thread, [slice(a, b) for a, b in zip(bounds, bounds[1:])]))
-        return torch.cat(pieces).to(dtype)
+        convolve = deform_conv2d
+        if input.device.type == "cpu" and not torch.is_grad_enabled() and plain:
+            convolve = sampled_deform_conv2d
+        return convolve(input, offset, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                        mask=mask).to(dtype)
 
 
 class DeformableStream(ConvStream):

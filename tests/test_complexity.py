@@ -9,13 +9,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.complexity import count_macs_and_flops, count_parameters, describe_model, meta_model
+from dtfsal_hf.layers import LearnableTokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _paper_order(model: DTFSalModel) -> DTFSalModel:
+    for module in model.modules():
+        if isinstance(module, LearnableTokens):
+            module.project_tokens_once = False
+    return model
+
+
 def _cpu_counts(config: DTFSalConfig) -> tuple[int, dict, int]:
     torch.manual_seed(0)
-    model = DTFSalModel(config).eval()
+    model = _paper_order(DTFSalModel(config).eval())
     return count_parameters(model), *count_macs_and_flops(model, DTFSalModel.build_dummy_inputs(config))
 
 
@@ -62,7 +70,7 @@ def test_full_size_figures():
         "  fusion_blocks: 12.04 G",
         "  decoder_heads: 16.66 G",
         "  fuse_maps: 0.00 G",
-        "FlopCounterMode total: 906.39 GFLOPs (2 per MAC, attention included)",
+        "FlopCounterMode total: 909.61 GFLOPs (2 per MAC, attention included)",
         "paper: 49.08 M parameters, 297.91 GFLOPs, 187.26 MB",
     ]
     visual = describe_model(visual_only=True).splitlines()
@@ -79,8 +87,25 @@ def test_a_clip_with_its_frame_times_is_counted_on_meta_as_on_the_cpu():
     inputs = {**DTFSalModel.build_dummy_inputs(config), "frame_times": times}
     torch.manual_seed(0)
     with sdpa_kernel(SDPBackend.MATH):
-        cpu = count_macs_and_flops(DTFSalModel(config).eval(), inputs)
+        cpu = count_macs_and_flops(_paper_order(DTFSalModel(config).eval()), inputs)
     on_meta = {name: torch.empty_like(value, device="meta") for name, value in inputs.items()}
     assert count_macs_and_flops(meta_model(config), on_meta) == cpu
     with pytest.raises(ValueError, match="frame_times"):
         count_macs_and_flops(meta_model(config), {**on_meta, "frame_times": on_meta["frame_times"][:, :1]})
+
+
+def test_token_paths_are_counted_in_the_papers_order():
+    """The counts project each frame's token mixture, as the paper does; the model projects its five tokens once a
+    call (`LearnableTokens.project_tokens_once`): at full size 9 x 192 x 192 multiply-accumulates a pixel for each of
+    the 8 - 5 frames it saves at the four levels (56 x 96 down to 7 x 12)."""
+    config = DTFSalConfig()
+    inputs = DTFSalModel.build_dummy_inputs(config, device="meta")
+    model = meta_model(config)
+    assert all(not m.project_tokens_once for m in model.modules() if isinstance(m, LearnableTokens))
+    paper = count_macs_and_flops(model, inputs)[0]
+    for module in model.modules():
+        if isinstance(module, LearnableTokens):
+            module.project_tokens_once = True
+    once = count_macs_and_flops(model, inputs)[0]
+    saved = 9 * 192 * 192 * (8 - 5) * (56 * 96 + 28 * 48 + 14 * 24 + 7 * 12)
+    assert sum(paper.values()) - sum(once.values()) == saved == 7_106_641_920

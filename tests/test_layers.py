@@ -37,6 +37,30 @@ def test_lteb_is_x_times_token_map_plus_x():
     assert torch.allclose(block(x), x * block.token_path(x) + x)
 
 
+@pytest.mark.parametrize("batch, time", [(1, 2), (2, 3), (1, 8), (2, 6)])
+def test_token_path_projects_the_tokens_or_the_mixture_alike(batch, time):
+    """With more time steps than tokens the token path projects the N resized tokens and mixes their maps; with
+    fewer it projects each frame's mixture (the paper's order). Both are the same function: values and gradients within
+    float32 rounding of the paper's order, written out here."""
+    torch.manual_seed(0)
+    path = LTEB(6, num_tokens=5, token_dim=4, token_size=3).token_path
+    x = torch.randn(batch, 6, time, 7, 9, requires_grad=True)
+
+    def paper_order(features):
+        gate = torch.sigmoid(path.gate(features))
+        weights = path.token_weights(gate.mean(dim=(3, 4)).transpose(1, 2)).softmax(dim=-1)
+        mixture = torch.einsum("btn,nchw->btchw", weights, path.tokens).flatten(0, 1)
+        mixture = torch.nn.functional.interpolate(mixture, size=(7, 9), mode="bilinear", align_corners=False)
+        return path.token_proj(mixture.unflatten(0, (batch, time)).transpose(1, 2))
+
+    expected = paper_order(x)
+    got = path(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    grads = torch.autograd.grad(expected.square().sum(), [x, *path.parameters()])
+    for mine, theirs in zip(torch.autograd.grad(got.square().sum(), [x, *path.parameters()]), grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
 def test_lteb_token_weights_are_a_softmax_mixture():
     block = LTEB(4, num_tokens=2, token_dim=1, token_size=1)
     with torch.no_grad():
@@ -269,28 +293,57 @@ def test_float32_deform_conv_keeps_the_callers_dtype():
         plain.to(torch.bfloat16)(x.bfloat16(), offset.bfloat16())
 
 
-@pytest.mark.parametrize("images", [1, 2, 5])
-def test_float32_deform_conv_splits_its_images_among_threads_without_autograd(images, monkeypatch):
-    """Without autograd, Float32DeformConv2d hands its images to `torch.get_num_threads()` threads (torchvision's
-    CPU kernel samples on one core): the same output, bit for bit, as the one call torchvision makes with
-    autograd on, in plain, no-grad and inference mode; with a mask too."""
+@pytest.mark.parametrize("groups, offset_groups, stride, padding, dilation", [
+    (1, 1, 1, 1, 1), (2, 1, 1, 1, 1), (1, 2, 1, 0, 1), (2, 2, 2, 2, 1), (1, 1, 2, 0, 2), (1, 2, 1, 2, 2),
+])
+def test_sampled_deform_conv_is_torchvisions_function(groups, offset_groups, stride, padding, dilation, monkeypatch):
+    """`sampled_deform_conv2d` (grid_sample of the taps, one matrix product) gives torchvision's `deform_conv2d`
+    within float32 rounding: offsets that reach past the image, integer and zero offsets, a mask, groups, offset
+    groups, stride, padding and dilation, images in chunks (a column budget of one image) or all at once, images
+    of one row or one column."""
     from torchvision.ops import deform_conv2d
 
     from dtfsal_hf import layers
 
     torch.manual_seed(0)
+    checked = 0
+    for images, height, width in [(3, 9, 7), (2, 1, 6), (1, 6, 1), (4, 5, 5)]:
+        weight, bias = torch.randn(6, 4 // groups, 3, 3), torch.randn(6)
+        x = torch.randn(images, 4, height, width)
+        out_h = (height + 2 * padding - 2 * dilation - 1) // stride + 1
+        out_w = (width + 2 * padding - 2 * dilation - 1) // stride + 1
+        if out_h < 1 or out_w < 1:
+            continue
+        shape = (images, 2 * offset_groups * 9, out_h, out_w)
+        for offset in (3 * torch.randn(shape), torch.randint(-4, 5, shape).float(), torch.zeros(shape)):
+            mask = torch.rand(images, offset_groups * 9, out_h, out_w)
+            for use_mask, budget in ((None, 1 << 24), (mask, 1 << 24), (mask, 1)):
+                monkeypatch.setattr(layers, "DEFORM_COLUMNS", budget)
+                kwargs = dict(stride=(stride, stride), padding=(padding, padding), dilation=(dilation, dilation), mask=use_mask)
+                expected = deform_conv2d(x, offset, weight, bias, **kwargs)
+                got = layers.sampled_deform_conv2d(x, offset, weight, bias, **kwargs)
+                torch.testing.assert_close(got, expected, rtol=0, atol=2e-5 * max(1.0, expected.abs().max().item()))
+                checked += 1
+    assert checked >= 9
+
+
+def test_float32_deform_conv_samples_with_grid_sample_only_without_autograd(monkeypatch):
+    """Float32DeformConv2d runs `sampled_deform_conv2d` on the CPU in no-grad and inference mode (torchvision's values
+    within float32 rounding), and torchvision's operator whenever autograd records (training keeps its backward)."""
+    from dtfsal_hf import layers
+
+    torch.manual_seed(0)
     conv = layers.Float32DeformConv2d(6, 4, 3, padding=1)
-    x, offset, mask = torch.randn(images, 6, 9, 11), 2 * torch.randn(images, 18, 9, 11), torch.rand(images, 9, 9, 11)
+    x, offset, mask = torch.randn(3, 6, 9, 11), 2 * torch.randn(3, 18, 9, 11), torch.rand(3, 9, 9, 11)
     calls = []
-    monkeypatch.setattr(layers, "deform_conv2d", lambda x, *args, **kwargs: calls.append(len(x)) or deform_conv2d(x, *args, **kwargs))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    sampled = layers.sampled_deform_conv2d
+    monkeypatch.setattr(layers, "sampled_deform_conv2d", lambda *args, **kwargs: calls.append(1) or sampled(*args, **kwargs))
     for use_mask in (None, mask):
         reference = conv(x, offset, use_mask)
-        assert reference.requires_grad and calls == [images]  # with autograd: one call
-        calls.clear()
+        assert reference.requires_grad and calls == []
         for context in (torch.no_grad, torch.inference_mode):
             with context():
-                split = conv(x, offset, use_mask)
-            assert sorted(calls) == sorted([len(part) for part in torch.arange(images).tensor_split(min(3, images))])
-            assert not split.requires_grad and torch.equal(split, reference.detach())
+                fast = conv(x, offset, use_mask)
+            assert not fast.requires_grad and calls == [1]
+            torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-5)
             calls.clear()
