@@ -28,8 +28,8 @@ __all__ = [
     "LearnableTokens",
     "TimeAlignedAudio",
     "audio_token_times",
-    "sampled_deform_conv2d",
     "axial_shift",
+    "sampled_deform_conv2d",
     "time_pooling_weights",
 ]
 
@@ -78,8 +78,8 @@ class LearnableTokens(nn.Module):
 
         Resizing and the projection are linear and the weights sum to 1, so projecting the mixture equals mixing
         the projected tokens: with more time steps than tokens (T > N) the N tokens are resized and projected
-        once a call, and their maps mixed per frame (the projection's cost divided by B * T / N; the same values within
-        float32 rounding). `project_tokens_once = False` keeps the paper's order (the compute counts use it).
+        once a call, and their maps mixed per frame (the projection's cost divided by B * T / N; the same values
+        within float32 rounding). `project_tokens_once = False` keeps the paper's order (the compute counts use it).
         """
         batch, _, time, height, width = features.shape
         gate = torch.sigmoid(self.gate(features))
@@ -356,6 +356,8 @@ def sampled_deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: tor
     rows = torch.arange(kh, **factory).repeat_interleave(kw)[:, None, None] * dh + torch.arange(out_h, **factory)[:, None] * sh - ph
     cols = torch.arange(kw, **factory).repeat(kh)[:, None, None] * dw + torch.arange(out_w, **factory) * sw - pw
     kernel = weight.reshape(groups, out_channels // groups, group_channels * taps)
+    if n == 0 or out_h * out_w == 0:
+        return input.new_zeros(n, out_channels, out_h, out_w)
     chunk = max(1, DEFORM_COLUMNS // (channels * taps * out_h * out_w))
     pieces = []
     for start in range(0, n, chunk):
@@ -392,8 +394,9 @@ class Float32DeformConv2d(DeformConv2d):
         """`input` (N, C_in, H, W), `offset` (N, 2 * groups * kh * kw, H_out, W_out) -> (N, C_out, H_out, W_out).
 
         On the CPU without autograd (and outside tracing and export, which keep torchvision's operator) the same
-        function runs as `sampled_deform_conv2d`: 2.5x faster than torchvision's CPU kernel at level 1 of the
-        model, the same values within float32 rounding (summation order and the sampling positions' scaling).
+        function runs as `sampled_deform_conv2d` (at level 1 of the full model on a 2-core AVX-512 CPU 0.035 s
+        against torchvision's 0.238 s), the same values within float32 rounding (summation order and the sampling
+        positions' scaling).
         """
         dtype = input.dtype
         weight, bias = self.weight.float(), None if self.bias is None else self.bias.float()

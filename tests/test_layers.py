@@ -325,6 +325,9 @@ def test_sampled_deform_conv_is_torchvisions_function(groups, offset_groups, str
                 torch.testing.assert_close(got, expected, rtol=0, atol=2e-5 * max(1.0, expected.abs().max().item()))
                 checked += 1
     assert checked >= 9
+    empty = layers.sampled_deform_conv2d(torch.randn(0, 4, 5, 5), torch.randn(0, 18, 5, 5), torch.randn(6, 4, 3, 3),
+                                         padding=(1, 1))
+    assert empty.shape == (0, 6, 5, 5)
 
 
 def test_float32_deform_conv_samples_with_grid_sample_only_without_autograd(monkeypatch):
