@@ -15,6 +15,7 @@ from dtfsal_hf.mvit_attention import (
     blocked_attention,
     fold_rel_pos,
     mvit_attention_of,
+    pool_tokens,
     set_mvit_attention,
 )
 
@@ -165,6 +166,35 @@ def test_gradients_match():
     for attention in ("sdpa", "auto"):
         for name, expected in gradients["eager"].items():
             torch.testing.assert_close(gradients[attention][name], expected, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pool_tokens_is_torchvisions_pool(batch):
+    """`pool_tokens` (channels kept innermost) gives torchvision's `Pool.forward` bit for bit, for queries, keys and
+    values taken from a fused qkv projection as the attention takes them (not contiguous), in fp32 and under bf16
+    autocast with channels-last weights, and the same gradients; 3-dim input goes to `Pool` itself."""
+    import copy
+
+    from torchvision.models.video import mvit_v2_s
+
+    torch.manual_seed(0)
+    attention = mvit_v2_s().blocks[1].attn
+    thw = (4, 8, 6)
+    for pool in (attention.pool_q, attention.pool_k, attention.pool_v):
+        heads, dim = attention.num_heads, attention.head_dim
+        fused = torch.randn(batch, 1 + 4 * 8 * 6, 3, heads, dim, requires_grad=True)
+        x = fused.transpose(1, 3)[:, :, 0]  # (B, heads, tokens, dim), strided as in the attention
+        expected, expected_thw = pool(x, thw)
+        got, got_thw = pool_tokens(pool, x, thw)
+        assert got_thw == expected_thw and torch.equal(got, expected)
+        grads = torch.autograd.grad(expected.square().sum(), [fused, *pool.parameters()])
+        for mine, theirs in zip(torch.autograd.grad(got.square().sum(), [fused, *pool.parameters()]), grads):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+        channels_last = copy.deepcopy(pool).to(memory_format=torch.channels_last_3d)
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            assert torch.equal(pool_tokens(channels_last, x, thw)[0], channels_last(x, thw)[0])
+        flat = x[0].detach()
+        assert torch.equal(pool_tokens(pool, flat, thw)[0], pool(flat, thw)[0])
 
 
 def test_switching_keeps_keys_and_round_trips():
