@@ -197,6 +197,28 @@ def test_pool_tokens_is_torchvisions_pool(batch):
         assert torch.equal(pool_tokens(pool, flat, thw)[0], pool(flat, thw)[0])
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "blocked", "auto"])
+def test_fast_kernels_pool_through_pool_tokens(attention, monkeypatch):
+    """The fast kernels pool q, k and v with `pool_tokens`, the eager form with torchvision's own `Pool`."""
+    from torchvision.models.video import mvit_v2_s
+
+    from dtfsal_hf import mvit_attention
+
+    calls = []
+    real = mvit_attention.pool_tokens
+    monkeypatch.setattr(mvit_attention, "pool_tokens", lambda *args: calls.append(1) or real(*args))
+    torch.manual_seed(0)
+    block = mvit_v2_s().blocks[1]
+    x = torch.randn(1, 1 + 4 * 8 * 6, block.attn.qkv.in_features)
+    with torch.no_grad():
+        expected = block(x, (4, 8, 6))[0]
+        assert calls == []
+        set_mvit_attention(block, attention)
+        got = block(x, (4, 8, 6))[0]
+    assert len(calls) == 3
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_switching_keeps_keys_and_round_trips():
     model = tiny_model()
     keys = list(model.state_dict())
