@@ -407,8 +407,11 @@ class Float32DeformConv2d(DeformConv2d):
         convolve = deform_conv2d
         if input.device.type == "cpu" and not torch.is_grad_enabled() and plain:
             convolve = sampled_deform_conv2d
-        return convolve(input, offset, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                        mask=mask).to(dtype)
+        # Autocast would run the sampled form's matrix product in bf16; torchvision's operator has no autocast rule.
+        with torch.autocast(input.device.type, enabled=False):
+            out = convolve(input, offset, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                           mask=mask)
+        return out.to(dtype)
 
 
 class DeformableStream(ConvStream):

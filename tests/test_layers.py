@@ -332,7 +332,8 @@ def test_sampled_deform_conv_is_torchvisions_function(groups, offset_groups, str
 
 def test_float32_deform_conv_samples_with_grid_sample_only_without_autograd(monkeypatch):
     """Float32DeformConv2d runs `sampled_deform_conv2d` on the CPU in no-grad and inference mode (torchvision's values
-    within float32 rounding), and torchvision's operator whenever autograd records (training keeps its backward)."""
+    within float32 rounding, in float32 under bf16 autocast as well), and torchvision's operator whenever autograd
+    records (training keeps its backward)."""
     from dtfsal_hf import layers
 
     torch.manual_seed(0)
@@ -350,3 +351,9 @@ def test_float32_deform_conv_samples_with_grid_sample_only_without_autograd(monk
             assert not fast.requires_grad and calls == [1]
             torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-5)
             calls.clear()
+        # Under bf16 autocast too the sampled form computes in float32, as torchvision's operator does.
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            autocast = conv(x, offset, use_mask)
+        assert calls == [1] and autocast.dtype == torch.float32
+        torch.testing.assert_close(autocast, reference.detach(), rtol=0, atol=1e-5)
+        calls.clear()
