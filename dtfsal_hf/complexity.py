@@ -30,7 +30,7 @@ from .modeling_dtfsal import DTFSalModel
 from .mvit_attention import set_mvit_attention
 
 __all__ = ["count_parameters", "count_conv_linear_macs", "count_flops", "count_macs_and_flops", "meta_model", "describe_model",
-           "describe_config", "PAPER_TOTALS"]
+           "describe_config", "in_papers_token_order", "PAPER_TOTALS"]
 
 # The paper's figures: parameters (M), "GFLOPs" (conv + linear GMACs at 32 x 224 x 384), fp32 size (MB).
 PAPER_TOTALS = {"DTFSal": (49.08, 297.91, 187.26), "DTFSal(V)": (40.73, 259.57, 155.37)}
@@ -111,9 +111,15 @@ def meta_model(config: DTFSalConfig, model_class: type[DTFSalModel] = DTFSalMode
     with torch.device("meta"):
         model = model_class(config).eval()
     set_mvit_attention(model.visual_encoder, "eager")
+    return in_papers_token_order(model)
+
+
+def in_papers_token_order(model: nn.Module, paper: bool = True) -> nn.Module:
+    """Every LTEB / DLTFB token path in `model` projects each frame's token mixture, the paper's order (`paper=False`:
+    projects the tokens once a call, the default). The same function; the counts differ. Returns `model`."""
     for module in model.modules():
         if isinstance(module, LearnableTokens):
-            module.project_tokens_once = False
+            module.project_tokens_once = not paper
     return model
 
 

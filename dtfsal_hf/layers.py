@@ -404,14 +404,12 @@ class Float32DeformConv2d(DeformConv2d):
         # Plain CPU tensors only, outside tracing: fake tensors (torch.export, FakeTensorMode) and traces get
         # torchvision's operator.
         plain = type(input) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-        convolve = deform_conv2d
+        options = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, mask=mask)
         if input.device.type == "cpu" and not torch.is_grad_enabled() and plain:
-            convolve = sampled_deform_conv2d
-        # Autocast would run the sampled form's matrix product in bf16; torchvision's operator has no autocast rule.
-        with torch.autocast(input.device.type, enabled=False):
-            out = convolve(input, offset, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                           mask=mask)
-        return out.to(dtype)
+            # Autocast would run the sampled form's matrix product in bf16; torchvision's operator has no autocast rule.
+            with torch.autocast("cpu", enabled=False):
+                return sampled_deform_conv2d(input, offset, weight, bias, **options).to(dtype)
+        return deform_conv2d(input, offset, weight, bias, **options).to(dtype)
 
 
 class DeformableStream(ConvStream):

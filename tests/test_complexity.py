@@ -8,22 +8,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
-from dtfsal_hf.complexity import count_macs_and_flops, count_parameters, describe_model, meta_model
+from dtfsal_hf.complexity import count_macs_and_flops, count_parameters, describe_model, in_papers_token_order, meta_model
 from dtfsal_hf.layers import LearnableTokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _paper_order(model: DTFSalModel) -> DTFSalModel:
-    for module in model.modules():
-        if isinstance(module, LearnableTokens):
-            module.project_tokens_once = False
-    return model
-
-
 def _cpu_counts(config: DTFSalConfig) -> tuple[int, dict, int]:
     torch.manual_seed(0)
-    model = _paper_order(DTFSalModel(config).eval())
+    model = in_papers_token_order(DTFSalModel(config).eval())
     return count_parameters(model), *count_macs_and_flops(model, DTFSalModel.build_dummy_inputs(config))
 
 
@@ -87,7 +80,7 @@ def test_a_clip_with_its_frame_times_is_counted_on_meta_as_on_the_cpu():
     inputs = {**DTFSalModel.build_dummy_inputs(config), "frame_times": times}
     torch.manual_seed(0)
     with sdpa_kernel(SDPBackend.MATH):
-        cpu = count_macs_and_flops(_paper_order(DTFSalModel(config).eval()), inputs)
+        cpu = count_macs_and_flops(in_papers_token_order(DTFSalModel(config).eval()), inputs)
     on_meta = {name: torch.empty_like(value, device="meta") for name, value in inputs.items()}
     assert count_macs_and_flops(meta_model(config), on_meta) == cpu
     with pytest.raises(ValueError, match="frame_times"):
@@ -103,9 +96,6 @@ def test_token_paths_are_counted_in_the_papers_order():
     model = meta_model(config)
     assert all(not m.project_tokens_once for m in model.modules() if isinstance(m, LearnableTokens))
     paper = count_macs_and_flops(model, inputs)[0]
-    for module in model.modules():
-        if isinstance(module, LearnableTokens):
-            module.project_tokens_once = True
-    once = count_macs_and_flops(model, inputs)[0]
+    once = count_macs_and_flops(in_papers_token_order(model, paper=False), inputs)[0]
     saved = 9 * 192 * 192 * (8 - 5) * (56 * 96 + 28 * 48 + 14 * 24 + 7 * 12)
     assert sum(paper.values()) - sum(once.values()) == saved == 7_106_641_920
