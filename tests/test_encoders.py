@@ -145,6 +145,46 @@ def tiny_encoder(image_size):
     return MViTStageEncoder(8, image_size, [1, 1, 2, 1], [16, 32, 64, 128], [1, 1, 2, 2], [1, 4, 4]).eval()
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_stages_are_channels_last_views_of_the_tokens(batch):
+    """Each stage is the blocks' tokens without the class token, (B, THW, C) read as (B, C, T, H, W): a view with
+    channels innermost, laid out as channels-last-3d at batch 1 as well (the convolutions after it read it as it
+    is, without a copy), holding the values of the tokens."""
+    torch.manual_seed(0)
+    encoder = tiny_encoder([64, 96])
+    tokens = []
+    for index in encoder.stage_ends:
+        encoder.blocks[index].register_forward_hook(lambda module, args, output: tokens.append(output[0]))
+    with torch.no_grad():
+        stages = encoder(torch.randn(batch, 3, 8, 64, 96))
+    for stage, block_tokens in zip(stages, tokens):
+        channels, frames, height, width = stage.shape[1:]
+        # channels-last-3d strides (a batch item's tokens follow its class token: the batch stride is at least T H W C)
+        assert stage.stride()[1:] == (1, height * width * channels, width * channels, channels)
+        assert stage.stride(0) >= frames * height * width * channels
+        assert stage.data_ptr() == block_tokens[:, 1:].data_ptr()
+        channels_first = block_tokens[:, 1:].transpose(1, 2).reshape(stage.shape)
+        assert torch.equal(stage, channels_first)
+        with torch.no_grad():  # a (oneDNN) convolution reading it keeps it channels-last: no copy to channels-first
+            conv = nn.Conv3d(stage.shape[1], stage.shape[1], 1, groups=stage.shape[1])
+            assert conv(stage).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_model_maps_do_not_depend_on_the_stages_memory_layout(tiny_model, tiny_inputs):
+    """The layers after the encoder compute the same maps from channels-last stages (the encoder's) and from the
+    same values laid out channels-first."""
+    encoder = tiny_model.visual_encoder
+    forward = encoder.forward
+    with torch.no_grad():
+        expected = tiny_model(**tiny_inputs).saliency_map
+        encoder.forward = lambda videos: [stage.contiguous() for stage in forward(videos)]
+        try:
+            contiguous = tiny_model(**tiny_inputs).saliency_map
+        finally:
+            del encoder.forward
+    torch.testing.assert_close(contiguous, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa", "blocked", "auto"])
 def test_loaded_encoder_computes_torchvisions_forward_on_the_checkpoint(attention):
     """A square "checkpoint" loaded at a wider size: every kernel gives what torchvision's attention computes
@@ -203,6 +243,24 @@ def test_vggish_loader_uses_features_and_drops_embeddings():
         assert torch.equal(value, state[key])
     assert sum(p.numel() for p in trunk.parameters()) == pytest.approx(4.50e6, rel=0.01)
     assert trunk(torch.randn(2, 1, 112, 192)).shape == (2, 512, 7, 12)
+
+
+def test_vggish_trunk_runs_channels_last_with_the_channels_first_values():
+    """The trunk lays its one-channel input out channels-last, so its convolutions and pools run channels-last: the
+    values are those of the same layers on the channels-first input, gradients included."""
+    torch.manual_seed(0)
+    trunk = VGGishTrunk([[8], [16], [16, 16], [32, 32]])
+    spectrograms = torch.randn(3, 1, 32, 48, requires_grad=True)
+    outputs = trunk(spectrograms)
+    assert outputs.is_contiguous(memory_format=torch.channels_last) and not outputs.is_contiguous()
+    expected_input = spectrograms.detach().clone().requires_grad_()
+    expected = trunk.features(expected_input)  # the layers on the channels-first input
+    assert expected.is_contiguous()
+    torch.testing.assert_close(outputs, expected, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn(outputs.shape)
+    outputs.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(spectrograms.grad, expected_input.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_loaders_refuse_wrong_checkpoints(torchvision_checkpoint, tmp_path):
