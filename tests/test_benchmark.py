@@ -73,8 +73,15 @@ def test_report_lists_rows_and_targets(tiny_result):
     report = format_report(tiny_result)
     assert report.count("| DTFSal |") == 3 and report.count("| mvit_v2_s |") == 3
     assert "x floor" in report and "cores" in report
-    names = [row[0] for row in targets(tiny_result)]
+    rows = targets(tiny_result)
+    names = [row[0] for row in rows]
     assert any("backbone alone" in name for name in names) and any(">= 5x" in name for name in names)
+    # The ratio of medians, and each repetition's ratio of its two adjacent calls
+    eager, floor = tiny_result.find("DTFSal", "eager-fp32", 1), tiny_result.floor
+    measured = next(row[1] for row in rows if "backbone alone" in row[0])
+    paired = ", ".join(f"{e / f:.2f}" for e, f in zip(eager.latencies_s, floor.latencies_s))
+    assert measured.startswith(f"{eager.latency_s / floor.latency_s:.2f}x")
+    assert len(eager.latencies_s) < 2 or measured.endswith(f"(per repetition: {paired})")
     json.dumps(tiny_result.to_dict())
 
 
