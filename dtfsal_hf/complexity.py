@@ -93,12 +93,19 @@ def _deform_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwarg
     return 2 * math.prod(out_shape) * math.prod(weight_shape[1:])
 
 
+def _onednn_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """`aten.mkldnn_convolution` (`layers.Conv3d` at CPU inference) as FlopCounterMode counts `aten.convolution`:
+    2 per multiply-accumulate (weight (O, C / groups, k...): each output value takes C / groups x k... of them)."""
+    return 2 * math.prod(out_shape) * math.prod(weight_shape[1:])
+
+
 @torch.no_grad()
 def count_macs_and_flops(model: nn.Module, inputs: dict) -> tuple[dict[str, int], int]:
     """`count_conv_linear_macs(..., per_module=True)` and `count_flops` of the same single forward pass."""
-    # FlopCounterMode has no formula for torchvision's deformable convolution; the CPU inference path computes it
-    # as a grid_sample and a matrix product, whose product it counts.
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.torchvision.deform_conv2d: _deform_conv_flops})
+    # FlopCounterMode has no formula for torchvision's deformable convolution (the CPU inference path computes it
+    # as a grid_sample and a matrix product, whose product it counts) nor for oneDNN's convolution operator.
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.torchvision.deform_conv2d: _deform_conv_flops,
+                                                             torch.ops.aten.mkldnn_convolution: _onednn_conv_flops})
     with _conv_linear_macs(model) as totals, counter:
         model(**inputs)
     return totals, counter.get_total_flops()

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Conv3d
+
 __all__ = ["resize_frames", "FrameUpsample", "TimeSpanConv3d", "SaliencyDecoderHead", "MultiLevelDecoder", "SingleDecoder", "UNetDecoder"]
 
 
@@ -55,15 +57,17 @@ class FrameUpsample(nn.Module):
         return f"scale_factor={self.scale_factor}"
 
 
-class TimeSpanConv3d(nn.Conv3d):
+class TimeSpanConv3d(Conv3d):
     """`nn.Conv3d` computed as a 2-D convolution when its kernel spans all the time steps of its input.
 
     A (kT, kh, kw) kernel over an input of exactly kT frames (the map layers: kT = T = 1; a head's last (2, 3, 3)
     layer on its last two frames) sums over channels and frames alike, so it is `F.conv2d` on the frames stacked
     as channels, (B, C kT, h, w), with the weight flattened the same way: a view of both, the same sums. PyTorch's
     CPU conv3d takes its slow unfolding kernel at these shapes (few channels, one output frame): 60 ms against
-    7 ms for a map layer at 224 x 384 on 2 cores. Other inputs take `nn.Conv3d`'s own path. Same parameters and
-    state-dict keys as `nn.Conv3d`.
+    7 ms for a map layer at 224 x 384 on 2 cores. Other inputs, and CPU inference, take `layers.Conv3d`'s path
+    (oneDNN's 3-D convolution at inference: as fast on channels-first input and without the copy that stacking
+    channels-last frames needs, 11 ms against 37 ms for a head's last layer). Same parameters and state-dict keys
+    as `nn.Conv3d`.
     """
 
     def _spans_time(self, input: torch.Tensor) -> bool:
@@ -71,7 +75,7 @@ class TimeSpanConv3d(nn.Conv3d):
                 and not isinstance(self.padding, str) and self.padding[0] == 0 and self.dilation[0] == 1)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if not self._spans_time(input):
+        if self._runs_on_onednn(input, weight) or not self._spans_time(input):
             return super()._conv_forward(input, weight, bias)
         # (B, C, kT, h, w) -> (B, C kT, h, w); (O, C / groups, kT, kh, kw) -> (O, C kT / groups, kh, kw): channel
         # c's frame t is channel c kT + t of both, and a group's channels stay together.
@@ -178,7 +182,7 @@ class SingleDecoder(nn.Module):
                  dims: Sequence[int] = (96, 48, 24), fuse_dim: int = 128):
         super().__init__()
         self.feature_dim, self.num_levels = feature_dim, num_levels
-        self.project = nn.Sequential(nn.Conv3d(num_levels * feature_dim, fuse_dim, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(Conv3d(num_levels * feature_dim, fuse_dim, 1), nn.ReLU(inplace=True))
         self.head = SaliencyDecoderHead(fuse_dim, dims, level_frames, output_size)
 
     def forward(self, levels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, None]:
@@ -194,10 +198,10 @@ class _UNetBlock(nn.Sequential):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(
-            nn.Conv3d(in_dim, out_dim, (1, 3, 3), padding=(0, 1, 1), bias=False),
+            Conv3d(in_dim, out_dim, (1, 3, 3), padding=(0, 1, 1), bias=False),
             nn.BatchNorm3d(out_dim),
             nn.ReLU(inplace=True),
-            nn.Conv3d(out_dim, out_dim, (1, 3, 3), padding=(0, 1, 1), bias=False),
+            Conv3d(out_dim, out_dim, (1, 3, 3), padding=(0, 1, 1), bias=False),
             nn.BatchNorm3d(out_dim),
             nn.ReLU(inplace=True),
         )

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Conv3d
+
 __all__ = ["ConcatFusion", "CrossAttentionFusion"]
 
 
@@ -44,8 +46,8 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.visual_dim = visual_dim
         self.audio_dim = audio_dim
-        self.audio_proj = nn.Conv3d(audio_dim, audio_proj_dim, 1)
-        self.fuse = nn.Conv3d(visual_dim + audio_proj_dim, visual_dim, 1)
+        self.audio_proj = Conv3d(audio_dim, audio_proj_dim, 1)
+        self.fuse = Conv3d(visual_dim + audio_proj_dim, visual_dim, 1)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         _check_pair(visual, audio, self.visual_dim, self.audio_dim, "ConcatFusion")

@@ -20,6 +20,7 @@ from torchvision.ops import DeformConv2d, deform_conv2d
 __all__ = [
     "AUDIO_ALIGNMENTS",
     "AMFB",
+    "Conv3d",
     "ConvStream",
     "DLTFB",
     "DeformableStream",
@@ -43,10 +44,40 @@ def _check_5d(x: torch.Tensor, channels: int, name: str) -> None:
         )
 
 
+def _plain_cpu_inference(input: torch.Tensor) -> bool:
+    """Whether `input` is a plain CPU tensor in a call without autograd, outside tracing and compiling (fake
+    tensors of torch.export and traces keep the operators they record)."""
+    return (input.device.type == "cpu" and not torch.is_grad_enabled() and type(input) is torch.Tensor
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+class Conv3d(nn.Conv3d):
+    """`nn.Conv3d` that runs on oneDNN on a CPU at inference whatever its size.
+
+    For one clip PyTorch's CPU conv3d takes its unfolding kernel (`slow_conv3d`) when batch x channels x time x
+    height is below 20480 and the kernel is at most 3 x 3 (a heuristic for small 2-D inputs): 3-6x slower at the
+    deeper levels' shapes than oneDNN (56 -> 56 channels, 1 x 3 x 3, over 8 x 28 x 48 frames: 7.0 ms against 1.6 ms
+    on 2 cores), and it copies channels-last input to channels-first. Elsewhere (autograd, autocast, GPUs,
+    tracing) it is `nn.Conv3d`. Same parameters, state-dict keys and values (within float rounding).
+    """
+
+    def _runs_on_onednn(self, input: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (self.padding_mode == "zeros" and not isinstance(self.padding, str) and input.ndim == 5
+                and input.dtype == weight.dtype and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                # oneDNN's bf16 convolution needs AVX-512 (PyTorch refuses it on other CPUs)
+                and (input.dtype == torch.float32 or input.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+                and not torch.is_autocast_enabled("cpu") and _plain_cpu_inference(input))
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self._runs_on_onednn(input, weight):
+            return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
 def _spatial_conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> nn.Conv3d:
     """A per-frame `kernel_size` x `kernel_size` convolution, as a Conv3d with temporal extent 1."""
     padding = kernel_size // 2
-    return nn.Conv3d(in_channels, out_channels, (1, kernel_size, kernel_size), padding=(0, padding, padding), bias=bias)
+    return Conv3d(in_channels, out_channels, (1, kernel_size, kernel_size), padding=(0, padding, padding), bias=bias)
 
 
 class LearnableTokens(nn.Module):
@@ -160,11 +191,11 @@ class DLTFB(nn.Module):
         self.channels = channels
         self.shift_groups = shift_groups
         self.token_path = LearnableTokens(channels, num_tokens, token_dim or channels, token_size)
-        self.expand = nn.Conv3d(channels, hidden_dim, 1)
+        self.expand = Conv3d(channels, hidden_dim, 1)
         self.act = nn.GELU()
-        self.mix = nn.Conv3d(hidden_dim, hidden_dim, kernel_size, padding=kernel_size // 2, groups=hidden_dim)
+        self.mix = Conv3d(hidden_dim, hidden_dim, kernel_size, padding=kernel_size // 2, groups=hidden_dim)
         self.norm = nn.LayerNorm(hidden_dim)
-        self.reduce = nn.Conv3d(hidden_dim, channels, 1)
+        self.reduce = Conv3d(hidden_dim, channels, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         _check_5d(features, self.channels, "DLTFB")
@@ -293,7 +324,7 @@ class ConvStream(nn.Module):
 
     def __init__(self, in_channels: int, stream_dim: int, out_channels: int, kernel_size: int, step_dim: int = 0):
         super().__init__()
-        self.reduce = nn.Conv3d(in_channels, stream_dim, 1)
+        self.reduce = Conv3d(in_channels, stream_dim, 1)
         self.step_reduce = nn.Linear(step_dim, stream_dim, bias=False) if step_dim else None
         if self.step_reduce is not None:
             # The sound joins the picture at the picture's scale: He-initialised from its fan-in, as the
@@ -307,7 +338,7 @@ class ConvStream(nn.Module):
         self.conv = _spatial_conv(stream_dim, stream_dim, kernel_size, bias=False)
         self.norm = nn.BatchNorm3d(stream_dim)
         self.act = nn.ReLU(inplace=True)
-        self.expand = nn.Conv3d(stream_dim, out_channels, 1)
+        self.expand = Conv3d(stream_dim, out_channels, 1)
 
     def reduced(self, features: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
         """`features` (B, C, T, H, W) and `steps` (B, T, step_dim) -> (B, stream_dim, T, H, W)."""
@@ -401,11 +432,8 @@ class Float32DeformConv2d(DeformConv2d):
         dtype = input.dtype
         weight, bias = self.weight.float(), None if self.bias is None else self.bias.float()
         input, offset, mask = input.float(), offset.float(), None if mask is None else mask.float()
-        # Plain CPU tensors only, outside tracing: fake tensors (torch.export, FakeTensorMode) and traces get
-        # torchvision's operator.
-        plain = type(input) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
         options = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, mask=mask)
-        if input.device.type == "cpu" and not torch.is_grad_enabled() and plain:
+        if _plain_cpu_inference(input):
             # Autocast would run the sampled form's matrix product in bf16; torchvision's operator has no autocast rule.
             with torch.autocast("cpu", enabled=False):
                 return sampled_deform_conv2d(input, offset, weight, bias, **options).to(dtype)
@@ -488,7 +516,7 @@ class AMFB(nn.Module):
             self.audio_steps = TimeAlignedAudio(audio_dim, audio_bands, audio_proj_dim)
             in_dim, step_dim = visual_dim, 2 * audio_proj_dim
         else:
-            self.audio_proj = nn.Conv3d(audio_dim, audio_proj_dim, 1)
+            self.audio_proj = Conv3d(audio_dim, audio_proj_dim, 1)
             in_dim, step_dim = visual_dim + audio_proj_dim, 0
         self.local_stream = ConvStream(in_dim, stream_dim, visual_dim, kernel_size=3, step_dim=step_dim)
         self.global_stream = ConvStream(in_dim, stream_dim, visual_dim, kernel_size=5, step_dim=step_dim)

@@ -17,7 +17,7 @@ from .configuration_dtfsal import LOG_MEL_FRAME_S, LOG_MEL_HOP_S, VGGISH_EXAMPLE
 from .audio_encoders import VGGishAudioEncoder
 from .decoders import SaliencyDecoderHead, resize_frames
 from .encoders import AudioTemporalEnhancement
-from .layers import DLTFB, LTEB, LearnableTokens, audio_token_times
+from .layers import DLTFB, LTEB, Conv3d, LearnableTokens, audio_token_times
 from .mvit_attention import set_mvit_attention
 from .plugins import BUILTIN_DISTRIBUTION, build_part, get_part
 
@@ -83,10 +83,10 @@ class DTFSalFeatureEnhancement(nn.Module):
         super().__init__()
         factors = temporal_factors or [2] * len(stage_dims)
         self.laterals = nn.ModuleList(
-            nn.Conv3d(dim, feature_dim, kernel_size=(f, 1, 1), stride=(f, 1, 1)) for dim, f in zip(stage_dims, factors)
+            Conv3d(dim, feature_dim, kernel_size=(f, 1, 1), stride=(f, 1, 1)) for dim, f in zip(stage_dims, factors)
         )
         self.refine = nn.ModuleList(
-            nn.Conv3d(feature_dim, feature_dim, (1, 3, 3), padding=(0, 1, 1), bias=False) for _ in range(3)
+            Conv3d(feature_dim, feature_dim, (1, 3, 3), padding=(0, 1, 1), bias=False) for _ in range(3)
         )
 
     def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from dtfsal_hf.layers import AMFB, DLTFB, LTEB, ConvStream, TimeAlignedAudio, audio_token_times, axial_shift, time_pooling_weights
 
@@ -357,3 +358,44 @@ def test_float32_deform_conv_samples_with_grid_sample_only_without_autograd(monk
         assert calls == [1] and autocast.dtype == torch.float32
         torch.testing.assert_close(autocast, reference.detach(), rtol=0, atol=1e-5)
         calls.clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv3d_runs_on_onednn_at_cpu_inference_with_nn_conv3ds_values(dtype, monkeypatch):
+    """`layers.Conv3d` (and the decoders' `TimeSpanConv3d` built on it) computes nn.Conv3d's function; at CPU
+    inference it calls oneDNN's convolution (at a batch-1 size where PyTorch would take its unfolding kernel),
+    and with autograd or under autocast it is nn.Conv3d's own call."""
+    from dtfsal_hf.decoders import TimeSpanConv3d
+    from dtfsal_hf.layers import Conv3d
+
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no bf16 convolution on this CPU (Conv3d keeps nn.Conv3d's call there)")
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(args[0].shape) or onednn(*args))
+    torch.manual_seed(0)
+    cases = [(Conv3d, dict(kernel_size=(1, 3, 3), padding=(0, 1, 1)), 1),
+             (Conv3d, dict(kernel_size=3, stride=(2, 1, 2), padding=1, dilation=(1, 2, 1), groups=2), 4),
+             (Conv3d, dict(kernel_size=1, bias=False), 3),
+             (TimeSpanConv3d, dict(kernel_size=(2, 3, 3), stride=(2, 1, 1), padding=(0, 1, 1)), 2)]
+    for cls, options, frames in cases:
+        reference = nn.Conv3d(4, 6, **options).to(dtype)
+        conv = cls(4, 6, **options).to(dtype)
+        conv.load_state_dict(reference.state_dict())
+        for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+            x = torch.randn(1, 4, frames, 9, 11, dtype=dtype).to(memory_format=memory_format)
+            calls.clear()
+            with torch.no_grad():
+                expected, got = reference(x), conv(x)
+            assert calls == [x.shape], (cls, options)
+            assert got.dtype == dtype and got.shape == expected.shape
+            tolerance = 2e-6 if dtype == torch.float32 else 0.02
+            torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=tolerance)
+            calls.clear()
+            got = conv(x.requires_grad_())  # autograd: nn.Conv3d's call
+            assert calls == [] and got.requires_grad
+            torch.testing.assert_close(got.detach().float(), expected.float(), rtol=0, atol=tolerance)
+    conv = Conv3d(4, 6, 3, padding=1)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):  # autocast: nn.Conv3d's call, which it casts
+        calls.clear()
+        assert conv(torch.randn(1, 4, 2, 9, 11)).dtype == torch.bfloat16 and calls == []
