@@ -38,8 +38,23 @@ def resize_frames(features: torch.Tensor, size: Sequence[int] | None = None, sca
         # (B, C, T, h, w) -> (B, C * T, h, w), a view: each channel of each frame is resized on its own
         return F.interpolate(features.flatten(1, 2), **resize).unflatten(1, (channels, frames))
     # Channels last ((B, T, h, w, C) in memory): (B, C, T, h, w) -> (B * T, C, h, w), a view, and back
-    resized = F.interpolate(features.transpose(1, 2).flatten(0, 1), **resize)
-    return resized.unflatten(0, (batch, frames)).transpose(1, 2)
+    resized = F.interpolate(_layout_strides(features.transpose(1, 2).flatten(0, 1), torch.channels_last), **resize)
+    return _layout_strides(resized.unflatten(0, (batch, frames)).transpose(1, 2), torch.channels_last_3d)
+
+
+def _layout_strides(view: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """`view`, laid out in `memory_format`, with that layout's own strides on its size-1 axes. A view of a single
+    frame carries whatever stride its size-1 axes had, and PyTorch then reads it as channels-first (resized through
+    two full-size copies, copied again before a convolution)."""
+    if (1 not in view.shape or not view.is_contiguous(memory_format=memory_format) or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
+        return view
+    batch, channels, *spatial = view.shape
+    inner = [channels]  # channels innermost, then the last spatial axis, ..., the first, the batch
+    for size in reversed(spatial):
+        inner.insert(0, inner[0] * size)
+    strides = (inner[0], 1, *inner[1:])
+    return view if view.stride() == strides else view.as_strided(view.shape, strides)
 
 
 class FrameUpsample(nn.Module):
@@ -131,7 +146,7 @@ class SaliencyDecoderHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         decoded = self.blocks(features)
-        decoded = resize_frames(decoded, self.output_size)
+        decoded = _resize_hw(decoded, self.output_size)  # no copy when the blocks end at the map's size
         return torch.sigmoid(self.to_map(decoded)).mean(dim=2, keepdim=True)
 
 

@@ -147,20 +147,22 @@ def test_unet_needs_a_width_per_up_step():
         UNetDecoder(16, 4, 4, [64, 96], dims=(8, 8))
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 3, 7, 9), (1, 6, 1, 7, 9)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
-def test_resizing_frames_is_trilinear_interpolation_with_time_kept(memory_format):
+def test_resizing_frames_is_trilinear_interpolation_with_time_kept(memory_format, shape):
     """The decoders resize frame by frame (2-D bilinear): trilinear interpolation's time weights are 0 and 1 when
     time is kept, so the two agree to float rounding (values in [0, 1), as after a ReLU: 3e-7 is a few of their
-    last bits), in either memory layout, which is kept."""
+    last bits), in either memory layout, which is kept (a single channels-last frame too, the decoders' last)."""
     torch.manual_seed(0)
-    features = torch.rand(2, 6, 3, 7, 9).to(memory_format=memory_format)
+    features = torch.rand(shape).to(memory_format=memory_format)
+    frames = shape[2]
     for size in [(16, 24), (5, 4), (28, 36)]:
-        trilinear = F.interpolate(features, size=(3, *size), mode="trilinear", align_corners=False)
+        trilinear = F.interpolate(features, size=(frames, *size), mode="trilinear", align_corners=False)
         resized = resize_frames(features, size)
         assert resized.shape == trilinear.shape and resized.is_contiguous(memory_format=memory_format)
         assert (resized - trilinear).abs().max() <= 3e-7
         # Not any resize agrees: another interpolation of the same frames differs.
-        assert (F.interpolate(features, size=(3, *size), mode="nearest") - trilinear).abs().max() > 0.05
+        assert (F.interpolate(features, size=(frames, *size), mode="nearest") - trilinear).abs().max() > 0.05
     upsampled = F.interpolate(features, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
     assert (FrameUpsample(2.0)(features) - upsampled).abs().max() <= 3e-7
 
