@@ -10,7 +10,8 @@ query-key product (`fold_rel_pos`), so a kernel that takes no mask applies:
 - `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU, `"sdpa"` otherwise (fp32 included).
 
 The fast kernels pool queries, keys and values with `pool_tokens`: torchvision's pooling with the channels kept
-innermost, so no layout copy is made around its convolution (same values).
+innermost, so no layout copy is made around its convolution (same values). With them the blocks' skip
+connections pool the same way (`TokenPool`, the max pooling of the blocks that halve the frame size).
 
 `set_mvit_attention(module, kernel)` switches every attention inside a module; `DTFSalModel.set_mvit_attention`
 does it for a model and records the choice in its configuration (`DTFSalConfig.mvit_attention`), so a saved and
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torchvision.models.video.mvit import MultiscaleAttention, Pool
+from torchvision.models.video.mvit import MultiscaleAttention, MultiscaleBlock, Pool
 
 __all__ = [
     "MVIT_ATTENTIONS",
@@ -37,6 +38,7 @@ __all__ = [
     "mvit_attention_of",
     "pool_tokens",
     "set_mvit_attention",
+    "TokenPool",
 ]
 
 MVIT_ATTENTIONS = ("eager", "sdpa", "blocked", "auto")
@@ -162,12 +164,16 @@ def _pooled_residual(x: torch.Tensor, q: torch.Tensor, with_class_token: bool) -
 
 def pool_tokens(pool: Pool, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """torchvision's `Pool.forward` (class token split off, the rest pooled as a (T, H, W) volume, the class token
-    put back, then the norm) for `x` (B, heads, 1 + T * H * W, C), with the channels kept innermost: the volume is
-    handed to the pooling convolution as (B * heads, C, T, H, W) in channels-last strides and its output read back
-    as tokens without a copy, where torchvision's form copies the volume to channels-first and back (17% of a bf16
-    channels-last call went to copies). Anything else goes to `pool` itself."""
-    if x.ndim != 4 or pool.norm_before_pool:
-        return pool(x, thw)
+    put back, then the norm) for `x` (B, heads, 1 + T * H * W, C) or (B, 1 + T * H * W, C), with the channels kept
+    innermost: the volume is handed to the pooling layer as (B * heads, C, T, H, W) in channels-last strides and
+    its output read back as tokens without a copy, where torchvision's form copies the volume to channels-first and
+    back (17% of a bf16 channels-last call went to copies; the skip connections' max pooling took 14x as long).
+    Anything else goes to torchvision's form."""
+    if x.ndim not in (3, 4) or pool.norm_before_pool:
+        return Pool.forward(pool, x, thw)
+    tokens_only = x.ndim == 3
+    if tokens_only:
+        x = x.unsqueeze(1)
     class_token, volume = x[:, :, :1], x[:, :, 1:]
     batch, heads, _, channels = volume.shape
     # (B, heads, T*H*W, C) -> (B * heads, T, H, W, C) -> (B * heads, C, T, H, W), channels innermost
@@ -178,7 +184,15 @@ def pool_tokens(pool: Pool, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple
     x = torch.cat((class_token, volume), dim=2)
     if pool.norm_act is not None:
         x = pool.norm_act(x)
-    return x, pooled_thw
+    return (x.squeeze(1) if tokens_only else x), pooled_thw
+
+
+class TokenPool(Pool):
+    """torchvision's `Pool` computed by `pool_tokens` (channels innermost, no layout copy; same values). The fast
+    attention kernels give it to the blocks' skip connections (`set_mvit_attention`); no state of its own."""
+
+    def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        return pool_tokens(self, x, thw)
 
 
 def _cpu_training_kernel(q: torch.Tensor):
@@ -275,7 +289,9 @@ def set_mvit_attention(module: nn.Module, attention: str) -> nn.Module:
     - `"blocked"`: the same extension, then plain matrix products by blocks of queries (inference);
     - `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU, `"sdpa"` otherwise (fp32 included).
 
-    Parameters and state-dict keys do not change. Returns `module`.
+    The fast kernels also pool the blocks' skip connections with `TokenPool` (the same max pooling, channels
+    innermost); `"eager"` puts back torchvision's `Pool`. Parameters and state-dict keys do not change. Returns
+    `module`.
     """
     if attention not in MVIT_ATTENTIONS:
         raise ValueError(f"attention must be one of {MVIT_ATTENTIONS}, got {attention!r}")
@@ -284,6 +300,8 @@ def set_mvit_attention(module: nn.Module, attention: str) -> nn.Module:
         if isinstance(child, MultiscaleAttention):
             # Subclasses without state of their own: swapping the class swaps only `forward`.
             child.__class__ = target
+        elif isinstance(child, MultiscaleBlock) and type(child.pool_skip) in (Pool, TokenPool):
+            child.pool_skip.__class__ = Pool if attention == "eager" else TokenPool
     return module
 
 

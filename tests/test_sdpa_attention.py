@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.models.video.mvit import MultiscaleAttention, _add_rel_pos
+from torchvision.models.video.mvit import MultiscaleAttention, Pool, _add_rel_pos
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.mvit_attention import (
@@ -15,6 +15,7 @@ from dtfsal_hf.mvit_attention import (
     blocked_attention,
     fold_rel_pos,
     mvit_attention_of,
+    TokenPool,
     pool_tokens,
     set_mvit_attention,
 )
@@ -172,7 +173,8 @@ def test_gradients_match():
 def test_pool_tokens_is_torchvisions_pool(batch):
     """`pool_tokens` (channels kept innermost) gives torchvision's `Pool.forward` bit for bit, for queries, keys and
     values taken from a fused qkv projection as the attention takes them (not contiguous), in fp32 and under bf16
-    autocast with channels-last weights, and the same gradients; 3-dim input goes to `Pool` itself."""
+    autocast with channels-last weights, and the same gradients; the same for the skip connection's max pooling
+    of (B, tokens, C) (`TokenPool`), values and gradients."""
     import copy
 
     from torchvision.models.video import mvit_v2_s
@@ -195,11 +197,24 @@ def test_pool_tokens_is_torchvisions_pool(batch):
             assert torch.equal(pool_tokens(channels_last, x, thw)[0], channels_last(x, thw)[0])
         flat = x[0].detach()
         assert torch.equal(pool_tokens(pool, flat, thw)[0], pool(flat, thw)[0])
+    skip = mvit_v2_s().blocks[1].pool_skip
+    assert type(skip) is Pool and isinstance(skip.pool, torch.nn.MaxPool3d)
+    tokens = torch.randn(batch, 1 + 4 * 8 * 6, 96, requires_grad=True)
+    expected, expected_thw = skip(tokens, thw)
+    fast = TokenPool(skip.pool, None)
+    got, got_thw = fast(tokens, thw)
+    assert got_thw == expected_thw == (4, 4, 3) and torch.equal(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got.square().sum(), tokens)[0],
+                               torch.autograd.grad(expected.square().sum(), tokens)[0], rtol=0, atol=0)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(fast(tokens.to(dtype), thw)[0], skip(tokens.to(dtype), thw)[0])
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "blocked", "auto"])
 def test_fast_kernels_pool_through_pool_tokens(attention, monkeypatch):
-    """The fast kernels pool q, k and v with `pool_tokens`, the eager form with torchvision's own `Pool`."""
+    """The fast kernels pool q, k and v and the skip connection with `pool_tokens`, the eager form with
+    torchvision's own `Pool`."""
     from torchvision.models.video import mvit_v2_s
 
     from dtfsal_hf import mvit_attention
@@ -214,8 +229,11 @@ def test_fast_kernels_pool_through_pool_tokens(attention, monkeypatch):
         expected = block(x, (4, 8, 6))[0]
         assert calls == []
         set_mvit_attention(block, attention)
+        assert type(block.pool_skip) is TokenPool
         got = block(x, (4, 8, 6))[0]
-    assert len(calls) == 3
+    assert len(calls) == 4
+    set_mvit_attention(block, "eager")
+    assert type(block.pool_skip) is Pool
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
