@@ -730,13 +730,22 @@ def targets(result: BenchmarkResult, tolerance: float = 0.02) -> list[tuple[str,
         paired = [e / f for e, f in zip(eager.latencies_s, floor.latencies_s)]
         spread = f" (per repetition: {', '.join(f'{r:.2f}' for r in paired)})" if len(paired) > 1 else ""
         rows.append((f"eager fp32 {network} <= 1.15x the backbone alone", f"{ratio:.2f}x{spread}", ratio <= 1.15))
-    fastest = _fastest(result, network, tolerance) if network else None
+    # The fastest path whatever its maps, then (where that one is further from the eager maps than `tolerance`)
+    # the fastest within it: on random weights bf16 maps stray further than on fitted ones, where the bound is
+    # checked (`scripts/precision_check.py`).
+    fastest = _fastest(result, network) if network else None
+    within = _fastest(result, network, tolerance) if network else None
     reference = result.find(network, REFERENCE_PATH, 1) if network else None
     if fastest is not None and reference is not None:
         speedup = fastest.maps_per_second / reference.maps_per_second
-        rows.append((f"fastest path >= 5x eager fp32, max abs d map <= {tolerance}",
-                     f"{speedup:.2f}x ({fastest.path}, batch {fastest.batch_size}), max abs d map {fastest.max_abs_diff:.2g}",
-                     speedup >= 5.0))
+        close = fastest.max_abs_diff is not None and fastest.max_abs_diff <= tolerance
+        measured = f"{speedup:.2f}x ({fastest.path}, batch {fastest.batch_size}), max abs d map {fastest.max_abs_diff:.2g}"
+        if not close and within is not None:
+            measured += (f"; within {tolerance}: {within.maps_per_second / reference.maps_per_second:.2f}x"
+                         f" ({within.path}, batch {within.batch_size})")
+        if str(result.settings.get("weights", "random")).startswith("random"):
+            measured += " (random weights: the bound applies to fitted ones, scripts/precision_check.py)"
+        rows.append((f"fastest path >= 5x eager fp32, max abs d map <= {tolerance}", measured, speedup >= 5.0 and close))
     if result.memory is not None:
         growth = result.memory["growth"]
         lengths = " -> ".join(f"{float(k):g} s" for k in result.memory["runs"])

@@ -82,6 +82,12 @@ def test_report_lists_rows_and_targets(tiny_result):
     paired = ", ".join(f"{e / f:.2f}" for e, f in zip(eager.latencies_s, floor.latencies_s))
     assert measured.startswith(f"{eager.latency_s / floor.latency_s:.2f}x")
     assert len(eager.latencies_s) < 2 or measured.endswith(f"(per repetition: {paired})")
+    # The speed-up row names the fastest path whatever its maps, and the fastest within the bound where they differ
+    fastest = max((r for r in tiny_result.results if r.network == "DTFSal"), key=lambda r: r.maps_per_second)
+    speed = next(row for row in rows if ">= 5x" in row[0])
+    assert speed[1].startswith(f"{fastest.maps_per_second / eager.maps_per_second:.2f}x ({fastest.path}, batch 1)")
+    assert (fastest.max_abs_diff <= 0.02) == ("within 0.02" not in speed[1])
+    assert speed[2] is (fastest.maps_per_second / eager.maps_per_second >= 5.0 and fastest.max_abs_diff <= 0.02)
     json.dumps(tiny_result.to_dict())
 
 

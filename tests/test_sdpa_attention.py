@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.models.video.mvit import MultiscaleAttention, Pool, _add_rel_pos
+from torchvision.ops.misc import MLP
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.mvit_attention import (
@@ -15,7 +16,9 @@ from dtfsal_hf.mvit_attention import (
     blocked_attention,
     fold_rel_pos,
     mvit_attention_of,
+    TokenMLP,
     TokenPool,
+    fused_linear,
     pool_tokens,
     set_mvit_attention,
 )
@@ -235,6 +238,80 @@ def test_fast_kernels_pool_through_pool_tokens(attention, monkeypatch):
     set_mvit_attention(block, "eager")
     assert type(block.pool_skip) is Pool
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+NATIVE_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="oneDNN's bf16 linear needs a CPU with AVX-512")
+@pytest.mark.parametrize("shape", [(1, 97, 48), (2, 33, 48)])
+def test_fused_linear_is_autocasts_linear_and_gelu(shape):
+    """At CPU bf16-autocast inference `fused_linear` is oneDNN's fused kernel: the product and bias bit-equal to
+    autocast's linear, its GELU applied before the rounding to bf16."""
+    from dtfsal_hf import mvit_attention
+
+    torch.manual_seed(0)
+    linear, x = torch.nn.Linear(48, 160), torch.randn(shape)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert mvit_attention._fused_linear_applies(x)
+        plain, fused = linear(x), fused_linear(linear, x)
+        assert fused.dtype == torch.bfloat16 and torch.equal(fused, plain)
+        got = {a: fused_linear(linear, x, gelu=a).float() for a in ("none", "tanh")}
+    # GELU of the product before its rounding to bf16, then rounded once: within one bf16 rounding (2^-8 relative)
+    # of the exact value from the same bf16 operands, and within two of autocast's linear then `F.gelu`.
+    exact = torch.nn.functional.linear(x.bfloat16().double(), linear.weight.bfloat16().double(), linear.bias.bfloat16().double())
+    for approximate, value in got.items():
+        torch.testing.assert_close(value.double(), torch.nn.functional.gelu(exact, approximate=approximate), rtol=2**-8, atol=1e-5)
+        torch.testing.assert_close(value, torch.nn.functional.gelu(plain, approximate=approximate).float(), rtol=2**-7, atol=1e-2)
+    assert not torch.equal(got["none"], got["tanh"])  # the approximation asked for is the one applied
+
+
+def test_fused_linear_is_the_module_elsewhere():
+    """Outside bf16 autocast, with gradients or on fp32 alone, `fused_linear` is the module (and `F.gelu`)."""
+    from dtfsal_hf import mvit_attention
+
+    torch.manual_seed(0)
+    linear, x = torch.nn.Linear(48, 160), torch.randn(1, 97, 48)
+    with torch.no_grad():
+        assert not mvit_attention._fused_linear_applies(x)
+        assert torch.equal(fused_linear(linear, x, gelu="none"), torch.nn.functional.gelu(linear(x)))
+    with torch.autocast("cpu", torch.bfloat16):
+        assert not mvit_attention._fused_linear_applies(x)  # gradients flow
+        y = fused_linear(linear, x)
+        assert torch.equal(y, linear(x))
+        y.float().sum().backward()
+    assert linear.weight.grad is not None
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "blocked", "auto"])
+def test_fast_kernels_run_the_blocks_mlps_fused(attention, monkeypatch):
+    """The fast kernels give the blocks `TokenMLP` (eager puts back torchvision's `MLP`), which calls
+    `fused_linear` for both of its linear layers at CPU bf16 inference and is `MLP` in fp32."""
+    from torchvision.models.video import mvit_v2_s
+
+    from dtfsal_hf import mvit_attention
+
+    torch.manual_seed(0)
+    block = mvit_v2_s().blocks[1].eval()
+    x = torch.randn(1, 1 + 4 * 8 * 6, block.attn.qkv.in_features)
+    tokens = torch.randn(1, 1 + 4 * 8 * 6, block.mlp[0].in_features)  # the MLP's input: the block's output width
+    with torch.no_grad():
+        expected = block.mlp(tokens)
+        set_mvit_attention(block, attention)
+        assert type(block.mlp) is TokenMLP
+        assert torch.equal(block.mlp(tokens), expected)
+        if NATIVE_BF16:
+            calls = []
+            real = mvit_attention.fused_linear
+            monkeypatch.setattr(mvit_attention, "fused_linear", lambda *a, **k: calls.append(k.get("gelu")) or real(*a, **k))
+            with torch.autocast("cpu", torch.bfloat16):
+                with_autocast = MLP.forward(block.mlp, tokens)
+                got = block.mlp(tokens)
+                block(x, (4, 8, 6))
+            assert calls[:2] == ["none", None] and len(calls) == 2 + 4  # the MLP's two, then qkv, project, MLP's two
+            torch.testing.assert_close(got.float(), with_autocast.float(), rtol=0.02, atol=0.02)
+    set_mvit_attention(block, "eager")
+    assert type(block.mlp) is MLP
 
 
 def test_switching_keeps_keys_and_round_trips():
