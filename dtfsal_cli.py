@@ -262,6 +262,8 @@ def _add_benchmark(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strides", nargs="+", type=int, default=[1, 4], help="frame strides of the whole-video run")
     parser.add_argument("--video-path", default=None, help="path of the whole-video run (default: the fastest within "
                         "0.02 of the eager fp32 maps)")
+    parser.add_argument("--video-batch-size", type=int, default=1, metavar="N",
+                        help="clips per model call of the whole-video run (default: 1)")
     parser.add_argument("--memory-video", default=None, help="a video looped to --memory-lengths for the peak-RSS check")
     parser.add_argument("--memory-lengths", nargs="+", type=float, default=[60, 600], metavar="SECONDS")
     parser.add_argument("--memory-model", default="random-tiny", help="model of the peak-RSS check (any predictor id)")
@@ -283,6 +285,7 @@ def _run_benchmark(args) -> int:
         args.model, tiny=args.tiny, visual_only=args.visual_only, paths=args.paths, batch_sizes=args.batch_sizes,
         repeats=args.repeats, device=args.device, include_backbone=not args.no_backbone, video=args.video,
         video_frames=args.video_frames, strides=args.strides, video_path=args.video_path,
+        video_batch_size=args.video_batch_size,
         memory_video=args.memory_video, memory_lengths=args.memory_lengths, memory_model=args.memory_model,
         memory_stride=args.memory_stride, matmul_size=args.matmul_size or None,
         command="dtfsal " + shlex.join(sys.argv[1:]), log=lambda message: print(message, file=sys.stderr, flush=True),

@@ -882,6 +882,7 @@ def benchmark(
     video_frames: int = 64,
     strides: Sequence[int] = (1, 4),
     video_path: str | None = None,
+    video_batch_size: int = 1,
     memory_video: str | None = None,
     memory_lengths: Sequence[float] = (60, 600),
     memory_model: str = "random-tiny",
@@ -892,7 +893,10 @@ def benchmark(
 ) -> BenchmarkResult:
     """Everything `dtfsal benchmark` measures: the paths per clip (real clip inputs when `video` is given),
     whole-video throughput on `video` (with `video_path`, default the fastest path within 0.02 of the eager
-    maps), and whole-video memory on `memory_video` looped to `memory_lengths` seconds."""
+    maps, `video_batch_size` clips per model call), and whole-video memory on `memory_video` looped to
+    `memory_lengths` seconds."""
+    if int(video_batch_size) < 1:
+        raise ValueError(f"the whole-video batch size must be at least 1, got {video_batch_size}")
     if model_id is not None:
         model = load_model_and_processor(model_id)[0]
     else:
@@ -909,7 +913,8 @@ def benchmark(
     if video:
         network = next(r.network for r in result.results if r.network != "mvit_v2_s")
         chosen = video_path or _fastest(result, network, 0.02).path
-        result.video = measure_video_throughput(video, model, chosen, video_frames, strides, device=device, log=log)
+        result.video = measure_video_throughput(video, model, chosen, video_frames, strides, batch_size=int(video_batch_size),
+                                                device=device, log=log)
     if memory_video:
         result.memory = measure_video_memory(memory_video, memory_lengths, memory_model, memory_stride, log=log)
     result.machine = machine_description(device)

@@ -6,16 +6,21 @@
 #      bf16 stays close, a training step on CUDA lowers the loss;
 #   3. the MViT attention kernels alone at the first and third stage's shapes, batch 32, bf16: the additive-mask
 #      SDPA, the folded SDPA (`fold_rel_pos`, flash attention) and the blocked matrix products;
-#   4. `dtfsal benchmark --device cuda` of the full audio-visual model at 32 x 224 x 384: eager fp32 (batch 1,
-#      with torchvision's MViTv2-S alone as the floor), sdpa bf16/fp16 and blocked bf16 at batch 8 and 32;
+#   4. `dtfsal benchmark --device cuda` of the full audio-visual model at 32 x 224 x 384 on VIDEO's first clip:
+#      eager fp32 (batch 1, with torchvision's MViTv2-S alone as the floor), sdpa bf16 (channels-first and
+#      channels-last) and fp16 at batch 8 and 32, then the whole-video predictor on VIDEO_FRAMES frames of
+#      VIDEO at stride 1 and 4, sdpa bf16, 32 clips a call (frames/s with decoding overlapped, next to the
+#      per-clip maps/s). VIDEO: default DHF1K 002 (../shared/data/dhf1k_002/002.AVI) where it is, else the
+#      bundled clip;
 #   5. the CUDA kernels that take the time of an sdpa-bf16 call at batch 8 (torch.profiler);
-#   6. scripts/precision_check.py: the full model fitted for PRECISION_SECONDS (default 75) to a task with a
-#      known answer, then the maps of each path against eager fp32, on the GPU and on the host's CPU;
-#   7. torch.compile (bf16) at batch 32, with whatever time is left.
+#   6. torch.compile (bf16) at batch 32 (the first call compiles: about 150 s on an H100);
+#   7. scripts/precision_check.py with whatever time is left: the full model fitted for PRECISION_SECONDS
+#      (default 75) to a task with a known answer, then the maps of each path against eager fp32, on the GPU
+#      and on the host's CPU.
 # Everything goes under $OUT (default ./gpu_check_out): summary.txt first of all, then env.json,
-# gpu_tests.txt, attention_kernels.md, benchmark.{md,json,log}, profile.txt, precision.{md,json},
-# compiled.{md,json,log}.
-# Usage (from anywhere): OUT=/some/folder bash scripts/gpu_check.sh   [PYTHON=python3.12 BUDGET=540]
+# gpu_tests.txt, attention_kernels.md, benchmark.{md,json,log}, profile.txt, compiled.{md,json,log},
+# precision.{md,json}.
+# Usage (from anywhere): OUT=/some/folder bash scripts/gpu_check.sh   [PYTHON=python3.12 BUDGET=540 VIDEO=clip.mp4]
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -23,6 +28,13 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 BUDGET="${BUDGET:-540}"
 PRECISION_SECONDS="${PRECISION_SECONDS:-75}"
+VIDEO_FRAMES="${VIDEO_FRAMES:-256}"
+if [ -z "${VIDEO:-}" ]; then
+    VIDEO=dtfsal_hf/assets/synthetic_example.mp4
+    for candidate in ../shared/data/dhf1k_002/002.AVI shared/data/dhf1k_002/002.AVI; do
+        if [ -f "$candidate" ]; then VIDEO="$candidate"; break; fi
+    done
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 START=$(date +%s)
@@ -92,12 +104,15 @@ if step "attention kernels" 40; then
     log "attention kernels: exit $?"; cat "$OUT/attention_kernels.md" | tee -a "$OUT/summary.txt"
 fi
 
-# 4. Benchmark without compilation
-if step "benchmark (eager fp32 reference, sdpa and blocked at batch 8 and 32)" 150; then
-    timeout 170 "$PY" -m dtfsal_hf.cli benchmark --device cuda --paths sdpa-bf16 blocked-bf16 sdpa-fp16 \
-        --batch-sizes 8 32 --repeats 5 --json "$OUT/benchmark.json" > "$OUT/benchmark.md" 2> "$OUT/benchmark.log"
+# 4. Benchmark without compilation, per clip and on the whole video
+if step "benchmark (eager fp32 reference, sdpa at batch 8 and 32; whole video $VIDEO, $VIDEO_FRAMES frames)" 180; then
+    timeout 200 "$PY" -m dtfsal_hf.cli benchmark --device cuda --paths sdpa-bf16 sdpa-bf16-cl sdpa-fp16 \
+        --batch-sizes 8 32 --repeats 5 --video "$VIDEO" --video-frames "$VIDEO_FRAMES" --strides 1 4 \
+        --video-path sdpa-bf16 --video-batch-size 32 \
+        --json "$OUT/benchmark.json" > "$OUT/benchmark.md" 2> "$OUT/benchmark.log"
     log "benchmark: exit $?"
-    [ -s "$OUT/benchmark.md" ] && sed -n '/^| network/,/^$/p' "$OUT/benchmark.md" | tee -a "$OUT/summary.txt"
+    [ -s "$OUT/benchmark.md" ] && sed -n '/^| network/,/^$/p;/^Whole video/,/^$/p;/^| stride/,/^$/p' "$OUT/benchmark.md" \
+        | tee -a "$OUT/summary.txt"
 fi
 
 # 5. Where an sdpa-bf16 call spends its time
@@ -121,7 +136,17 @@ EOF
     log "profile: exit $?"; grep -m 12 -E "^\s+\S" "$OUT/profile.txt" | head -14 >> "$OUT/summary.txt"
 fi
 
-# 6. Precision of each path on a fitted full-size model
+# 6. torch.compile (the 200 maps/s target's path)
+if step "torch.compile (bf16, batch 32)" 90; then
+    REMAINING=$(( $(left) - 10 )); [ "$REMAINING" -gt 240 ] && REMAINING=240
+    timeout "$REMAINING" "$PY" -m dtfsal_hf.cli benchmark --device cuda --paths sdpa-bf16 compiled-sdpa-bf16 \
+        --batch-sizes 32 --repeats 5 --no-backbone --json "$OUT/compiled.json" > "$OUT/compiled.md" 2> "$OUT/compiled.log"
+    status=$?
+    log "torch.compile: exit $status$( [ $status = 124 ] && echo ' (timed out: compilation too slow for the time left)')"
+    [ -s "$OUT/compiled.md" ] && sed -n '/^| network/,/^$/p' "$OUT/compiled.md" | tee -a "$OUT/summary.txt"
+fi
+
+# 7. Precision of each path on a fitted full-size model, with what is left
 if step "precision check (fitting ${PRECISION_SECONDS} s)" $(( PRECISION_SECONDS + 70 )); then
     timeout $(( PRECISION_SECONDS + 120 )) "$PY" scripts/precision_check.py --device cuda --seconds "$PRECISION_SECONDS" --batch-size 4 \
         --json "$OUT/precision.json" > "$OUT/precision.md" 2>&1
@@ -129,13 +154,4 @@ if step "precision check (fitting ${PRECISION_SECONDS} s)" $(( PRECISION_SECONDS
     sed -n '/^training:/,$p' "$OUT/precision.md" | tee -a "$OUT/summary.txt"
 fi
 
-# 7. torch.compile with what is left
-REMAINING=$(( $(left) - 10 ))
-if step "torch.compile (bf16, batch 32)" 90; then
-    timeout "$REMAINING" "$PY" -m dtfsal_hf.cli benchmark --device cuda --paths sdpa-bf16 compiled-sdpa-bf16 \
-        --batch-sizes 32 --repeats 5 --no-backbone --json "$OUT/compiled.json" > "$OUT/compiled.md" 2> "$OUT/compiled.log"
-    status=$?
-    log "torch.compile: exit $status$( [ $status = 124 ] && echo ' (timed out: compilation too slow for the time left)')"
-    [ -s "$OUT/compiled.md" ] && sed -n '/^| network/,/^$/p' "$OUT/compiled.md" | tee -a "$OUT/summary.txt"
-fi
 log "done"

@@ -245,6 +245,31 @@ def test_the_whole_video_benchmark_times_the_predictor_under_the_runtime(small_v
     assert runtimes == [PRESETS["blocked-bf16"]]
 
 
+def test_the_whole_video_run_takes_its_own_batch_size(small_video, tmp_path, monkeypatch, capsys):
+    """`--video-batch-size` reaches the predictor (the GPU check times whole videos at the per-clip rows' batch)
+    and the report; a batch below 1 is refused in one line."""
+    from dtfsal_hf.inference import SaliencyPredictor
+
+    batch_sizes = []
+    original = SaliencyPredictor.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        batch_sizes.append(self.batch_size)
+
+    monkeypatch.setattr(SaliencyPredictor, "__init__", recording)
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--tiny", "--paths", "sdpa-fp32", "--repeats", "1", "--no-backbone", "--matmul-size", "0",
+                 "--video", str(small_video), "--video-frames", "7", "--strides", "1", "--video-path", "sdpa-fp32",
+                 "--video-batch-size", "3", "--json", str(out)]) == 0
+    assert batch_sizes == [3]
+    video = json.loads(out.read_text())["video"]
+    assert video["batch_size"] == 3 and video["frames"] == 7 and video["strides"]["1"]["model_calls"] == 7
+    assert "path sdpa-fp32, batch 3" in capsys.readouterr().out
+    assert main(["benchmark", "--tiny", "--video", str(small_video), "--video-batch-size", "0"]) == 1
+    assert "whole-video batch size must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_a_clip_through_the_predictor_is_the_benchmarks_path():
     from dtfsal_hf.inference import PRESETS, SaliencyPredictor
 

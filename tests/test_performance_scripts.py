@@ -1,10 +1,15 @@
-"""scripts/precision_check.py, scripts/attention_kernels.py and scripts/freed_memory_check.py on the CPU, at small sizes."""
+"""scripts/precision_check.py, scripts/attention_kernels.py and scripts/freed_memory_check.py on the CPU, at small sizes;
+scripts/gpu_check.sh's commands and its stop on a machine without CUDA."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +78,48 @@ def test_freed_memory_check_refuses_an_unknown_path(capsys):
     with pytest.raises(SystemExit):
         load_script("freed_memory_check").main(["--tiny", "--paths", "turbo"])
     assert "unknown paths" in capsys.readouterr().err
+
+
+def _gpu_check_commands(name: str) -> list[list[str]]:
+    """The `dtfsal_hf.cli <name>` invocations of scripts/gpu_check.sh, continuation lines joined and its shell
+    variables given example values, as argument lists."""
+    text = (SCRIPTS / "gpu_check.sh").read_text().replace("\\\n", " ")
+    values = {"$PY": "python", "$OUT": "/out", "$VIDEO_FRAMES": "256", "$VIDEO": "clip.mp4", "$REMAINING": "100"}
+    commands = []
+    for line in text.splitlines():
+        if f"-m dtfsal_hf.cli {name}" not in line:
+            continue
+        line = line.split("-m dtfsal_hf.cli", 1)[1].split(">", 1)[0]
+        for variable, value in values.items():
+            line = line.replace(f'"{variable}"', value).replace(variable, value)
+        commands.append(shlex.split(line))
+    return commands
+
+
+def test_the_gpu_checks_benchmark_commands_parse_and_time_the_whole_video():
+    from dtfsal_hf.cli import build_parser
+
+    commands = _gpu_check_commands("benchmark")
+    assert len(commands) == 2  # without compilation (per clip and whole video), then compiled
+    parsed = [build_parser().parse_args(command) for command in commands]
+    for args in parsed:
+        assert args.device == "cuda" and set(args.paths) <= {"sdpa-bf16", "sdpa-bf16-cl", "sdpa-fp16", "compiled-sdpa-bf16"}
+    first = parsed[0]
+    assert first.video == "clip.mp4" and first.strides == [1, 4] and first.video_frames == 256
+    assert first.video_path == "sdpa-bf16" and first.video_batch_size == 32 and 32 in first.batch_sizes
+
+
+def test_the_gpu_check_stops_in_one_line_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run its full check")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, BUDGET="60")
+    done = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 1
+    summary = (out / "summary.txt").read_text()
+    assert "sees no CUDA GPU" in summary and '"cuda_available": false' in (out / "env.json").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["env.json", "summary.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written outside OUT
