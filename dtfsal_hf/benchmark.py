@@ -664,17 +664,21 @@ def make_long_video(source: str | os.PathLike, seconds: float, path: str | os.Pa
     return path
 
 
-def _video_memory_probe(model_id: str, video: str, stride: int, batch_size: int) -> dict:
-    """Run in a fresh process: stream all maps of `video`, return frames, seconds and the peak RSS."""
+def _video_memory_probe(model_id: str, video: str, stride: int, batch_size: int, output_dir: str) -> dict:
+    """Run in a fresh process: what `dtfsal predict --no-pngs` does with `video` (every map into `maps.npz`, the
+    overlay video with the sound), into `output_dir`; returns frames, seconds and the peak RSS."""
     import resource
     import warnings
+
+    from .inference import predict_to_folder
 
     warnings.simplefilter("ignore")
     predictor = SaliencyPredictor.from_pretrained(model_id, batch_size=batch_size, stride=stride, attention="auto")
     start = time.perf_counter()
-    frames = sum(1 for _ in predictor.iter_video_maps(video, progress=False))
-    return {"frames": frames, "seconds": time.perf_counter() - start,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    paths = predict_to_folder(predictor, video, output_dir, write_pngs=False, progress=False)
+    seconds = time.perf_counter() - start
+    frames = json.loads(paths["done"].read_text())["num_frames"]
+    return {"frames": frames, "seconds": seconds, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def measure_video_memory(
@@ -685,10 +689,12 @@ def measure_video_memory(
     batch_size: int = 4,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Peak RSS of whole-video prediction on `source` looped to each length, each in a fresh process.
+    """Peak RSS of whole-video prediction on `source` looped to each length, each in a fresh process, writing
+    what `dtfsal predict --no-pngs` writes (`maps.npz`, the overlay video with the source's sound) into a
+    temporary folder.
 
     The growth from the shortest to the longest says whether memory depends on the video's length (decoded
-    frames, audio, maps held). `model_id` is any id `SaliencyPredictor.from_pretrained` takes.
+    frames, sound, maps held, outputs written). `model_id` is any id `SaliencyPredictor.from_pretrained` takes.
     """
     log = log or (lambda message: None)
     runs = {}
@@ -696,8 +702,9 @@ def measure_video_memory(
         for seconds in lengths_s:
             video = make_long_video(source, seconds, os.path.join(folder, f"looped_{int(seconds)}s.mkv"))
             log(f"memory: {seconds:g} s video, fresh process")
+            outputs = os.path.join(folder, f"outputs_{int(seconds)}s")
             code = ("import json, sys; from dtfsal_hf.benchmark import _video_memory_probe; "
-                    f"print(json.dumps(_video_memory_probe({model_id!r}, {video!r}, {stride}, {batch_size})))")
+                    f"print(json.dumps(_video_memory_probe({model_id!r}, {video!r}, {stride}, {batch_size}, {outputs!r})))")
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"the memory probe failed on the {seconds:g} s video:\n{done.stderr[-2000:]}")
@@ -833,7 +840,7 @@ def format_report(result: BenchmarkResult) -> str:
     if result.memory:
         m = result.memory
         lines += ["", f"Whole-video memory ({m['source']} looped, model {m['model']}, stride {m['stride']}, batch {m['batch_size']},"
-                  " each length in a fresh process):", "", "| requested length (s) | frames | peak RSS | seconds |", "|---|---|---|---|"]
+                  " maps.npz and the overlay with its sound written, each length in a fresh process):", "", "| requested length (s) | frames | peak RSS | seconds |", "|---|---|---|---|"]
         for length, run in m["runs"].items():
             lines.append(f"| {length} | {run['frames']} | {_mib(run['peak_rss_bytes'])} | {run['seconds']:.0f} |")
         lines.append(f"\nPeak RSS growth, shortest to longest: {m['growth'] * 100:+.1f}%")
@@ -850,7 +857,7 @@ def clip_inputs_from_video(video: str | os.PathLike, config: DTFSalConfig) -> di
     import itertools
 
     from .clips import iter_clips
-    from .media import iter_frames, load_audio
+    from .media import AudioReader, iter_frames
     from .processing_dtfsal import DTFSalProcessor
     from .saliency_loop import SaliencyLoop
 
@@ -859,7 +866,10 @@ def clip_inputs_from_video(video: str | os.PathLike, config: DTFSalConfig) -> di
     window = next((w for w in iter_clips(frames, config.num_frames) if w.target.index == config.num_frames - 1), None)
     if window is None:
         raise ValueError(f"{video} has fewer than {config.num_frames} frames; a clip needs {config.num_frames}")
-    return loop.window_inputs([window], load_audio(video) if config.use_audio else None)
+    if not config.use_audio:
+        return loop.window_inputs([window], None)
+    with AudioReader(video) as track:
+        return loop.window_inputs([window], track)
 
 
 class _ConfigOnly:

@@ -5,6 +5,8 @@
   grow with the video's length; `frame_times` gives the same times without converting the pictures.
 - `load_audio` decodes the sound track, averages the channels to mono and resamples it to 16 kHz
   with `torchaudio.functional.resample`; a file without a sound track gives silence and a warning.
+- `AudioReader` is the same track decoded as it is read, holding seconds of it whatever its length: the
+  predictor and the overlay encoder read sound files this way.
 - `audio_window` cuts the samples that end at a given time, zero-padded outside the track.
 - `write_overlay_video` encodes frames blended with their saliency maps as H.264 MP4, with the
   original sound as AAC.
@@ -15,6 +17,7 @@ times and audio times can be compared directly, also for variable frame rate vid
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -76,6 +79,23 @@ class AudioTrack:
     @property
     def duration(self) -> float:
         return self.waveform.shape[0] / self.sampling_rate
+
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """Samples `start` to `stop` (indices from the first sample; any integers), zero outside the track."""
+        return _zero_padded(self.waveform, 0, start, stop)
+
+    def available(self, stop: int) -> int:
+        """`stop`, or the track's length where it ends before."""
+        return min(stop, self.waveform.shape[0])
+
+
+def _zero_padded(held: np.ndarray, held_start: int, start: int, stop: int) -> np.ndarray:
+    """Samples `start`..`stop` of a track of which `held` is the part from `held_start`; zeros elsewhere."""
+    window = np.zeros(max(stop - start, 0), dtype=np.float32)
+    first, last = max(start, held_start), min(stop, held_start + held.shape[0])
+    if last > first:
+        window[first - start : last - start] = held[first - held_start : last - held_start]
+    return window
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
@@ -371,6 +391,12 @@ class _StreamingResampler:
         self.pending = np.concatenate([self.pending, *self.arrived])
         self.arrived, self.arrived_length = [], 0
 
+    def take(self) -> np.ndarray:
+        """The output resampled since the last call (and forget it)."""
+        taken = np.concatenate(self.outputs) if self.outputs else np.zeros(0, dtype=np.float32)
+        self.outputs = []
+        return taken
+
     def finish(self) -> np.ndarray:
         self._gather()
         remaining = self.pending.shape[0] - self.context
@@ -408,7 +434,115 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = TARGET_SAMPLING_RAT
     return AudioTrack(waveform.astype(np.float32, copy=False), sampling_rate, start - origin)
 
 
-def audio_window(track: AudioTrack, end_time: float, num_samples: int = 24560) -> np.ndarray:
+class AudioReader:
+    """A file's first sound track, decoded as it is read: the `load_audio` track (mono float32 at `sampling_rate`;
+    None: the track's own rate), with the same values, start time and silence rules, holding only what has not
+    been read past.
+
+    `samples(start, stop)` decodes as far as `stop` and forgets what comes before `start`, so reading forwards
+    (a clip's window after the one before, an encoder's next block) holds a window and at most one resampling
+    block (seconds of sound) whatever the track's length, and decodes no further than the last read. Reading
+    back before what was forgotten decodes the track again from its start. `close()` (or `with`) releases the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, sampling_rate: int | None = TARGET_SAMPLING_RATE) -> None:
+        self.path, self._target_rate = path, sampling_rate
+        self._container = self._chunks = None
+        self._start()
+
+    def _start(self) -> None:
+        """Open the file and decode its first sound frame (rate, start time); the held samples begin at 0."""
+        self.close()
+        self._held, self._held_start, self._exhausted, self._resampler = np.zeros(0, dtype=np.float32), 0, False, None
+        container = self._container = _open(self.path)
+        origin = _stream_start(_video_stream(container, self.path)) if container.streams.video else 0.0
+        self.sampling_rate, self.start_time = self._target_rate or TARGET_SAMPLING_RATE, 0.0
+        if not container.streams.audio:
+            self._silent(f"{self.path} has no sound track: using silent audio")
+            return
+        stream = container.streams.audio[0]
+        self._chunks = _audio_chunks(container, stream, self.path)
+        first = next(self._chunks, None)
+        if first is None:
+            self._silent(f"{self.path}: the sound track holds no decodable samples: using silent audio")
+            return
+        time, samples, rate = first
+        self._rate = rate
+        self.sampling_rate = self._target_rate or int(rate)
+        self.start_time = (time if time is not None else _stream_start(stream)) - origin
+        if self.sampling_rate != rate:
+            self._resampler = _StreamingResampler(int(rate), self.sampling_rate)
+        self._add(samples)
+
+    def _silent(self, message: str) -> None:
+        if not getattr(self, "_warned", False):  # once, not again when the track is read again from its start
+            warnings.warn(message, UserWarning, stacklevel=4)
+            self._warned = True
+        self._exhausted = True
+
+    def _add(self, samples: np.ndarray) -> None:
+        mono = samples.mean(axis=1, dtype=np.float32)
+        if self._resampler is not None:
+            self._resampler.add(mono)
+            mono = self._resampler.take()
+        self._append(mono)
+
+    def _append(self, samples: np.ndarray) -> None:
+        if samples.shape[0]:
+            self._held = np.concatenate([self._held, samples]) if self._held.shape[0] else samples
+
+    def _decode_until(self, stop: int) -> None:
+        while not self._exhausted and self._held_start + self._held.shape[0] < stop:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._exhausted = True
+                if self._resampler is not None:
+                    self._append(self._resampler.finish())
+                break
+            _, samples, rate = chunk
+            if rate != self._rate:
+                raise ValueError(f"{self.path}: the sampling rate changes inside the sound track ({self._rate} -> {rate} Hz)")
+            self._add(samples)
+
+    @property
+    def held_samples(self) -> int:
+        """Samples decoded and not yet forgotten."""
+        return self._held.shape[0]
+
+    def available(self, stop: int) -> int:
+        """`stop`, or the track's length where it ends before (decoding as far as `stop`)."""
+        if max(stop, 0) < self._held_start:
+            return stop
+        self._decode_until(stop)
+        return stop if not self._exhausted else min(stop, self._held_start + self._held.shape[0])
+
+    def samples(self, start: int, stop: int) -> np.ndarray:
+        """Samples `start` to `stop` (indices from the track's first sample), zero outside the track; what comes
+        before `start` is forgotten."""
+        if max(start, 0) < self._held_start:
+            self._start()  # read back before what was forgotten: decode again from the start
+        self._decode_until(stop)
+        window = _zero_padded(self._held, self._held_start, start, stop)
+        drop = min(max(start - self._held_start, 0), self._held.shape[0])
+        if drop:  # a view: the memory goes when the next decoded samples are joined on
+            self._held, self._held_start = self._held[drop:], self._held_start + drop
+        return window
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()
+        if self._container is not None:
+            self._container.close()
+        self._container = self._chunks = None
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def audio_window(track: AudioTrack | AudioReader, end_time: float, num_samples: int = 24560) -> np.ndarray:
     """The `num_samples` samples of `track` that end at `end_time` (s), zero-padded outside the track.
 
     With the default length this is the 1.535 s of audio one clip's 9 VGGish examples cover (SPEC §2).
@@ -417,12 +551,7 @@ def audio_window(track: AudioTrack, end_time: float, num_samples: int = 24560) -
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     end = int(round((end_time - track.start_time) * track.sampling_rate))
-    start = end - num_samples
-    window = np.zeros(num_samples, dtype=np.float32)
-    source_start, source_end = max(start, 0), min(end, track.waveform.shape[0])
-    if source_end > source_start:
-        window[source_start - start : source_end - start] = track.waveform[source_start:source_end]
-    return window
+    return track.samples(end - num_samples, end)
 
 
 @functools.lru_cache(maxsize=8)
@@ -468,37 +597,25 @@ def _even(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _source_audio(source: AudioTrack | str | os.PathLike) -> tuple[np.ndarray, int]:
-    """(samples (channels, n) float32, rate) aligned so sample 0 plays with the first frame."""
-    if isinstance(source, AudioTrack):
-        track = source
-    else:
-        track = load_audio(source, sampling_rate=probe_video(source).audio_sampling_rate)
-    waveform = track.waveform
-    offset = int(round(track.start_time * track.sampling_rate))
-    if offset > 0:
-        waveform = np.concatenate([np.zeros(offset, dtype=np.float32), waveform])
-    elif offset < 0:
-        waveform = waveform[-offset:]
-    return waveform[None, :].astype(np.float32), track.sampling_rate
-
-
 class _AudioEncoder:
-    """Encodes a waveform as AAC bit by bit, so audio and video packets stay interleaved in the file."""
+    """Encodes a sound track (an `AudioTrack` or `AudioReader`) as mono AAC bit by bit, so audio and video packets
+    stay interleaved in the file and only the sound near the frames being written is held; sample 0 of the
+    output plays with the first frame."""
 
-    def __init__(self, container, samples: np.ndarray, rate: int) -> None:
-        self.container, self.samples, self.rate = container, samples, rate
-        self.stream = container.add_stream("aac", rate=rate)
+    def __init__(self, container, track: AudioTrack | AudioReader) -> None:
+        self.container, self.track, self.rate = container, track, track.sampling_rate
+        self.offset = int(round(track.start_time * self.rate))  # output sample of the track's first sample
+        self.stream = container.add_stream("aac", rate=self.rate)
         self.stream.layout = "mono"
         self.position = 0
 
     def encode_until(self, seconds: float) -> None:
         frame_size = self.stream.codec_context.frame_size or 1024
-        end = min(int(math.ceil(seconds * self.rate)), self.samples.shape[1])
+        wanted = int(math.ceil(seconds * self.rate))
+        end = min(wanted, self.offset + self.track.available(wanted - self.offset))
         while self.position < end:
-            chunk = np.ascontiguousarray(self.samples[:, self.position : self.position + frame_size])
-            if chunk.shape[1] < frame_size:
-                chunk = np.pad(chunk, ((0, 0), (0, frame_size - chunk.shape[1])))
+            start = self.position - self.offset
+            chunk = self.track.samples(start, start + frame_size)[None, :]  # zero-padded past the track's end
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
             frame.sample_rate, frame.pts = self.rate, self.position
             self.container.mux(self.stream.encode(frame))
@@ -521,7 +638,7 @@ def _checked_image(item, shape: tuple | None) -> np.ndarray:
 def write_overlay_video(
     frames: Iterable[np.ndarray | Frame],
     maps: Iterable[np.ndarray],
-    audio: AudioTrack | str | os.PathLike | None,
+    audio: AudioTrack | AudioReader | str | os.PathLike | None,
     path: str | os.PathLike,
     fps: float,
     alpha: float = 0.5,
@@ -533,8 +650,8 @@ def write_overlay_video(
     Args:
         frames: RGB images (H, W, 3) uint8, or `Frame`s (their timestamps are kept, for variable frame rate).
         maps: one map (h, w) in [0, 1] per frame, at any resolution (resized to the frame).
-        audio: an `AudioTrack`, or the path of the source video whose sound is re-encoded (mono, at its own
-            sampling rate); None for no sound.
+        audio: an `AudioTrack` or `AudioReader`, or the path of the source video whose sound is re-encoded (mono,
+            at its own sampling rate, read as the frames are written); None for no sound.
         path: the output `.mp4`.
         fps: the frame rate used for plain images (and the nominal rate of the stream).
 
@@ -547,17 +664,19 @@ def write_overlay_video(
     if first is None:
         raise ValueError("write_overlay_video got no frames")
     shape = _checked_image(first[0], None).shape
-    if audio is not None and not isinstance(audio, AudioTrack) and not probe_video(audio).has_audio:
+    if audio is not None and not isinstance(audio, (AudioTrack, AudioReader)) and not probe_video(audio).has_audio:
         audio = None
     rate, time_base = Fraction(fps).limit_denominator(1001), Fraction(1, 90000)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", format="mp4") as container:
+    with contextlib.ExitStack() as stack, av.open(str(path), mode="w", format="mp4") as container:
+        if audio is not None and not isinstance(audio, (AudioTrack, AudioReader)):
+            audio = stack.enter_context(AudioReader(audio, sampling_rate=None))
         video = container.add_stream("libx264", rate=rate)
         video.width, video.height = shape[1] + shape[1] % 2, shape[0] + shape[0] % 2
         # A short rate-control lookahead (veryfast's is 10 frames): 175 MB less for a 4K overlay.
         video.pix_fmt, video.options = "yuv420p", {"crf": str(crf), "preset": "veryfast", "x264-params": "rc-lookahead=4"}
         video.codec_context.time_base = time_base
-        sound = _AudioEncoder(container, *_source_audio(audio)) if audio is not None else None
+        sound = _AudioEncoder(container, audio) if audio is not None else None
         last_pts, count = -1, 0
         for item, saliency_map in itertools.chain([first], pairs):
             image = _checked_image(item, shape)
@@ -576,6 +695,7 @@ def write_overlay_video(
 
 
 __all__ = [
+    "AudioReader",
     "AudioTrack",
     "Frame",
     "TARGET_SAMPLING_RATE",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .clips import ALIGNMENTS, alignment_name, iter_batches, iter_clips, iter_frame_maps
-from .media import AudioTrack, Frame, VideoInfo, audio_window, iter_frames, load_audio, probe_video, resample_audio
+from .media import AudioReader, AudioTrack, Frame, VideoInfo, audio_window, iter_frames, probe_video, resample_audio
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Public names of the clip alignments, and the names `clips.py` uses for them.
@@ -197,7 +197,7 @@ def frame_source(frames, fps: float | None = None) -> FrameSource:
         if path.is_dir():
             return _folder_source(path, fps)
         info = probe_video(path)  # an unreadable file fails here, before any work
-        # A file without sound is read as silence by `load_audio`, which says so.
+        # A file without sound is read as silence by `AudioReader`, which says so.
         return FrameSource(lambda: iter_frames(path), (info.height, info.width), info.num_frames or None, path.name,
                            str(path), str(path))
     if isinstance(frames, np.ndarray) and frames.ndim == 4:
@@ -231,14 +231,15 @@ def source_info(path, fps: float | None = None) -> VideoInfo:
                      has_audio=source.audio is not None)
 
 
-def audio_track(audio, source: FrameSource, sampling_rate: int | None = None) -> AudioTrack:
+def audio_track(audio, source: FrameSource, sampling_rate: int | None = None) -> AudioTrack | AudioReader:
     """The sound the clips hear: `audio` (a file, an `AudioTrack`, a waveform at `sampling_rate`), or the source's
-    own sound; silence, with a warning, when there is none."""
+    own sound; silence, with a warning, when there is none. A file is read as the clips need it (`AudioReader`:
+    seconds of sound held, whatever the track's length); close it after use."""
     if isinstance(audio, AudioTrack):
         return audio if audio.sampling_rate == SAMPLING_RATE else AudioTrack(
             resample_audio(audio.waveform, audio.sampling_rate, SAMPLING_RATE), SAMPLING_RATE, audio.start_time)
     if isinstance(audio, (str, os.PathLike)):
-        return load_audio(audio, SAMPLING_RATE)
+        return AudioReader(audio, SAMPLING_RATE)
     if audio is not None:
         waveform = np.asarray(audio, dtype=np.float32)
         if waveform.ndim != 1:
@@ -249,7 +250,7 @@ def audio_track(audio, source: FrameSource, sampling_rate: int | None = None) ->
         return AudioTrack(waveform if rate == SAMPLING_RATE else resample_audio(waveform, rate, SAMPLING_RATE),
                           SAMPLING_RATE)
     if source.audio is not None:
-        return load_audio(source.audio, SAMPLING_RATE)
+        return AudioReader(source.audio, SAMPLING_RATE)
     warnings.warn(f"{source.name} has no sound: the model hears silence", UserWarning, stacklevel=3)
     return AudioTrack(np.zeros(0, dtype=np.float32), SAMPLING_RATE)
 
@@ -413,6 +414,14 @@ class SaliencyLoop:
     def _iter_source_maps(self, source: FrameSource, audio, stride, blur_sigma, max_frames, progress, sampling_rate,
                           video_size: bool) -> Iterator[tuple[Frame, np.ndarray]]:
         track = audio_track(audio, source, sampling_rate) if self.uses_audio else None
+        try:
+            yield from self._iter_track_maps(source, track, stride, blur_sigma, max_frames, progress, video_size)
+        finally:
+            if isinstance(track, AudioReader):
+                track.close()
+
+    def _iter_track_maps(self, source: FrameSource, track, stride, blur_sigma, max_frames, progress,
+                         video_size: bool) -> Iterator[tuple[Frame, np.ndarray]]:
         num_frames = self.model.config.num_frames
         sizes: list = [] if source.size is None else [source.size]
         frames = prefetch(self._model_frames(source.frames(), max_frames, sizes), 2 * num_frames)

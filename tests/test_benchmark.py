@@ -14,6 +14,7 @@ from dtfsal_hf.benchmark import (
     format_report,
     make_long_video,
     matmul_rate,
+    measure_video_memory,
     measure_video_throughput,
     prepare_path,
     run_benchmark,
@@ -215,6 +216,16 @@ def test_long_video_repeats_the_source(small_video, tmp_path):
     looped = make_long_video(small_video, 2.5, tmp_path / "looped.mkv")
     assert sum(1 for _ in iter_frames(looped)) == 90
     assert probe_video(looped).has_audio
+
+
+def test_whole_video_memory_runs_what_predict_writes_in_fresh_processes(small_video):
+    """Each length in its own process, `maps.npz` and the overlay written (the frame count is read back from the
+    run's done.json), and the report's growth is the ratio of the two peaks."""
+    report = measure_video_memory(small_video, lengths_s=(1, 3), model_id="random-tiny", stride=4, batch_size=2)
+    assert [run["frames"] for run in report["runs"].values()] == [30, 90]
+    peaks = [run["peak_rss_bytes"] for run in report["runs"].values()]
+    assert all(peak > 50 * 2**20 for peak in peaks)
+    assert report["growth"] == pytest.approx(peaks[1] / peaks[0] - 1)
 
 
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):

@@ -175,6 +175,86 @@ def test_frame_times_follow_timestamps_for_variable_frame_rate(tmp_path):
     np.testing.assert_allclose([f.end_time for f in frames[:-1]], times[1:], atol=1e-6)
 
 
+# --- sound read as it is needed -----------------------------------------------------------------------------
+
+
+def _reader_sources(tmp_path):
+    """A real MP3 (44.1 kHz stereo), a real 5.1 AAC (48 kHz), an 8-channel and a late-starting track."""
+    yield "dhf1k", dhf1k_video() if DHF1K_VIDEO.is_file() else None
+    try:
+        yield "bigbuckbunny", bigbuckbunny()
+    except pytest.skip.Exception:
+        yield "bigbuckbunny", None
+    yield "7.1 aac", hostile_media.make_clip(tmp_path / "eight.mp4", "libx264", "aac", "7.1", 22050)
+    yield "22.05 kHz pcm", make_video(tmp_path / "pcm.mov", "mpeg4", "pcm_s16le", sample_rate=22050, channels=2)
+
+
+def _read_windows(track, ends: list[float], num_samples: int = 24560) -> list[np.ndarray]:
+    return [media.audio_window(track, end, num_samples) for end in ends]
+
+
+@pytest.mark.parametrize("rate", [16000, None])
+def test_the_audio_reader_gives_load_audios_samples(tmp_path, rate):
+    """Windows read forwards (as the clips ask for them), backwards (decoded again) and past both ends are the
+    whole decoded track's, at 16 kHz and at the track's own rate (the overlay's)."""
+    checked = 0
+    for name, path in _reader_sources(tmp_path):
+        if path is None:
+            continue
+        native = media.probe_video(path).audio_sampling_rate
+        track = media.load_audio(path, rate or native)
+        with media.AudioReader(path, rate) as reader:
+            assert (reader.sampling_rate, reader.start_time) == (track.sampling_rate, track.start_time), name
+            ends = list(np.linspace(-0.5, track.duration + 2.0, 40)) + [0.3, track.duration / 2, 0.01]
+            for end, got, want in zip(ends, _read_windows(reader, ends), _read_windows(track, ends)):
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} at {end:.3f} s")
+            assert reader.available(10**9) == track.waveform.shape[0]
+        checked += 1
+    assert checked >= 2
+
+
+def test_the_audio_reader_holds_seconds_of_a_long_track(tmp_path):
+    """Ten minutes of sound read clip by clip (a window a frame, 30 frames a second): the reader never holds more
+    than a window and one resampling block (40 s at 44.1 kHz -> 16 kHz), where the whole track is 9.6 M samples;
+    a few windows in, it has decoded no further than one block past them."""
+    from dtfsal_hf.benchmark import make_long_video
+
+    long_video = make_long_video(dhf1k_video(), 600, tmp_path / "long.mkv")
+    block_output = 4000 * 160  # `_StreamingResampler`'s block, in output samples (441 -> 160 per period)
+    with media.AudioReader(long_video) as reader:
+        most, ends = 0, np.arange(1, 601 * 30, 10) / 30  # every 10th frame, for the test's time
+        for end in ends[:30]:
+            media.audio_window(reader, end)
+        assert reader._held_start + reader.held_samples <= 16000 * ends[29] + block_output + 2 * 24560
+        for end in ends:
+            window = media.audio_window(reader, end)
+            most = max(most, reader.held_samples)
+        assert window.any()  # the track's last window
+        length = reader.available(10**9)
+    assert length > 9_500_000
+    assert most <= block_output + 3 * 24560
+    assert most < length / 10
+
+
+def test_the_overlay_carries_the_sources_sound_read_as_it_is_written(tmp_path):
+    """The overlay's AAC track, decoded, follows the source's track at its own rate (AAC is lossy: correlation),
+    with the source file read by an `AudioReader` and with the whole track given in memory alike."""
+    path = make_video(tmp_path / "tone.mkv", "libx264", "pcm_s16le", num_frames=20, sample_rate=22050, channels=2)
+    frames = list(media.iter_frames(path))
+    maps = [np.full((6, 8), 0.5, np.float32)] * len(frames)
+    source = media.load_audio(path, 22050)
+    tracks = {}
+    for name, audio in (("file", path), ("in memory", source)):
+        out = tmp_path / f"{name}.mp4"
+        assert media.write_overlay_video(frames, maps, audio, out, fps=10) == len(frames)
+        tracks[name] = media.load_audio(out, 22050).waveform
+    for name, heard in tracks.items():
+        n = min(heard.shape[0], source.waveform.shape[0]) - 4096
+        best = max(np.corrcoef(heard[lag : lag + n], source.waveform[:n])[0, 1] for lag in range(0, 4096, 1))
+        assert best > 0.99, name
+    np.testing.assert_allclose(tracks["file"], tracks["in memory"], atol=1e-6)
+
+
 def test_video_without_sound_gives_silence_and_a_warning(tmp_path):
     path = make_video(tmp_path / "silent.mp4", audio_codec=None)
     assert not media.probe_video(path).has_audio

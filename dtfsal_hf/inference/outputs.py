@@ -6,6 +6,7 @@ the original sound, and a `done.json` marker written last, so an interrupted bat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..media import load_audio, write_overlay_video
+from ..media import AudioReader, write_overlay_video
 from ..npz_stream import NpzMapWriter
 from ..saliency_loop import IMAGE_EXTENSIONS, frame_source, source_info
 
@@ -349,11 +350,12 @@ def _write_overlay(pairs: Iterator, video_path, path: Path, info, alpha: float, 
     partial = _overlay_partial(path)
     frames, maps = _in_step(pairs)
     try:
-        # The video's own track; a frame folder's .wav as read at 16 kHz (a sound file has no video stream to probe).
-        sound = None if not info.has_audio else load_audio(frame_source(video_path).audio) if info.video_codec == "images" \
-            else video_path
-        write_overlay_video(frames, maps, sound, partial, fps=info.fps or 30.0,
-                            alpha=alpha, colormap=colormap)
+        # The video's own track; a frame folder's .wav at its own rate (a sound file has no video stream to probe).
+        # Either is read as the frames are written.
+        with contextlib.ExitStack() as stack:
+            sound = None if not info.has_audio else video_path if info.video_codec != "images" else \
+                stack.enter_context(AudioReader(frame_source(video_path).audio, sampling_rate=None))
+            write_overlay_video(frames, maps, sound, partial, fps=info.fps or 30.0, alpha=alpha, colormap=colormap)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
