@@ -241,39 +241,37 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert all(0 < r["matmul_fraction"] <= 1.5 for r in data["results"])
 
 
-def test_the_whole_video_benchmark_times_the_predictor_under_the_runtime(small_video, monkeypatch):
-    from dtfsal_hf.inference import PRESETS, SaliencyPredictor
-
-    runtimes = []
-    original = SaliencyPredictor.__init__
-
-    def recording(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        runtimes.append(self.runtime)
-
-    monkeypatch.setattr(SaliencyPredictor, "__init__", recording)
-    measure_video_throughput(small_video, tiny_model(), "blocked-bf16", max_frames=10, strides=(1,))
-    assert runtimes == [PRESETS["blocked-bf16"]]
-
-
-def test_the_whole_video_run_takes_its_own_batch_size(small_video, tmp_path, monkeypatch, capsys):
-    """`--video-batch-size` reaches the predictor (the GPU check times whole videos at the per-clip rows' batch)
-    and the report; a batch below 1 is refused in one line."""
+@pytest.fixture
+def predictors(monkeypatch) -> list:
+    """Every `SaliencyPredictor` made during the test, in order."""
     from dtfsal_hf.inference import SaliencyPredictor
 
-    batch_sizes = []
+    made = []
     original = SaliencyPredictor.__init__
 
     def recording(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        batch_sizes.append(self.batch_size)
+        made.append(self)
 
     monkeypatch.setattr(SaliencyPredictor, "__init__", recording)
+    return made
+
+
+def test_the_whole_video_benchmark_times_the_predictor_under_the_runtime(small_video, predictors):
+    from dtfsal_hf.inference import PRESETS
+
+    measure_video_throughput(small_video, tiny_model(), "blocked-bf16", max_frames=10, strides=(1,))
+    assert [predictor.runtime for predictor in predictors] == [PRESETS["blocked-bf16"]]
+
+
+def test_the_whole_video_run_takes_its_own_batch_size(small_video, tmp_path, predictors, capsys):
+    """`--video-batch-size` reaches the predictor (the GPU check times whole videos at the per-clip rows' batch)
+    and the report; a batch below 1 is refused in one line."""
     out = tmp_path / "bench.json"
     assert main(["benchmark", "--tiny", "--paths", "sdpa-fp32", "--repeats", "1", "--no-backbone", "--matmul-size", "0",
                  "--video", str(small_video), "--video-frames", "7", "--strides", "1", "--video-path", "sdpa-fp32",
                  "--video-batch-size", "3", "--json", str(out)]) == 0
-    assert batch_sizes == [3]
+    assert [predictor.batch_size for predictor in predictors] == [3]
     video = json.loads(out.read_text())["video"]
     assert video["batch_size"] == 3 and video["frames"] == 7 and video["strides"]["1"]["model_calls"] == 7
     assert "path sdpa-fp32, batch 3" in capsys.readouterr().out
