@@ -179,7 +179,7 @@ def test_frame_times_follow_timestamps_for_variable_frame_rate(tmp_path):
 
 
 def _reader_sources(tmp_path):
-    """A real MP3 (44.1 kHz stereo), a real 5.1 AAC (48 kHz), an 8-channel and a late-starting track."""
+    """A real MP3 (44.1 kHz stereo), a real 5.1 AAC (48 kHz), 7.1 AAC at 22.05 kHz, PCM, 5.1 Opus."""
     yield "dhf1k", dhf1k_video() if DHF1K_VIDEO.is_file() else None
     try:
         yield "bigbuckbunny", bigbuckbunny()
@@ -187,6 +187,7 @@ def _reader_sources(tmp_path):
         yield "bigbuckbunny", None
     yield "7.1 aac", hostile_media.make_clip(tmp_path / "eight.mp4", "libx264", "aac", "7.1", 22050)
     yield "22.05 kHz pcm", make_video(tmp_path / "pcm.mov", "mpeg4", "pcm_s16le", sample_rate=22050, channels=2)
+    yield "5.1 opus", make_video(tmp_path / "opus.mkv", "libvpx-vp9", "libopus", sample_rate=48000, channels=6)
 
 
 def _read_windows(track, ends: list[float], num_samples: int = 24560) -> list[np.ndarray]:
