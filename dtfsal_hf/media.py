@@ -413,25 +413,13 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = TARGET_SAMPLING_RAT
     the same clock as `iter_frames`. A file without a sound track gives one second of silence starting at 0
     and a `UserWarning` saying so; `audio_window` zero-pads beyond it, so every clip then gets silent audio.
     """
-    with _open(path) as container:
-        origin = _stream_start(_video_stream(container, path)) if container.streams.video else 0.0
-        if not container.streams.audio:
-            warnings.warn(f"{path} has no sound track: using silent audio", UserWarning, stacklevel=2)
-            return AudioTrack(np.zeros(sampling_rate, dtype=np.float32), sampling_rate, 0.0)
-        stream = container.streams.audio[0]
-        resampler, start, rate = None, None, None
-        for time, samples, chunk_rate in _audio_chunks(container, stream, path):
-            if rate is not None and chunk_rate != rate:
-                raise ValueError(f"{path}: the sampling rate changes inside the sound track ({rate} -> {chunk_rate} Hz)")
-            if resampler is None:
-                rate, start = chunk_rate, time if time is not None else _stream_start(stream)
-                resampler = _StreamingResampler(int(rate), sampling_rate)
-            resampler.add(samples.mean(axis=1, dtype=np.float32))
-    waveform = resampler.finish() if resampler is not None else np.zeros(0, dtype=np.float32)
+    with AudioReader(path, sampling_rate) as reader:  # the whole track: its decoded pieces joined once
+        waveform = np.concatenate([reader._held, *reader._decoded]) if reader._decoded is not None else reader._held
     if waveform.shape[0] == 0:
-        warnings.warn(f"{path}: the sound track holds no decodable samples: using silent audio", UserWarning, stacklevel=2)
+        if not reader._warned:
+            warnings.warn(f"{path}: the sound track holds no decodable samples: using silent audio", UserWarning, stacklevel=2)
         return AudioTrack(np.zeros(sampling_rate, dtype=np.float32), sampling_rate, 0.0)
-    return AudioTrack(waveform.astype(np.float32, copy=False), sampling_rate, start - origin)
+    return AudioTrack(waveform, reader.sampling_rate, reader.start_time)
 
 
 class AudioReader:
@@ -446,8 +434,8 @@ class AudioReader:
     """
 
     def __init__(self, path: str | os.PathLike, sampling_rate: int | None = TARGET_SAMPLING_RATE) -> None:
-        self.path, self._target_rate = path, sampling_rate
-        self._container = self._chunks = None
+        self.path, self._target_rate, self._warned = path, sampling_rate, False
+        self._container = self._chunks = self._decoded = None
         self._start()
 
     def _start(self) -> None:
@@ -466,26 +454,37 @@ class AudioReader:
         if first is None:
             self._silent(f"{self.path}: the sound track holds no decodable samples: using silent audio")
             return
-        time, samples, rate = first
-        self._rate = rate
-        self.sampling_rate = self._target_rate or int(rate)
+        time, samples, self._rate = first
+        self.sampling_rate = self._target_rate or int(self._rate)
         self.start_time = (time if time is not None else _stream_start(stream)) - origin
-        if self.sampling_rate != rate:
-            self._resampler = _StreamingResampler(int(rate), self.sampling_rate)
-        self._add(samples)
+        if self.sampling_rate != self._rate:
+            self._resampler = _StreamingResampler(int(self._rate), self.sampling_rate)
+        self._append(self._mono(samples))
+        self._decoded = self._pieces()
 
     def _silent(self, message: str) -> None:
-        if not getattr(self, "_warned", False):  # once, not again when the track is read again from its start
+        if not self._warned:  # once, not again when the track is read again from its start
             warnings.warn(message, UserWarning, stacklevel=4)
             self._warned = True
         self._exhausted = True
 
-    def _add(self, samples: np.ndarray) -> None:
+    def _mono(self, samples: np.ndarray) -> np.ndarray:
+        """A decoded frame's samples (n, channels) averaged to mono at the reader's rate (what the resampler has
+        ready: whole blocks)."""
         mono = samples.mean(axis=1, dtype=np.float32)
+        if self._resampler is None:
+            return mono
+        self._resampler.add(mono)
+        return self._resampler.take()
+
+    def _pieces(self) -> Iterator[np.ndarray]:
+        """The rest of the track in decoded pieces, at the reader's rate, then what the resampler held back."""
+        for _, samples, rate in self._chunks:
+            if rate != self._rate:
+                raise ValueError(f"{self.path}: the sampling rate changes inside the sound track ({self._rate} -> {rate} Hz)")
+            yield self._mono(samples)
         if self._resampler is not None:
-            self._resampler.add(mono)
-            mono = self._resampler.take()
-        self._append(mono)
+            yield self._resampler.finish()
 
     def _append(self, samples: np.ndarray) -> None:
         if samples.shape[0]:
@@ -493,16 +492,11 @@ class AudioReader:
 
     def _decode_until(self, stop: int) -> None:
         while not self._exhausted and self._held_start + self._held.shape[0] < stop:
-            chunk = next(self._chunks, None)
-            if chunk is None:
+            piece = next(self._decoded, None)
+            if piece is None:
                 self._exhausted = True
-                if self._resampler is not None:
-                    self._append(self._resampler.finish())
-                break
-            _, samples, rate = chunk
-            if rate != self._rate:
-                raise ValueError(f"{self.path}: the sampling rate changes inside the sound track ({self._rate} -> {rate} Hz)")
-            self._add(samples)
+            else:
+                self._append(piece)
 
     @property
     def held_samples(self) -> int:
@@ -529,11 +523,12 @@ class AudioReader:
         return window
 
     def close(self) -> None:
-        if self._chunks is not None:
-            self._chunks.close()
+        for generator in (self._decoded, self._chunks):
+            if generator is not None:
+                generator.close()
         if self._container is not None:
             self._container.close()
-        self._container = self._chunks = None
+        self._container = self._chunks = self._decoded = None
 
     def __enter__(self) -> "AudioReader":
         return self
