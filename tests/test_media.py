@@ -1,5 +1,6 @@
 """PyAV decoding and encoding on real videos and on small files generated here for every container/codec."""
 
+import itertools
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -235,6 +236,22 @@ def test_the_audio_reader_holds_seconds_of_a_long_track(tmp_path):
     assert length > 9_500_000
     assert most <= block_output + 3 * 24560
     assert most < length / 10
+
+
+def test_the_overlay_reads_no_more_sound_than_its_frames_last(tmp_path):
+    """One second of frames over a ten-minute track: the encoder reads the sound up to the last frame and holds
+    a block of it, not the 26 M samples of the track."""
+    from dtfsal_hf.benchmark import make_long_video
+
+    long_video = make_long_video(dhf1k_video(), 600, tmp_path / "long.mkv")
+    frames = list(itertools.islice(media.iter_frames(long_video), 30))
+    maps = [np.full((9, 16), 0.5, np.float32)] * len(frames)
+    with media.AudioReader(long_video, sampling_rate=None) as reader:
+        assert media.write_overlay_video(frames, maps, reader, tmp_path / "overlay.mp4", fps=30) == 30
+        decoded_to = reader._held_start + reader.held_samples
+        assert reader.sampling_rate * 1.0 <= decoded_to <= reader.sampling_rate * 1.5
+        assert reader.held_samples <= 4096
+    assert media.probe_video(tmp_path / "overlay.mp4").has_audio
 
 
 def test_the_overlay_carries_the_sources_sound_read_as_it_is_written(tmp_path):
