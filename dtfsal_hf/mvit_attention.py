@@ -7,7 +7,8 @@ query-key product (`fold_rel_pos`), so a kernel that takes no mask applies:
 - `"eager"`: torchvision's explicit form;
 - `"sdpa"`: `scaled_dot_product_attention` on the extended queries and keys (flash attention on CUDA);
 - `"blocked"`: plain matrix products by blocks of queries (`blocked_attention`; inference);
-- `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU, `"sdpa"` otherwise (fp32 included).
+- `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU without AMX, `"sdpa"` otherwise (fp32, and bf16 on a
+  CPU with AMX, included).
 
 The fast kernels pool queries, keys and values with `pool_tokens`: torchvision's pooling with the channels kept
 innermost, so no layout copy is made around its convolution (same values). With them the blocks' skip
@@ -23,6 +24,7 @@ reloaded model runs the same kernel. Parameters and state-dict keys are the same
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,7 @@ __all__ = [
     "MViTAutoAttention",
     "fold_rel_pos",
     "blocked_attention",
+    "cpu_has_amx",
     "fused_linear",
     "mvit_attention_of",
     "pool_tokens",
@@ -47,6 +50,18 @@ __all__ = [
 ]
 
 MVIT_ATTENTIONS = ("eager", "sdpa", "blocked", "auto")
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX matrix tiles (Intel Xeon from Sapphire Rapids on). There PyTorch's fused CPU
+    attention runs its bf16 products on the tiles and is faster than `blocked_attention` (the whole model 1.59 s
+    against 1.84 s a clip on 2 cores, docs/benchmarks.md); without AMX it runs no faster in bf16 than in fp32."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
 
 
 def _rel_pos_index(q_size: int, k_size: int, device) -> torch.Tensor:
@@ -281,9 +296,12 @@ class MViTSDPAttention(MultiscaleAttention):
             return False  # the blocked kernel has no backward pass: training runs the fused kernel
         if self.kernel == "blocked":
             return True
-        # auto: reduced-precision inference on a CPU. In fp32 PyTorch's fused CPU kernel is as fast on AVX-512
-        # and 12-20% faster on AVX2 (docs/benchmarks.md), with the same bounded memory.
-        return self.kernel == "auto" and q.device.type == "cpu" and q.dtype != torch.float32
+        # auto: reduced-precision inference on a CPU without AMX. In fp32 PyTorch's fused CPU kernel is as fast on
+        # AVX-512 and 12-20% faster on AVX2, and in bf16 on a CPU with AMX 1.3-1.5x faster (docs/benchmarks.md),
+        # with the same bounded memory.
+        if self.kernel != "auto" or q.device.type != "cpu" or q.dtype == torch.float32:
+            return False
+        return not (q.dtype == torch.bfloat16 and cpu_has_amx())
 
     def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
         batch, tokens, _ = x.shape
@@ -322,9 +340,9 @@ class MViTBlockedAttention(MViTSDPAttention):
 
 
 class MViTAutoAttention(MViTSDPAttention):
-    """`MViTSDPAttention` choosing per call: `blocked_attention` for bf16 / fp16 inference on a CPU (in bf16 more
-    than 2x faster there than the fused kernel), `scaled_dot_product_attention` in fp32, elsewhere and for
-    training."""
+    """`MViTSDPAttention` choosing per call: `blocked_attention` for bf16 / fp16 inference on a CPU without AMX (in
+    bf16 more than 2x faster there than the fused kernel), `scaled_dot_product_attention` in fp32, in bf16 on a CPU
+    with AMX (`cpu_has_amx`), elsewhere and for training."""
 
     kernel = "auto"
 
@@ -344,7 +362,8 @@ def set_mvit_attention(module: nn.Module, attention: str) -> nn.Module:
     - `"eager"`: torchvision's explicit form (matmul, + relative-position logits, softmax, matmul);
     - `"sdpa"`: `scaled_dot_product_attention` on queries and keys extended by the relative-position terms;
     - `"blocked"`: the same extension, then plain matrix products by blocks of queries (inference);
-    - `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU, `"sdpa"` otherwise (fp32 included).
+    - `"auto"`: `"blocked"` for bf16 / fp16 inference on a CPU without AMX, `"sdpa"` otherwise (fp32, and bf16 on
+      a CPU with AMX, included).
 
     The fast kernels also pool the blocks' skip connections with `TokenPool` (the same max pooling, channels
     innermost) and run the blocks' MLPs as `TokenMLP` (oneDNN's fused linear + GELU at CPU bf16 inference);

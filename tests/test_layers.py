@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dtfsal_hf.layers import AMFB, DLTFB, LTEB, ConvStream, TimeAlignedAudio, audio_token_times, axial_shift, time_pooling_weights
+from dtfsal_hf.layers import AMFB, DLTFB, LTEB, ConvStream, TimeAlignedAudio, audio_token_times, axial_shift, frame_means, time_pooling_weights
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 1, 5, 7), (1, 12, 3, 16, 9), (3, 4, 2, 1, 1)])
@@ -74,6 +74,25 @@ def test_lteb_token_weights_are_a_softmax_mixture():
     x = torch.randn(1, 4, 2, 3, 3)
     # Equal weights mix the constant tokens 1 and 3 into 2 everywhere: out = 2x + x.
     assert torch.allclose(block(x), 3 * x, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frame_means_are_the_spatial_means_in_either_layout(dtype):
+    """`frame_means` is `mean(dim=(3, 4))` with the channels last, in channels-first and channels-last-3d memory
+    (the latter reduced over the outer axes of its (B, T, H, W, C) view: the same sums in another order); LTEB
+    gives the same output in both layouts."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 5, 7).to(dtype)
+    expected = x.float().mean(dim=(3, 4)).transpose(1, 2)
+    tolerance = {"rtol": 0, "atol": 1e-6 if dtype == torch.float32 else 1e-2}
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        got = frame_means(x.contiguous(memory_format=layout))
+        assert got.shape == (2, 3, 6) and got.dtype == dtype
+        torch.testing.assert_close(got.float(), expected, **tolerance)
+    block = LTEB(6, num_tokens=2, token_dim=4, token_size=3).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x.float().contiguous(memory_format=torch.channels_last_3d)), block(x.float()),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_axial_shift_rolls_groups_by_offset():

@@ -88,29 +88,43 @@ def test_model_maps_match(use_audio, attention):
     assert (actual - expected).abs().max() < 1e-5
 
 
-def test_blocked_kernel_runs_for_reduced_precision_inference_and_sdpa_otherwise(monkeypatch):
-    """`auto` on a CPU: the blocked kernel for bf16 inference (autocast or cast weights), the fused kernel in fp32
-    (as fast or faster there) and for training."""
+@pytest.mark.parametrize("amx", [False, True])
+def test_blocked_kernel_runs_for_reduced_precision_inference_and_sdpa_otherwise(monkeypatch, amx):
+    """`auto` on a CPU: the blocked kernel for bf16 inference (autocast or cast weights) on a CPU without AMX, the
+    fused kernel in bf16 on one with AMX (its products on the matrix tiles), in fp32 (as fast or faster there) and
+    for training."""
     import dtfsal_hf.mvit_attention as kernels
 
     calls = []
     monkeypatch.setattr(kernels, "blocked_attention", lambda *a: calls.append("blocked") or blocked_attention(*a))
+    monkeypatch.setattr(kernels, "cpu_has_amx", lambda: amx)
     model = set_mvit_attention(tiny_model(), "auto")
     inputs = DTFSalModel.build_dummy_inputs(model.config)
-    blocks = len(model.visual_encoder.blocks)
+    blocks = [] if amx else ["blocked"] * len(model.visual_encoder.blocks)
     with torch.no_grad():
         model(**inputs)
         assert calls == []
         with torch.autocast("cpu", torch.bfloat16):
             model(**inputs)
-        assert calls == ["blocked"] * blocks
+        assert calls == blocks
         calls.clear()
         model.to(torch.bfloat16)(**{name: value.to(torch.bfloat16) for name, value in inputs.items()})
-        assert calls == ["blocked"] * blocks
+        assert calls == blocks
     model.float()
     calls.clear()
     model.train()(**inputs, labels=torch.rand(1, *model.config.image_size)).loss.backward()
     assert calls == []
+
+
+def test_cpu_has_amx_reads_the_cpu():
+    """`cpu_has_amx` is PyTorch's AMX probe, and agrees with the CPU's flags where Linux lists them."""
+    from dtfsal_hf.mvit_attention import cpu_has_amx
+
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    assert cpu_has_amx() == ("amx_tile" in flags)
 
 
 def test_cpu_training_takes_the_explicit_attention_form(monkeypatch):

@@ -137,7 +137,7 @@ class Runtime:
         name: short name, e.g. `"sdpa-bf16"` (`PRESETS`); empty for a runtime built from options.
         attention: MViT attention kernel (`mvit_attention.MVIT_ATTENTIONS`): `"eager"` (torchvision's matmul +
             softmax), `"sdpa"` (`scaled_dot_product_attention`), `"blocked"` (matrix products by blocks of queries)
-            or `"auto"` (blocked for bf16 / fp16 inference on a CPU, sdpa otherwise).
+            or `"auto"` (blocked for bf16 / fp16 inference on a CPU without AMX, sdpa otherwise).
         dtype: `torch.float32`, `torch.bfloat16` or `torch.float16` (or a name: `"bfloat16"`, `"bf16"`...).
         precision: `"cast"` (weights and activations in `dtype`) or `"autocast"` (float32 weights, `torch.autocast`
             to `dtype`). Either way the model runs its deformable convolutions in fp32 (`layers.DeformableStream`).
