@@ -11,6 +11,8 @@ from its frames' times.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,7 @@ __all__ = [
     "TimeAlignedAudio",
     "audio_token_times",
     "axial_shift",
+    "cpu_has_amx",
     "frame_means",
     "sampled_deform_conv2d",
     "time_pooling_weights",
@@ -43,6 +46,25 @@ def _check_5d(x: torch.Tensor, channels: int, name: str) -> None:
         raise ValueError(
             f"{name} expects features of shape (batch, {channels}, time, height, width), got {tuple(x.shape)}"
         )
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX matrix tiles (Intel Xeon from Sapphire Rapids on), PyTorch's probe. There oneDNN runs
+    bf16 products and convolutions on the tiles: PyTorch's fused CPU attention is faster than the MViT's blocked
+    kernel (`mvit_attention`), and oneDNN's bf16 3-D convolution gives wrong weight gradients (NaN) or crashes at
+    some shapes (torch 2.14; `Conv3d`)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def _cpu_bf16_autocast_training(input: torch.Tensor) -> bool:
+    """Whether this call records gradients under bf16 autocast on a CPU with AMX (`cpu_has_amx`)."""
+    return (input.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpu_has_amx())
 
 
 def _plain_cpu_inference(input: torch.Tensor) -> bool:
@@ -60,6 +82,11 @@ class Conv3d(nn.Conv3d):
     deeper levels' shapes than oneDNN (56 -> 56 channels, 1 x 3 x 3, over 8 x 28 x 48 frames: 7.0 ms against 1.6 ms
     on 2 cores), and it copies channels-last input to channels-first. Elsewhere (autograd, autocast, GPUs,
     tracing) it is `nn.Conv3d`. Same parameters, state-dict keys and values (within float rounding).
+
+    With gradients under bf16 autocast on a CPU with AMX it computes in float32 (output in bf16, as autocast's):
+    there oneDNN's bf16 3-D convolution returns NaN in the weight gradient, a different number of them each run, or
+    crashes the process, at the decoder's shapes (96 -> 48 channels, (2, 3, 3) over 4 x 112 x 192; torch 2.14),
+    where its AVX-512 kernels (`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`) and float32 are right.
     """
 
     def _runs_on_onednn(self, input: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -72,6 +99,10 @@ class Conv3d(nn.Conv3d):
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self._runs_on_onednn(input, weight):
             return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        if _cpu_bf16_autocast_training(input) and (input.requires_grad or weight.requires_grad):
+            with torch.autocast("cpu", enabled=False):
+                output = super()._conv_forward(input.float(), weight.float(), None if bias is None else bias.float())
+            return output.to(torch.bfloat16)
         return super()._conv_forward(input, weight, bias)
 
 
@@ -450,6 +481,12 @@ class Float32DeformConv2d(DeformConv2d):
             # Autocast would run the sampled form's matrix product in bf16; torchvision's operator has no autocast rule.
             with torch.autocast("cpu", enabled=False):
                 return sampled_deform_conv2d(input, offset, weight, bias, **options).to(dtype)
+        if (type(offset) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and not bool(torch.isfinite(offset).all())):
+            # torchvision's kernels index the input at floor(offset) unchecked: a NaN or infinite offset reads
+            # outside it (a segmentation fault on the CPU).
+            raise ValueError("the deformable convolution's sampling offsets are not finite (NaN or inf): the model's "
+                             "weights or its input hold non-finite values")
         return deform_conv2d(input, offset, weight, bias, **options).to(dtype)
 
 

@@ -24,7 +24,6 @@ reloaded model runs the same kernel. Parameters and state-dict keys are the same
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchvision.models.video.mvit import MultiscaleAttention, MultiscaleBlock, Pool
 from torchvision.ops.misc import MLP
+
+from .layers import cpu_has_amx
 
 __all__ = [
     "MVIT_ATTENTIONS",
@@ -51,17 +52,6 @@ __all__ = [
 
 MVIT_ATTENTIONS = ("eager", "sdpa", "blocked", "auto")
 
-
-@functools.cache
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX matrix tiles (Intel Xeon from Sapphire Rapids on). There PyTorch's fused CPU
-    attention runs its bf16 products on the tiles and is faster than `blocked_attention` (the whole model 1.59 s
-    against 1.84 s a clip on 2 cores, docs/benchmarks.md); without AMX it runs no faster in bf16 than in fp32."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
 
 
 def _rel_pos_index(q_size: int, k_size: int, device) -> torch.Tensor:
@@ -297,7 +287,7 @@ class MViTSDPAttention(MultiscaleAttention):
         if self.kernel == "blocked":
             return True
         # auto: reduced-precision inference on a CPU without AMX. In fp32 PyTorch's fused CPU kernel is as fast on
-        # AVX-512 and 12-20% faster on AVX2, and in bf16 on a CPU with AMX 1.3-1.5x faster (docs/benchmarks.md),
+        # AVX-512 and 12-20% faster on AVX2, and in bf16 on a CPU with AMX 1.1-1.6x faster (docs/benchmarks.md),
         # with the same bounded memory.
         if self.kernel != "auto" or q.device.type != "cpu" or q.dtype == torch.float32:
             return False

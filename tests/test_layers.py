@@ -418,3 +418,66 @@ def test_conv3d_runs_on_onednn_at_cpu_inference_with_nn_conv3ds_values(dtype, mo
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):  # autocast: nn.Conv3d's call, which it casts
         calls.clear()
         assert conv(torch.randn(1, 4, 2, 9, 11)).dtype == torch.bfloat16 and calls == []
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_conv3d_trains_in_float32_under_bf16_autocast_on_amx_cpus(amx, monkeypatch):
+    """With gradients under bf16 autocast on a CPU with AMX, `layers.Conv3d` computes in float32 (its output in
+    bf16, as autocast's), where oneDNN's bf16 kernel gives NaN weight gradients: the weight gradient is then the
+    float32 convolution's; elsewhere it is autocast's bf16 one."""
+    import dtfsal_hf.layers as layers
+
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    torch.manual_seed(0)
+    conv = layers.Conv3d(8, 6, kernel_size=(2, 3, 3), stride=(2, 1, 1), padding=(0, 1, 1))
+    reference = nn.Conv3d(8, 6, kernel_size=(2, 3, 3), stride=(2, 1, 1), padding=(0, 1, 1))
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 8, 4, 12, 14)
+    grad = torch.randn(1, 6, 2, 12, 14).bfloat16().float()  # the same upstream gradient in bf16 and float32
+    with torch.autocast("cpu", torch.bfloat16):
+        output = conv(x)
+    output.backward(grad.to(output.dtype))
+    reference(x).backward(grad)
+    assert output.dtype == torch.bfloat16
+    difference = (conv.weight.grad - reference.weight.grad).abs().max().item()
+    if amx:
+        assert difference < 1e-4
+    else:
+        assert difference > 1e-3  # bf16 operands
+
+
+def test_decoder_conv3d_weight_gradient_is_finite_under_bf16_autocast():
+    """The decoder head's second layer at the full model's shape (96 -> 48 channels, (2, 3, 3) over 4 x 112 x 192),
+    trained under bf16 autocast: oneDNN's AMX kernel gives NaN in its weight gradient (torch 2.14); `Conv3d`'s
+    gradient is finite and within bf16 rounding of the float32 one on every CPU."""
+    from dtfsal_hf.decoders import TimeSpanConv3d
+
+    torch.manual_seed(0)
+    conv = TimeSpanConv3d(96, 48, kernel_size=(2, 3, 3), stride=(2, 1, 1), padding=(0, 1, 1), bias=False)
+    x = torch.randn(1, 96, 4, 112, 192)
+    with torch.autocast("cpu", torch.bfloat16):
+        output = conv(x)
+    grad = torch.randn(output.shape).bfloat16().float()
+    output.backward(grad.to(output.dtype))
+    weight_grad = conv.weight.grad.clone()
+    assert torch.isfinite(weight_grad).all()
+    conv.weight.grad = None
+    conv(x).backward(grad)
+    assert (weight_grad - conv.weight.grad).abs().max() <= 0.02 * conv.weight.grad.abs().max()
+
+
+def test_deformable_convolution_refuses_non_finite_offsets_with_autograd():
+    """torchvision's deformable convolution reads outside its input at a NaN or infinite offset (a segmentation
+    fault on the CPU): with autograd `Float32DeformConv2d` refuses them in one line; without, the sampled form
+    gives NaN where they are and does not crash."""
+    from dtfsal_hf.layers import Float32DeformConv2d
+
+    conv = Float32DeformConv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 6, 7, requires_grad=True)
+    for bad in (float("nan"), float("inf")):
+        offset = torch.zeros(1, 18, 6, 7)
+        offset[0, 3, 2, 2] = bad
+        with pytest.raises(ValueError, match="offsets are not finite"):
+            conv(x, offset)
+        with torch.no_grad():
+            conv(x, offset)
