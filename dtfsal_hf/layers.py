@@ -481,8 +481,8 @@ class Float32DeformConv2d(DeformConv2d):
             # Autocast would run the sampled form's matrix product in bf16; torchvision's operator has no autocast rule.
             with torch.autocast("cpu", enabled=False):
                 return sampled_deform_conv2d(input, offset, weight, bias, **options).to(dtype)
-        if (type(offset) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and not bool(torch.isfinite(offset).all())):
+        if (type(offset) is torch.Tensor and offset.device.type != "meta" and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and not bool(torch.isfinite(offset).all())):
             # torchvision's kernels index the input at floor(offset) unchecked: a NaN or infinite offset reads
             # outside it (a segmentation fault on the CPU).
             raise ValueError("the deformable convolution's sampling offsets are not finite (NaN or inf): the model's "
