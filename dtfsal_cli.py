@@ -389,8 +389,8 @@ def command_parser(name: str) -> CommandParser:
 def is_expected_error(error: BaseException) -> bool:
     """Errors that a user's input or environment causes, reported in one line: bad values (`ValueError`),
     missing or unreadable files, refused downloads (`OSError`), missing optional packages (`ImportError`),
-    YAML syntax."""
-    if isinstance(error, (ValueError, OSError, ImportError)):
+    a training run that diverged (`FloatingPointError`: non-finite gradients), YAML syntax."""
+    if isinstance(error, (ValueError, OSError, ImportError, FloatingPointError)):
         return True
     yaml = sys.modules.get("yaml")  # only loaded, and only able to fail, when a YAML file was read
     return yaml is not None and isinstance(error, yaml.YAMLError)

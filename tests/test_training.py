@@ -460,10 +460,32 @@ def test_validation_scores_and_averages_as_dtfsal_evaluate(synthetic_root, tmp_p
     assert evaluated["protocol"] == "stavis" and evaluated["blur"]["grids"] == {"64x96": 2}
     for name in metrics:
         # The same float32 maps and the same float64 scoring; AUC-J's jitter (under 1e-7) is seeded per frame by
-        # the evaluation and once by the validation.
-        assert validated[name] == pytest.approx(evaluated["metrics"][name], rel=1e-6, abs=1e-6), name
+        # the evaluation and once by the validation, so it breaks the maps' near-ties differently: a few 1e-6.
+        tolerance = 1e-5 if name == "auc_judd" else 1e-6
+        assert validated[name] == pytest.approx(evaluated["metrics"][name], rel=tolerance, abs=tolerance), name
         assert per_dataset["SyntheticAV"]["metrics"][name] == pytest.approx(validated[name], rel=1e-12), name
     assert per_dataset["SyntheticAV"]["num_videos"] == evaluated["per_dataset"]["SyntheticAV"]["num_videos"] == 2
     # The comparison tells protocols apart: scored without the blur (DHF1K's), the same maps score otherwise.
     unblurred = evaluate(records, clip_maps, tmp_path / "dhf1k", protocol="dhf1k", metrics=metrics, progress=False)
     assert abs(unblurred["metrics"]["cc"] - validated["cc"]) > 1e-3
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, None])
+def test_a_step_with_non_finite_gradients_is_refused(synthetic_root, cache_dir, tmp_path, max_grad_norm):
+    """A NaN in the weights (here planted after step 1) makes the next step's gradients NaN: training stops at that
+    step with one line naming it, and the weights it would have written are not saved as a checkpoint of it."""
+    output = tmp_path / "run"
+    config = small_config(synthetic_root, cache_dir, output, training={"max_grad_norm": max_grad_norm})
+
+    def plant_nan_after_step_1(trainer):
+        if trainer.state.global_step == 1:
+            with torch.no_grad():
+                dict(trainer._unwrapped.named_parameters())["decoder_heads.0.to_map.bias"].fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match="gradients of optimizer step 2 are not finite") as raised:
+        train(config, callbacks=[plant_nan_after_step_1])
+    assert not (output / "checkpoints" / "step_00000002").exists()
+    from dtfsal_cli import error_line, is_expected_error
+
+    assert is_expected_error(raised.value)  # `dtfsal train` reports it in one line
+    assert error_line("train", raised.value).startswith("dtfsal train: error: the gradients of optimizer step 2")

@@ -452,11 +452,26 @@ class Trainer:
         with accelerator.accumulate(self.model):
             outputs = self.model(**self._model_inputs(batch), labels=batch["labels"])
             accelerator.backward(outputs.loss)
-            if accelerator.sync_gradients and self.config.training.max_grad_norm:
-                accelerator.clip_grad_norm_(self.model.parameters(), self.config.training.max_grad_norm)
+            if accelerator.sync_gradients:
+                self._check_and_clip_gradients(float(outputs.loss.detach()))
             self.optimizer.step()
             self.optimizer.zero_grad()
         return float(outputs.loss.detach())
+
+    def _check_and_clip_gradients(self, loss: float) -> None:
+        """Clip the gradients to `training.max_grad_norm` (when set) and, without fp16 loss scaling (whose scaler
+        skips such steps itself), refuse a step whose gradients are not finite: AdamW would turn every weight it
+        touches into NaN, silently, and the next forward would feed NaN offsets to the deformable convolution."""
+        accelerator, max_norm = self.accelerator, self.config.training.max_grad_norm
+        norm = None
+        if max_norm:
+            norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        elif accelerator.scaler is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if accelerator.scaler is None and norm is not None and not math.isfinite(float(norm)):
+            raise FloatingPointError(
+                f"the gradients of optimizer step {self.state.global_step + 1} are not finite (loss {loss:.4g}); the "
+                "step was not taken: lower training.learning_rate, or check the data and the last checkpoint")
 
     def _model_inputs(self, batch: dict) -> dict:
         inputs = {"pixel_values_videos": batch["pixel_values_videos"]}
