@@ -41,7 +41,6 @@ __all__ = [
     "MViTAutoAttention",
     "fold_rel_pos",
     "blocked_attention",
-    "cpu_has_amx",
     "fused_linear",
     "mvit_attention_of",
     "pool_tokens",
@@ -51,7 +50,6 @@ __all__ = [
 ]
 
 MVIT_ATTENTIONS = ("eager", "sdpa", "blocked", "auto")
-
 
 
 def _rel_pos_index(q_size: int, k_size: int, device) -> torch.Tensor:

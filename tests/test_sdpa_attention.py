@@ -118,7 +118,7 @@ def test_blocked_kernel_runs_for_reduced_precision_inference_and_sdpa_otherwise(
 
 def test_cpu_has_amx_reads_the_cpu():
     """`cpu_has_amx` is PyTorch's AMX probe, and agrees with the CPU's flags where Linux lists them."""
-    from dtfsal_hf.mvit_attention import cpu_has_amx
+    from dtfsal_hf.layers import cpu_has_amx
 
     try:
         flags = open("/proc/cpuinfo").read().split()
