@@ -480,4 +480,6 @@ def test_deformable_convolution_refuses_non_finite_offsets_with_autograd():
         with pytest.raises(ValueError, match="offsets are not finite"):
             conv(x, offset)
         with torch.no_grad():
-            conv(x, offset)
+            output = conv(x, offset)
+        nan = torch.isnan(output)
+        assert nan[0, :, 2, 2].all() and nan.sum() == output.shape[1]  # NaN where the bad offset is, finite elsewhere

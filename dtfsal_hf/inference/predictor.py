@@ -70,8 +70,8 @@ class SaliencyPredictor(SaliencyLoop):
         model_id: the name the model was loaded under (recorded in `done.json`).
         attention: MViT attention kernel (`DTFSalModel.set_mvit_attention`): "auto" (the default: plain
             matrix products by blocks of queries for bf16 / fp16 on a CPU without AMX,
-            `scaled_dot_product_attention` otherwise), "sdpa", "blocked" or "eager" (torchvision's explicit form); the model is switched in place
-            and its configuration records the kernel.
+            `scaled_dot_product_attention` otherwise), "sdpa", "blocked" or "eager" (torchvision's explicit
+            form); the model is switched in place and its configuration records the kernel.
         runtime: a `Runtime` (e.g. one of `runtime.PRESETS`: autocast, float32 islands, channels-last, compile); it
             replaces `dtype` and `attention`, which otherwise make the runtime (weights cast to `dtype`).
 
