@@ -88,6 +88,9 @@ def test_report_lists_rows_and_targets(tiny_result):
     speed = next(row for row in rows if ">= 5x" in row[0])
     assert speed[1].startswith(f"{fastest.maps_per_second / eager.maps_per_second:.2f}x ({fastest.path}, batch 1)")
     assert (fastest.max_abs_diff <= 0.02) == ("within 0.02" not in speed[1])
+    # ... and what 5x asks of the machine: eager's seconds over the FLOPs at the fastest measured matrix rate
+    ceiling = eager.seconds_per_clip * max(tiny_result.matmul["flops_per_second"].values()) / eager.flops_per_clip
+    assert f"this run's ceiling {ceiling:.2f}x" in speed[1]
     assert speed[2] is (fastest.maps_per_second / eager.maps_per_second >= 5.0 and fastest.max_abs_diff <= 0.02)
     json.dumps(tiny_result.to_dict())
 
