@@ -734,6 +734,21 @@ def speed_up_ceiling(result: BenchmarkResult, reference: PathResult) -> float | 
     return reference.seconds_per_clip / (reference.flops_per_clip / fastest_rate)
 
 
+def own_layers_least_share(result: BenchmarkResult, reference: PathResult) -> float | None:
+    """The least time DTFSal's own layers can add to the backbone's on this machine in this run, as a share of the
+    backbone alone's seconds per clip (`result.floor`): their FLOPs (`reference`'s, eager fp32 DTFSal, less the
+    backbone's) at the fp32 matrix-multiply rate measured in the run. The "<= 1.15x the backbone" target asks
+    for at most 0.15. None without the probe, or where the model's visual encoder is smaller than the backbone
+    (its FLOPs no more than the backbone's)."""
+    floor = result.floor
+    if not result.matmul or floor is None:
+        return None
+    own_flops = reference.flops_per_clip - floor.flops_per_clip
+    if own_flops <= 0:
+        return None
+    return own_flops / result.matmul["flops_per_second"]["float32"] / floor.seconds_per_clip
+
+
 def targets(result: BenchmarkResult, tolerance: float = 0.02) -> list[tuple[str, str, bool | None]]:
     """The issue's targets with what this run measured: (target, measured, met or None where not measured)."""
     rows = []
@@ -745,7 +760,13 @@ def targets(result: BenchmarkResult, tolerance: float = 0.02) -> list[tuple[str,
         # (a page-faulting call, a busy host) moves the figure.
         paired = [e / f for e, f in zip(eager.latencies_s, floor.latencies_s)]
         spread = f" (per repetition: {', '.join(f'{r:.2f}' for r in paired)})" if len(paired) > 1 else ""
-        rows.append((f"eager fp32 {network} <= 1.15x the backbone alone", f"{ratio:.2f}x{spread}", ratio <= 1.15))
+        measured = f"{ratio:.2f}x{spread}"
+        least = own_layers_least_share(result, eager)
+        if least is not None:
+            # What 1.15x asks of this machine: DTFSal's own layers at the fp32 matrix rate, the backbone as it ran.
+            measured += (f"; the own layers' FLOPs at this run's fp32 matrix-multiply rate alone add {least:.2f}x "
+                         "the backbone's time")
+        rows.append((f"eager fp32 {network} <= 1.15x the backbone alone", measured, ratio <= 1.15))
     # The fastest path whatever its maps, then (where that one is further from the eager maps than `tolerance`)
     # the fastest within it: on random weights bf16 maps stray further than on fitted ones, where the bound is
     # checked (`scripts/precision_check.py`).

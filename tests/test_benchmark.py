@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from dtfsal_hf.benchmark import (
     matmul_rate,
     measure_video_memory,
     measure_video_throughput,
+    own_layers_least_share,
     prepare_path,
     run_benchmark,
     targets,
@@ -93,6 +95,24 @@ def test_report_lists_rows_and_targets(tiny_result):
     assert f"this run's ceiling {ceiling:.2f}x" in speed[1]
     assert speed[2] is (fastest.maps_per_second / eager.maps_per_second >= 5.0 and fastest.max_abs_diff <= 0.02)
     json.dumps(tiny_result.to_dict())
+
+
+def test_the_backbone_row_gives_the_least_the_own_layers_add(tiny_result):
+    """The "<= 1.15x the backbone" row says what the own layers add at least in this run: DTFSal's FLOPs less the
+    backbone's at the measured fp32 matrix rate, over the backbone's time; nothing where the model's encoder is
+    smaller than the backbone (the tiny model's)."""
+    row = next(r for r in targets(tiny_result) if "backbone alone" in r[0])
+    assert "alone add" not in row[1]
+    assert own_layers_least_share(tiny_result, tiny_result.find("DTFSal", "eager-fp32", 1)) is None
+    # The paper's proportions: own layers 0.33x the backbone's FLOPs
+    floor = tiny_result.floor
+    eager = dataclasses.replace(tiny_result.find("DTFSal", "eager-fp32", 1), flops_per_clip=int(floor.flops_per_clip * 1.33))
+    result = dataclasses.replace(tiny_result, results=[eager] + [r for r in tiny_result.results if r.network == "mvit_v2_s"])
+    expected = 0.33 * floor.flops_per_clip / tiny_result.matmul["flops_per_second"]["float32"] / floor.seconds_per_clip
+    assert own_layers_least_share(result, eager) == pytest.approx(expected, rel=1e-6)
+    row = next(r for r in targets(result) if "backbone alone" in r[0])
+    assert f"fp32 matrix-multiply rate alone add {expected:.2f}x the backbone's time" in row[1]
+    assert own_layers_least_share(dataclasses.replace(result, matmul=None), eager) is None
 
 
 def test_each_path_is_a_fraction_of_the_machines_matrix_multiply_rate(tiny_result):
