@@ -41,7 +41,7 @@ from .configuration_dtfsal import DTFSalConfig
 from .encoders import mvit_block_settings
 from .modeling_dtfsal import DTFSalModel
 from .mvit_attention import set_mvit_attention
-from .inference import PRESETS, Runtime, SaliencyPredictor, load_model_and_processor, release_freed_memory
+from .inference import PRESETS, Runtime, SaliencyPredictor, cpu_native_flags, load_model_and_processor, release_freed_memory
 
 __all__ = [
     "PATHS",
@@ -54,7 +54,7 @@ __all__ = [
     "MATMUL_SIZE",
     "matmul_rate",
     "measure_matmul_rates",
-    "cpu_bf16_support",
+    "default_paths",
     "measure_video_throughput",
     "measure_video_memory",
     "make_long_video",
@@ -68,6 +68,23 @@ DEFAULT_PATHS = {
     "cpu": ("eager-fp32", "sdpa-fp32", "blocked-fp32", "sdpa-bf16", "blocked-bf16"),
     "cuda": ("eager-fp32", "sdpa-fp32", "sdpa-bf16", "sdpa-fp16", "compiled-sdpa-bf16"),
 }
+
+
+def default_paths(device: torch.device | str = "cpu", log: Callable[[str], None] | None = None,
+                  cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """`DEFAULT_PATHS[device type]` less the paths slower than float32 there (`Runtime.slow_reason`: bf16 on a CPU
+    with no native bf16 arithmetic, where one call of the full model takes minutes); `log` says which were left out.
+    Named with `paths`, every path is timed."""
+    device = torch.device(device)
+    names, slow = [], []
+    for name in DEFAULT_PATHS[device.type]:
+        (slow if PATHS[name].slow_reason(device, cpuinfo) else names).append(name)
+    if slow and log is not None:
+        log(PATHS[slow[0]].slow_reason(device, cpuinfo).split(":")[0]
+            + f": left out {', '.join(slow)} (name them with --paths to time them)")
+    return names
+
+
 # The path every other is compared with (maps) and the floor's path (time).
 REFERENCE_PATH = "eager-fp32"
 
@@ -241,35 +258,47 @@ def matmul_rate(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 3, d
 
     n doubles from 256 (or `size`, if smaller) up to `size`, and stops early where the next size's call would
     take over `max_seconds`: a dtype without a matrix unit (bf16 on a CPU without AVX512_BF16 or AMX) runs a
-    hundred times slower, and its rate shows at a smaller size.
+    hundred times slower, and its rate shows at a smaller size. Each size times both of torch's product kernels
+    (`_MATMUL_KERNELS`) and keeps the faster; one over 4 times slower than the other is not timed at larger sizes.
     """
     if size < 1 or repeats < 1:
         raise ValueError(f"the matrix-multiply probe needs a positive size and repeats, got {size} and {repeats}")
     device = torch.device(device)
     n = min(size, 256)
+    kernels = dict(_MATMUL_KERNELS)
     while True:
-        seconds = _best_matmul_seconds(dtype, n, repeats, device)
-        if n >= size or seconds * 8 > max_seconds:
-            return 2 * n**3 / seconds, n
+        seconds = _matmul_seconds(dtype, n, repeats, device, kernels)
+        best = min(seconds.values())
+        if n >= size or best * 8 > max_seconds:
+            return 2 * n**3 / best, n
+        # A kernel several times slower than the best cannot become the best at the next size: not timed there
+        # (without native bf16, `torch.mm`'s bf16 product runs at a tenth of oneDNN's: 0.8-1.2 against 10-16 GFLOP/s on
+        # a 2-core AVX2 machine, and its 2048^3 product took minutes to time).
+        kernels = {name: kernels[name] for name, time_ in seconds.items() if time_ <= 4 * best}
         n = min(size, 2 * n)
 
 
-def _best_matmul_seconds(dtype: torch.dtype, n: int, repeats: int, device: torch.device) -> float:
-    """The best time of an n^3 product by either of torch's two product kernels: `torch.mm` and `F.linear`
-    (oneDNN's matmul on a CPU; without native bf16 its bf16 product is several times `torch.mm`'s)."""
+# torch's two product kernels on a CPU: aten's `mm` and oneDNN's matmul behind `F.linear`.
+_MATMUL_KERNELS = {"mm": lambda a, b, out: torch.mm(a, b, out=out), "linear": lambda a, b, out: F.linear(a, b)}
+
+
+def _matmul_seconds(dtype: torch.dtype, n: int, repeats: int, device: torch.device, kernels: dict) -> dict[str, float]:
+    """The best time of an n^3 product by each of `kernels` (name -> product of a, b into out), after a warm-up."""
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.rand(n, n, generator=generator).to(device, dtype) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
-    best = math.inf
-    for product in (lambda: torch.mm(a, b, out=out), lambda: F.linear(a, b)):
-        product()  # warm-up: the library's kernels and the pages of the result
+    seconds = {}
+    for name, product in kernels.items():
+        product(a, b, out)  # warm-up: the library's kernels and the pages of the result
         _synchronize(device)
+        best = math.inf
         for _ in range(repeats):
             start = time.perf_counter()
-            product()
+            product(a, b, out)
             _synchronize(device)
             best = min(best, time.perf_counter() - start)
-    return best
+        seconds[name] = best
+    return seconds
 
 
 def _path_rate(matmul: dict, path: Runtime) -> float:
@@ -363,22 +392,6 @@ class BenchmarkResult:
                 "video": self.video, "memory": self.memory, "matmul": self.matmul}
 
 
-# CPU flags (/proc/cpuinfo) of native bf16 matrix arithmetic: AVX-512 BF16 dot products, AMX tiles. Without
-# them oneDNN converts bf16 to fp32 and back around fp32 arithmetic, and bf16 products run no faster than fp32.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_bf16_support(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
-    """The native bf16 flags (`BF16_CPU_FLAGS`) the CPU lists: empty when it has none, None where
-    `/proc/cpuinfo` cannot be read."""
-    try:
-        with open(cpuinfo) as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return None
-    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
-
-
 def machine_description(device: torch.device | str = "cpu") -> dict:
     """The machine a benchmark ran on: CPU model and cores, load, memory, torch, and the GPU if used."""
     device = torch.device(device)
@@ -397,7 +410,7 @@ def machine_description(device: torch.device | str = "cpu") -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16_flags": cpu_bf16_support(),
+        "cpu_bf16_flags": cpu_native_flags(torch.bfloat16),
     }
     try:
         description["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -453,7 +466,8 @@ def run_benchmark(
     Args:
         config: the model's configuration (default: the paper's audio-visual model); ignored with `model`.
         model: a `DTFSalModel` (e.g. trained weights); default: `DTFSalModel(config)` with seed 0.
-        paths: names from `PATHS`; default `DEFAULT_PATHS[device type]`. `"eager-fp32"` is always measured:
+        paths: names from `PATHS`; default `default_paths(device)` (`DEFAULT_PATHS[device type]`, less the
+            paths slower than float32 on this CPU). `"eager-fp32"` is always measured:
             it is the reference of the maps and, for the backbone, the floor.
         batch_sizes: clips per call; each path is measured at each (the reference, eager fp32, at batch 1 only).
             A batch that does not fit the device's memory is listed in `settings["skipped"]`.
@@ -471,7 +485,7 @@ def run_benchmark(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
-    names = list(paths) if paths else list(DEFAULT_PATHS[device.type])
+    names = list(paths) if paths else default_paths(device, log)
     unknown = [name for name in names if name not in PATHS]
     if unknown:
         raise ValueError(f"unknown paths {unknown}; choose from {sorted(PATHS)}")

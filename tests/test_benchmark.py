@@ -10,8 +10,9 @@ import torch
 
 from dtfsal_hf import DTFSalConfig, DTFSalModel
 from dtfsal_hf.benchmark import (
+    DEFAULT_PATHS,
     PATHS,
-    cpu_bf16_support,
+    default_paths,
     format_report,
     make_long_video,
     matmul_rate,
@@ -24,7 +25,7 @@ from dtfsal_hf.benchmark import (
     torchvision_mvit_v2_s,
 )
 from dtfsal_hf.cli import main
-from dtfsal_hf.inference import Runtime
+from dtfsal_hf.inference import PRESETS, Runtime, SaliencyPredictor, cpu_native_flags
 from dtfsal_hf.media import iter_frames, probe_video, write_overlay_video
 
 REAL_VIDEO = "/work/shared/data/dhf1k_002/002.AVI"
@@ -130,7 +131,7 @@ def test_each_path_is_a_fraction_of_the_machines_matrix_multiply_rate(tiny_resul
     report = format_report(tiny_result)
     assert "Matrix-multiply rates on the CPU (256^3, best of 3," in report and "fp32 " in report and "bf16 " in report
     assert "native bf16: " in report and "of matmul rate" in report
-    assert tiny_result.machine["cpu_bf16_flags"] == cpu_bf16_support()
+    assert tiny_result.machine["cpu_bf16_flags"] == cpu_native_flags(torch.bfloat16)
 
 
 def test_the_matrix_multiply_probe_times_what_it_says():
@@ -144,13 +145,79 @@ def test_the_matrix_multiply_probe_times_what_it_says():
         matmul_rate(torch.float32, 0)
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+def test_a_product_kernel_far_slower_than_the_other_is_not_timed_at_larger_sizes(monkeypatch):
+    """Without native bf16 `torch.mm` runs at a tenth of oneDNN's product: it is dropped after the first size."""
+    import time
+
+    from dtfsal_hf import benchmark
+
+    sizes = {"fast": [], "slow": []}
+
+    def fast(a, b, out):
+        sizes["fast"].append(a.shape[0])
+        return torch.mm(a, b, out=out)
+
+    def slow(a, b, out):
+        sizes["slow"].append(a.shape[0])
+        time.sleep(0.05)
+        return torch.mm(a, b, out=out)
+
+    monkeypatch.setattr(benchmark, "_MATMUL_KERNELS", {"fast": fast, "slow": slow})
+    rate, n = matmul_rate(torch.float32, 1024, repeats=2)
+    assert n == 1024 and rate > 0
+    assert sizes["slow"] == [256] * 3  # warm-up and two timed calls, at the first size only
+    assert sizes["fast"] == [256] * 3 + [512] * 3 + [1024] * 3
+
+
+def _cpu_flags(tmp_path):
     with_amx, without = tmp_path / "amx", tmp_path / "avx2"
     with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
     without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert cpu_bf16_support(str(with_amx)) == ["avx512_bf16", "amx_bf16"]
-    assert cpu_bf16_support(str(without)) == []
-    assert cpu_bf16_support(str(tmp_path / "absent")) is None
+    return str(with_amx), str(without), str(tmp_path / "absent")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_amx, without, absent = _cpu_flags(tmp_path)
+    assert cpu_native_flags(torch.bfloat16, with_amx) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_native_flags("bf16", without) == []
+    assert cpu_native_flags(torch.float16, with_amx) == []
+    assert cpu_native_flags(torch.bfloat16, absent) is None
+
+
+def test_bf16_without_native_arithmetic_is_named_slow_and_left_out_of_the_default_paths(tmp_path):
+    with_amx, without, absent = _cpu_flags(tmp_path)
+    reason = PRESETS["blocked-bf16"].slow_reason("cpu", without)
+    assert reason.startswith("this CPU has no native bf16 matrix arithmetic (AVX512_BF16 or AMX_BF16)")
+    assert "blocked-bf16 runs slower here than float32" in reason
+    assert PRESETS["sdpa-fp16"].slow_reason("cpu", with_amx).startswith("this CPU has no native fp16")
+    # Native flags, float32, a GPU, or flags that cannot be read: nothing to say.
+    assert PRESETS["blocked-bf16"].slow_reason("cpu", with_amx) is None
+    assert PRESETS["sdpa-fp32"].slow_reason("cpu", without) is None
+    assert PRESETS["sdpa-bf16"].slow_reason("cuda", without) is None
+    assert PRESETS["sdpa-bf16"].slow_reason("cpu", absent) is None
+    lines = []
+    assert default_paths("cpu", lines.append, without) == ["eager-fp32", "sdpa-fp32", "blocked-fp32"]
+    assert lines == ["this CPU has no native bf16 matrix arithmetic (AVX512_BF16 or AMX_BF16): left out sdpa-bf16, "
+                     "blocked-bf16 (name them with --paths to time them)"]
+    lines = []
+    assert default_paths("cpu", lines.append, with_amx) == list(DEFAULT_PATHS["cpu"]) and lines == []
+    assert default_paths("cpu", lines.append, absent) == list(DEFAULT_PATHS["cpu"]) and lines == []
+    assert default_paths("cuda", lines.append, without) == list(DEFAULT_PATHS["cuda"]) and lines == []
+
+
+def test_the_predictor_warns_when_its_dtype_is_slow_on_this_cpu(monkeypatch):
+    import warnings
+
+    from dtfsal_hf.inference import runtime
+
+    monkeypatch.setattr(runtime, "cpu_native_flags", lambda dtype, cpuinfo="/proc/cpuinfo": [])
+    with pytest.warns(UserWarning, match=r"^This CPU has no native bf16 matrix arithmetic \(AVX512_BF16 or AMX_BF16\): bf16 runs slower here than float32$"):
+        SaliencyPredictor.from_pretrained("demo", dtype="bfloat16")
+    monkeypatch.setattr(runtime, "cpu_native_flags", lambda dtype, cpuinfo="/proc/cpuinfo": ["avx512_bf16"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SaliencyPredictor.from_pretrained("demo", dtype="bfloat16")
+        SaliencyPredictor.from_pretrained("demo")
 
 
 def test_floor_is_torchvisions_mvit_v2_s():

@@ -133,6 +133,21 @@ def test_the_demo_checkpoint_on_its_own_example_says_nothing(tmp_path, capsys):
     assert not [w for w in seen if "demo checkpoint" in str(w.message)]
 
 
+def test_bf16_on_a_cpu_without_native_bf16_says_so_once(videos, tmp_path, capsys, monkeypatch):
+    from dtfsal_hf.inference import runtime
+
+    monkeypatch.setattr(runtime, "cpu_native_flags", lambda dtype, cpuinfo="/proc/cpuinfo": [])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        status, out = run_cli(capsys, videos["other"], "--output", tmp_path, *TINY, "--dtype", "bfloat16",
+                              "--no-overlay", "--no-pngs")
+    assert status == 0
+    assert out.count("WARNING: this CPU has no native bf16 matrix arithmetic") == 1, out
+    assert not [w for w in seen if "matrix arithmetic" in str(w.message)]  # said in the log, not again as a warning
+    status, out = run_cli(capsys, videos["other"], "--output", tmp_path / "fp32", *TINY, "--no-overlay", "--no-pngs")
+    assert status == 0 and "matrix arithmetic" not in out
+
+
 def test_two_processes_share_the_videos(videos, tmp_path):
     """torchrun with two CPU processes: every video is handled by exactly one of them."""
     folder = tmp_path / "in"

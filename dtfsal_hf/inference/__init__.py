@@ -37,8 +37,8 @@ from .outputs import (
 )
 from ..saliency_loop import ALIGNMENTS, IMAGE_EXTENSIONS, ProgressCallback, SaliencyLoop, frame_source, prefetch
 from .predictor import SaliencyPredictor, VideoSaliency
-from .runtime import (FLOAT32_ENDS, PRESETS, Runtime, keep_float32, keep_freed_memory, preset, release_freed_memory,
-                      resolve_dtype)
+from .runtime import (FLOAT32_ENDS, NATIVE_CPU_FLAGS, PRESETS, Runtime, cpu_native_flags, keep_float32, keep_freed_memory,
+                      preset, release_freed_memory, resolve_dtype)
 
 __all__ = [
     "ALIGNMENTS",
@@ -46,6 +46,7 @@ __all__ = [
     "FLOAT32_ENDS",
     "IMAGE_EXTENSIONS",
     "MARKER_NAME",
+    "NATIVE_CPU_FLAGS",
     "PRESETS",
     "RANDOM_MODELS",
     "STATISTICS",
@@ -58,6 +59,7 @@ __all__ = [
     "VideoResult",
     "VideoSaliency",
     "check_overlay_options",
+    "cpu_native_flags",
     "demo_message",
     "find_videos",
     "finished_marker",

@@ -179,11 +179,15 @@ def predict_job(
     prefix = f"[process {index}]"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*randomly initialised, untrained.*")
+        warnings.filterwarnings("ignore", message=".*matrix arithmetic .*runs slower here than float32")
         predictor = SaliencyPredictor.from_pretrained(model, device=device or _default_device(state), dtype=dtype,
                                                       batch_size=batch_size, stride=stride, alignment=alignment,
                                                       normalize=normalize, attention=attention, runtime=runtime)
     if not predictor.trained:
         log(f"{prefix} WARNING: {untrained_message(str(model))}")
+    slow = predictor.runtime.slow_reason(predictor.device)
+    if slow:
+        log(f"{prefix} WARNING: {slow}")
     if predictor.demo and not all(is_synthetic_example(video) for video in share):
         log(f"{prefix} WARNING: {demo_message()}")
         predictor.warned_about_demo = True

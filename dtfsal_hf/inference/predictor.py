@@ -103,6 +103,9 @@ class SaliencyPredictor(SaliencyLoop):
         self.runtime = runtime if runtime is not None else Runtime(attention=attention, dtype=dtype)
         self.dtype = self.runtime.dtype
         self.runner = self.runtime.prepare(model, self.device)
+        slow = self.runtime.slow_reason(self.device)
+        if slow:
+            warnings.warn(slow[0].upper() + slow[1:], UserWarning, stacklevel=2)
         self.trained = trained
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.demo = is_demo_checkpoint(model)

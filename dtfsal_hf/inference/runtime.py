@@ -119,6 +119,23 @@ def keep_freed_memory(keep: bool = True) -> bool:
     return not _keeping
 
 
+# CPU flags (/proc/cpuinfo) of native reduced-precision matrix arithmetic. Without them oneDNN converts to fp32 and
+# back around fp32 arithmetic: a bf16 product runs at a sixth to a tenth of the fp32 rate (docs/benchmarks.md,
+# 2-core AVX2 machine), and every bf16 path is slower than its fp32 twin.
+NATIVE_CPU_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16"), torch.float16: ("avx512_fp16", "amx_fp16")}
+
+
+def cpu_native_flags(dtype: torch.dtype | str = torch.bfloat16, cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """The flags of `NATIVE_CPU_FLAGS[dtype]` this CPU lists: empty when it has none, None where `cpuinfo` cannot
+    be read (then nothing is known)."""
+    try:
+        with open(cpuinfo) as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return [flag for flag in NATIVE_CPU_FLAGS[resolve_dtype(dtype)] if flag in flags]
+
+
 def release_freed_memory() -> bool:
     """Hand the memory this process has freed back to the operating system now (glibc's `malloc_trim`), e.g.
     before measuring how much a call needs. Returns whether it applied (glibc on Linux only)."""
@@ -195,6 +212,17 @@ class Runtime:
     def check_device(self, device: torch.device | str) -> None:
         if torch.device(device).type not in self.devices:
             raise ValueError(f"the runtime {self.name or self.describe()!r} runs on {', '.join(self.devices)}, not on {device}")
+
+    def slow_reason(self, device: torch.device | str = "cpu", cpuinfo: str = "/proc/cpuinfo") -> str | None:
+        """One line saying why this runtime is slower than float32 on `device`: bf16 or fp16 on a CPU that lists
+        none of its native flags (`NATIVE_CPU_FLAGS`). None otherwise, and where the CPU's flags cannot be read."""
+        if torch.device(device).type != "cpu" or self.dtype == torch.float32:
+            return None
+        if cpu_native_flags(self.dtype, cpuinfo) != []:
+            return None
+        flags = " or ".join(flag.upper() for flag in NATIVE_CPU_FLAGS[self.dtype])
+        return (f"this CPU has no native {_SHORT_NAMES[self.dtype]} matrix arithmetic ({flags}): "
+                f"{self.name or _SHORT_NAMES[self.dtype]} runs slower here than float32")
 
     def prepare(self, module: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
         """Ready `module` (a `DTFSalModel`; or torchvision's MViT, which the benchmark times as the floor) in place:
@@ -283,5 +311,5 @@ def preset(name: str) -> Runtime:
     return PRESETS[name]
 
 
-__all__ = ["FLOAT32_ENDS", "PRECISIONS", "PRESETS", "Runtime", "keep_float32", "keep_freed_memory", "preset",
-           "release_freed_memory", "resolve_dtype"]
+__all__ = ["FLOAT32_ENDS", "NATIVE_CPU_FLAGS", "PRECISIONS", "PRESETS", "Runtime", "cpu_native_flags", "keep_float32",
+           "keep_freed_memory", "preset", "release_freed_memory", "resolve_dtype"]
