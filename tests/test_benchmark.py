@@ -127,7 +127,9 @@ def test_each_path_is_a_fraction_of_the_machines_matrix_multiply_rate(tiny_resul
     for r in tiny_result.results:
         rate = max(rates["float32"], rates["bfloat16" if r.path.endswith("bf16") else "float32"])
         assert r.matmul_fraction == pytest.approx(r.flops_per_clip / r.seconds_per_clip / rate)
-        assert 0 < r.matmul_fraction <= 1.5
+        # A sanity bound (a unit slip would be off by 1e3): at 256^3 the probe runs far below the machine's rate
+        # (13.6 against 124.5 GFLOP/s at 2048^3 on a 2-core AVX2 CPU), and the tiny model's layers beat it 1.54x there.
+        assert 0 < r.matmul_fraction <= 5
     report = format_report(tiny_result)
     assert "Matrix-multiply rates on the CPU (256^3, best of 3," in report and "fp32 " in report and "bf16 " in report
     assert "native bf16: " in report and "of matmul rate" in report
